@@ -1,0 +1,39 @@
+# Two commands: `make train` and `make test`. Each sets up .venv once; a second run installs nothing.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+# pip on this kind of machine warns once per local index folder it skips; keep its real errors.
+QUIET_PIP = { grep -v "is ignored" || true; }
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+SHARED_CIFAR := ../shared/cifar10
+
+.PHONY: train test setup dev data clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e . 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import batchscale, torch, torchvision"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import pytest"
+	touch $@
+
+setup: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+# Where this workplace's offline copy of CIFAR-10 sits beside the checkout, use it instead of downloading.
+data:
+	@if [ ! -d data/cifar-10-batches-py ] && [ -x $(SHARED_CIFAR)/unpack.sh ]; then $(SHARED_CIFAR)/unpack.sh data; fi
+
+train: setup data
+	$(PY) train.py $(ARGS)
+
+test: dev
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,124 @@
+"""The command line: the original's flags (and ours) filled into a Config; a thin layer over `train()`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .config import BACKENDS, LR_SCALINGS, LR_SCHEDULES, MODELS, Config, ConfigError
+
+DEFAULTS = Config()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the message says what to change.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _decay_epochs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 30,60,80, got {text!r}") from None
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    g = p.add_argument_group("data and outputs")
+    g.add_argument("--train-dir", default=d.train_dir, help="folder holding cifar-10-batches-py/ for training (default: %(default)s)")
+    g.add_argument("--val-dir", default=d.val_dir, help="folder holding cifar-10-batches-py/ for validation (default: %(default)s)")
+    g.add_argument("--no-download", dest="download", action="store_false", help="never download CIFAR-10; stop if it is missing")
+    g.add_argument("--log-dir", default=d.log_dir, help="TensorBoard events, metrics.jsonl and summary.json (default: %(default)s)")
+    g.add_argument(
+        "--checkpoint-format",
+        default=d.checkpoint_format,
+        help="checkpoint path with {epoch} (and optionally {log_dir}) (default: %(default)s)",
+    )
+    g.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh even if checkpoints exist")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (epoch lines only)")
+
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch per worker (default: %(default)s)")
+    g.add_argument("--val-batch-size", type=int, default=d.val_batch_size, help="validation batch per worker (default: %(default)s)")
+    g.add_argument(
+        "--batches-per-allreduce",
+        type=int,
+        default=d.batches_per_allreduce,
+        help="micro-batches accumulated locally per allreduce (default: %(default)s)",
+    )
+
+    g = p.add_argument_group("optimizer and learning rate")
+    g.add_argument("--base-lr", type=float, default=d.base_lr, help="LR of one worker's batch (default: %(default)s)")
+    g.add_argument("--lr-scaling", choices=LR_SCALINGS, default=d.lr_scaling, help="peak LR = base LR x this rule of workers x batches-per-allreduce (default: %(default)s)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule, help="decay after warmup (default: %(default)s)")
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="epochs of per-step ramp from base LR to peak LR (default: %(default)s)")
+    g.add_argument("--lr-decay-epochs", type=_decay_epochs, default=d.lr_decay_epochs, help="epochs where --lr-schedule step multiplies the LR by --lr-decay-factor (default: 30,60,80)")
+    g.add_argument("--lr-decay-factor", type=float, default=d.lr_decay_factor, help="(default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov, help="Nesterov momentum (default: on)")
+    g.add_argument("--wd", type=float, default=d.wd, help="weight decay (default: %(default)s)")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: %(default)s)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=MODELS, default=d.model, help="(default: %(default)s)")
+    g.add_argument("--width", type=int, default=d.width, help="channels of the first stage of --model resnet18 (default: %(default)s)")
+
+    g = p.add_argument_group("distributed")
+    g.add_argument("--backend", choices=BACKENDS, default=d.backend, help="auto: from the launcher's environment (default: %(default)s)")
+    g.add_argument("--fp16-allreduce", action="store_true", help="send gradients as fp16")
+    g.add_argument("--bf16-allreduce", action="store_true", help="send gradients as bf16")
+    g.add_argument("--use-adasum", action="store_true", help="combine gradients with Adasum instead of averaging")
+    g.add_argument(
+        "--gradient-predivide-factor",
+        type=float,
+        default=d.gradient_predivide_factor,
+        help="divide gradients by this before the sum and by world size / this after, as Horovod (default: %(default)s)",
+    )
+
+    g = p.add_argument_group("reproducibility and devices")
+    g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels: bit-identical reruns on one machine")
+    g.add_argument("--no-cuda", action="store_true", help="train on the CPU even if a GPU is present")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    fields = Config.__dataclass_fields__
+    return Config(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def train_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Train ResNet-18 on CIFAR-10 with synchronous data-parallel SGD.")
+    add_train_flags(p)
+    return p
+
+
+def run_train(argv: Sequence[str], prog: str) -> int:
+    args = train_parser(prog).parse_args(argv)
+    from .trainer import train
+
+    try:
+        train(config_from_args(args))
+    except ConfigError as err:
+        if not err.quiet:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": "train ResNet-18 on CIFAR-10 (see batchscale train --help)"}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        listing = "\n".join(f"  {name:8s} {text}" for name, text in commands.items())
+        print(f"usage: batchscale COMMAND [FLAGS]\n\ncommands:\n{listing}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return run_train(argv[1:], "batchscale train")

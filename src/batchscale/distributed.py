@@ -1,0 +1,200 @@
+"""The distributed layer: everything the training loop needs from its workers, behind one small class.
+
+`init_backend(config)` picks the single-process or torch.distributed backend; the loop
+calls only the methods of `Backend` and never asks which one runs.
+"""
+
+import contextlib
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .config import Config, ConfigError
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+HOROVOD_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+T = TypeVar("T")
+
+
+def pick_device(local_rank: int, no_cuda: bool) -> torch.device:
+    if not no_cuda and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class Backend:
+    """One process, no communication. The base of the others."""
+
+    name = "single"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rank, self.world_size, self.local_rank, self.local_world_size = 0, 1, 0, 1
+        self.device = pick_device(0, config.no_cuda)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Returns the model to call and the optimizer to step; both average gradients over workers."""
+        return model, optimizer
+
+    def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Context for a backward pass whose gradients must not be communicated yet."""
+        return contextlib.nullcontext()
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def all_reduce_max(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Makes batch-norm statistics identical on all ranks (each rank tracked its own shard's)."""
+
+    def shutdown(self) -> None:
+        pass
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """Runs `fn` on every rank; if it raises ConfigError on any rank, all ranks stop instead of
+        waiting forever in the next collective, and only the lowest failing rank says why."""
+        error: ConfigError | None = None
+        result: Any = None
+        try:
+            result = fn()
+        except ConfigError as err:
+            error = err
+        failed = torch.zeros(self.world_size, device=self.device)
+        failed[self.rank] = float(error is not None)
+        failed_ranks = self.all_reduce_sum(failed).nonzero().flatten().tolist()
+        if not failed_ranks:
+            return result
+        first = int(failed_ranks[0])
+        if error is not None and first == self.rank:
+            raise error
+        raise ConfigError(f"rank {first} stopped the job; see its message", quiet=True)
+
+
+class TorchBackend(Backend):
+    """torch.distributed: NCCL on GPUs, gloo on CPUs; gradients averaged by DDP with our comm hook."""
+
+    name = "torch"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        missing = [v for v in TORCHRUN_VARS if v not in os.environ]
+        if missing:
+            raise ConfigError(
+                f"--backend torch needs a launcher that sets {', '.join(missing)}; start it with "
+                "torchrun --nproc-per-node N train.py ..."
+            )
+        self.rank = int(os.environ["RANK"])
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        self.local_rank = int(os.environ["LOCAL_RANK"])
+        self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self.device = pick_device(self.local_rank, config.no_cuda)
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend="nccl" if self.device.type == "cuda" else "gloo",
+                timeout=timedelta(minutes=10),
+                device_id=self.device if self.device.type == "cuda" else None,
+            )
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        # As Horovod: per-rank BN statistics during the epoch, averaged at its end (no per-step broadcast).
+        ddp_params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+        no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers"
+        ddp = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+            **{no_buffer_sync: False},
+        )
+        compression = torch.float16 if self.config.fp16_allreduce else torch.bfloat16 if self.config.bf16_allreduce else None
+        ddp.register_comm_hook(
+            AllreduceHook(self.world_size, self.config.gradient_predivide_factor, compression), allreduce_hook
+        )
+        return ddp, optimizer
+
+    def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        assert isinstance(model, nn.parallel.DistributedDataParallel)
+        return model.no_sync()
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_reduce_max(self, tensor: Tensor) -> Tensor:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def average_buffers(self, model: nn.Module) -> None:
+        for buf in _float_buffers(model):
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(self.world_size)
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class AllreduceHook:
+    """State for `allreduce_hook`: Horovod's averaging (optional predivide, optional 16-bit wire format)."""
+
+    def __init__(self, world_size: int, predivide: float, dtype: torch.dtype | None) -> None:
+        self.world_size, self.predivide, self.dtype = world_size, predivide, dtype
+
+
+def allreduce_hook(state: AllreduceHook, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
+    """Sum of grad/predivide over ranks, then divided by world_size/predivide, as Horovod's average does."""
+    grads = bucket.buffer()
+    wire = grads.to(state.dtype) if state.dtype is not None else grads
+    if state.predivide != 1.0:
+        wire.div_(state.predivide)
+    fut = dist.all_reduce(wire, async_op=True).get_future()
+
+    def finish(f: torch.futures.Future[list[Tensor]]) -> Tensor:
+        reduced = f.value()[0].div_(state.world_size / state.predivide)
+        return grads.copy_(reduced) if reduced is not grads else grads
+
+    return fut.then(finish)
+
+
+def _float_buffers(model: nn.Module) -> Iterator[Tensor]:
+    module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return (b for b in module.buffers() if b.is_floating_point())
+
+
+def launched_by() -> str:
+    if any(v in os.environ for v in HOROVOD_VARS):
+        return "horovod"
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        return "torch"
+    return "single"
+
+
+def init_backend(config: Config) -> Backend:
+    choice = launched_by() if config.backend == "auto" else config.backend
+    if choice == "horovod":
+        from .horovod_backend import HorovodBackend
+
+        return HorovodBackend(config)
+    if choice == "torch":
+        return TorchBackend(config)
+    return Backend(config)

@@ -1,0 +1,135 @@
+"""What a run reports: tqdm bars, TensorBoard scalars, metrics.jsonl and summary.json (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from tqdm import tqdm
+
+from .config import Config
+
+THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
+REFRESH_SECONDS = 1.0
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Every output of a run. On ranks other than 0 each method does nothing."""
+
+    def __init__(self, config: Config, enabled: bool, history: list[dict[str, Any]], global_batch: int) -> None:
+        self.enabled = enabled
+        self.global_batch = global_batch
+        self.show_bars = enabled and config.progress
+        self.dir = Path(config.log_dir)
+        self.writer = None
+        self._last_refresh = 0.0
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.dir))
+        # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
+        lines = "".join(json.dumps(record) + "\n" for record in history)
+        tmp = self.dir / ".metrics.jsonl.tmp"
+        tmp.write_text(lines)
+        os.replace(tmp, self.dir / "metrics.jsonl")
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            tqdm.write(message)
+
+    def bar(self, total: int, desc: str, initial: int = 0) -> tqdm | None:
+        if not self.show_bars:
+            return None
+        return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+    def step(self, bar: tqdm | None, step: int, lr: float, seen: int, loss_sum: Tensor, correct: Tensor) -> None:
+        """Per step: the LR to TensorBoard; the bar's loss and accuracy at most once a second (a host sync)."""
+        if not self.enabled:
+            return
+        assert self.writer is not None
+        self.writer.add_scalar("train/lr", lr, step)
+        if bar is None:
+            return
+        bar.update(1)
+        now = time.perf_counter()
+        if now - self._last_refresh >= REFRESH_SECONDS and seen:
+            self._last_refresh = now
+            steps_per_sec = bar.format_dict["rate"] or 0.0
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / seen:.3f}",
+                acc=f"{correct.item() / seen:.3f}",
+                img_s=f"{steps_per_sec * self.global_batch:.0f}",
+                refresh=False,
+            )
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        assert self.writer is not None
+        epoch = record["epoch"]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            split, name = key.split("_")
+            self.writer.add_scalar(f"{split}/{name}", record[key], epoch)
+        self.writer.add_scalar("perf/images_per_sec", record["images_per_sec"], epoch)
+        self.writer.add_scalar("perf/epoch_seconds", record["epoch_seconds"], epoch)
+        self.writer.flush()
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        tqdm.write(
+            f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+            f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
+            f"{record['images_per_sec']:.0f} img/s  {record['epoch_seconds']:.1f} s  lr {record['lr']:.4g}"
+        )
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        assert self.writer is not None
+        write_json_atomic(self.dir / "summary.json", summary)
+        self.writer.close()
+
+
+def summarize(
+    config: Config, backend_name: str, world_size: int, history: list[dict[str, Any]], parameters: int
+) -> dict[str, Any]:
+    """summary.json: the numbers a batch-size study compares, all derived from the per-epoch records."""
+    train_seconds = sum(r["epoch_seconds"] for r in history)
+    images = sum(r["images"] for r in history)
+    reached: dict[str, Any] = {}
+    for threshold in THRESHOLDS:
+        hit = next((r for r in history if r["val_acc"] >= threshold), None)
+        if hit is not None:
+            reached[f"{threshold:.2f}"] = {
+                "epoch": hit["epoch"],
+                "train_seconds": hit["train_seconds"],
+                "wall_seconds": hit["wall_seconds"],
+            }
+    best = max(history, key=lambda r: r["val_acc"]) if history else None
+    return {
+        "config": config.to_dict(),
+        "backend": backend_name,
+        "world_size": world_size,
+        "global_batch": config.batch_size * config.batches_per_allreduce * world_size,
+        "parameters": parameters,
+        "epochs_completed": len(history),
+        "final_val_acc": history[-1]["val_acc"] if history else None,
+        "final_val_loss": history[-1]["val_loss"] if history else None,
+        "best_val_acc": best["val_acc"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "train_seconds": train_seconds,
+        "wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
+        "images_per_sec": images / train_seconds if train_seconds else None,
+        "time_to_accuracy": reached,
+    }

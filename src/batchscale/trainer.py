@@ -1,0 +1,233 @@
+"""The training loop, top to bottom: data, model, optimizer, resume, then epochs of steps and validation."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import checkpoint, data, faults
+from .config import Config, ConfigError
+from .distributed import Backend, init_backend
+from .metrics import RunLog, summarize
+from .models import build_model
+from .schedule import LRSchedule
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[Tensor, Tensor]],
+    backend: Backend,
+    criterion: nn.Module,
+) -> tuple[Tensor, Tensor]:
+    """One optimizer update from k micro-batches, communicating once. Returns (loss sum, correct) on device."""
+    optimizer.zero_grad(set_to_none=True)
+    k = len(micro_batches)
+    loss_sum = torch.zeros((), device=micro_batches[0][0].device)
+    correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
+    for i, (x, y) in enumerate(micro_batches):
+        with backend.accumulating(model) if i < k - 1 else contextlib.nullcontext():
+            out = model(x)
+            loss = criterion(out, y)
+            # Each micro-batch's mean loss / k: the update equals one batch of k x batch size.
+            (loss / k).backward()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (out.detach().argmax(1) == y).sum()
+    optimizer.step()
+    return loss_sum, correct
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: data.EvalBatches, backend: Backend) -> tuple[float, float]:
+    """Test loss and accuracy over every test image exactly once across ranks, reduced once."""
+    module = getattr(model, "module", model)
+    module.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=backend.device)
+    for x, y in batches:
+        out = module(x)
+        sums[0] += F.cross_entropy(out, y, reduction="sum")
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += y.shape[0]
+    loss, correct, count = backend.all_reduce_sum(sums).tolist()
+    if int(count) != batches.total:
+        raise RuntimeError(f"validation saw {int(count)} images, expected {batches.total}")
+    return loss / count, correct / count
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Fails before training, not after the first epoch, when an output folder cannot be written."""
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; choose another {flag}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{flag} {path} is not writable ({err.strerror}); choose a folder you can write to") from None
+
+
+def prepare_data(config: Config, backend: Backend) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Downloads on one process per machine (if allowed and needed), then every rank reads the batches."""
+    def fetch() -> None:
+        if backend.local_rank != 0:
+            return
+        for root, train in ((config.train_dir, True), (config.val_dir, False)):
+            if data.has_split(root, train):
+                continue
+            if not config.download:
+                raise data.DataError(data.missing_message(root, train, "--no-download was given"))
+            backend_say(backend, f"downloading CIFAR-10 into {root} ...")
+            try:
+                data.download(root)
+            except Exception as err:  # network and archive errors come in many types
+                raise data.DataError(data.missing_message(root, train, f"the download failed ({err})")) from None
+
+    backend.agree(fetch)
+    return backend.agree(lambda: (*data.load_split(config.train_dir, True), *data.load_split(config.val_dir, False)))
+
+
+def backend_say(backend: Backend, message: str) -> None:
+    if backend.is_main:
+        print(message, flush=True)
+
+
+def seed_everything(config: Config) -> None:
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def train(config: Config) -> dict[str, Any]:
+    """Trains as `config` says and returns the run's summary (also written to summary.json)."""
+    config.validate()
+    check_writable(config.log_dir, "--log-dir")
+    check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
+    backend = init_backend(config)
+    try:
+        return _train(config, backend)
+    finally:
+        backend.shutdown()
+
+
+def _train(config: Config, backend: Backend) -> dict[str, Any]:
+    started = time.perf_counter()
+    seed_everything(config)
+    device = backend.device
+    train_x, train_y, val_x, val_y = prepare_data(config, backend)
+    shard = data.Shard(backend.rank, backend.world_size)
+    batches = data.TrainBatches(
+        train_x, train_y, config.batch_size, config.batches_per_allreduce, shard, config.seed, device
+    )
+    evals = data.EvalBatches(val_x, val_y, config.val_batch_size, shard, device)
+    model = build_model(config.model, config.width).to(device)
+    parameters = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.wd
+    )
+    schedule = LRSchedule.from_config(config, backend.world_size * config.batches_per_allreduce, batches.steps_per_epoch)
+
+    state = backend.agree(
+        lambda: checkpoint.find_and_load(config, backend.world_size, print) if backend.is_main else None
+    )
+    state = backend.broadcast_object(state)
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"])
+        history = state["history"]
+    start_epoch = len(history)
+    model, optimizer = backend.prepare(model, optimizer)
+    log = RunLog(config, backend.is_main, history, batches.global_batch)
+    log.say(
+        f"batchscale: {config.model} ({parameters / 1e6:.2f}M parameters) on {backend.world_size} x {device.type} "
+        f"({backend.name}), global batch {batches.global_batch}, {batches.steps_per_epoch} steps/epoch, "
+        f"peak lr {schedule.peak_lr:.4g}"
+        + (f"; resumed after epoch {start_epoch}" if start_epoch else "")
+    )
+
+    if config.warmup_epochs >= config.epochs and schedule.peak_lr != schedule.base_lr:
+        log.say(f"warning: --warmup-epochs {config.warmup_epochs:g} covers the whole run; the LR never reaches its peak")
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    step = start_epoch * batches.steps_per_epoch
+    wall_before = history[-1]["wall_seconds"] if history else 0.0
+    train_before = history[-1]["train_seconds"] if history else 0.0
+    local_images = config.batch_size * config.batches_per_allreduce
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        model.train()
+        bar = log.bar(batches.steps_per_epoch, f"epoch {epoch}/{config.epochs}")
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        epoch_start = time.perf_counter()
+        for micro in batches.epoch(epoch):
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss, step_correct = train_step(model, optimizer, micro, backend, criterion)
+            loss_sum += step_loss
+            correct += step_correct
+            seen += local_images
+            step += 1
+            log.step(bar, step, lr, seen, loss_sum, correct)
+            faults.point("step", step, backend.rank)
+        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)])
+        train_loss, train_correct, images = backend.all_reduce_sum(totals).tolist()  # .tolist() waits for the device
+        epoch_seconds = time.perf_counter() - epoch_start
+        if bar is not None:
+            bar.close()
+        backend.average_buffers(model)
+        val_loss, val_acc = evaluate(model, evals, backend)
+        train_before += epoch_seconds
+        history.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "lr": lr,
+                "train_loss": train_loss / images,
+                "train_acc": train_correct / images,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "images": int(images),
+                "epoch_seconds": epoch_seconds,
+                "images_per_sec": images / epoch_seconds,
+                "train_seconds": train_before,
+                "wall_seconds": wall_before + time.perf_counter() - started,
+            }
+        )
+        if backend.is_main:
+            checkpoint.save(
+                config.checkpoint_path(epoch),
+                {
+                    "format_version": checkpoint.FORMAT_VERSION,
+                    "model": getattr(model, "module", model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "rng": checkpoint.rng_state(),
+                    "config": config.to_dict(),
+                    "world_size": backend.world_size,
+                    "history": history,
+                },
+            )
+        faults.point("after-checkpoint", epoch, backend.rank)
+        log.epoch(history[-1])
+
+    summary = summarize(config, backend.name, backend.world_size, history, parameters)
+    log.finish(summary)
+    return summary
