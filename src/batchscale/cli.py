@@ -122,3 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usage: batchscale COMMAND [FLAGS]\n\ncommands:\n{listing}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return run_train(argv[1:], "batchscale train")
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -36,6 +36,10 @@ class DataError(ConfigError):
     """The data on disk is missing, unreadable or not CIFAR-10."""
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """Admits only what a CIFAR batch holds (dicts, lists, strings, numpy uint8 arrays)."""
 
@@ -50,7 +54,7 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds")
+        raise _Refused(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds")
 
 
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -58,9 +62,9 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             raw = _BatchUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as err:
+    except _Refused as err:
         raise DataError(f"refusing to load {path}: {err}; {hint}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as err:
         raise DataError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}); {hint}") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path} is not a CIFAR-10 batch (no dict inside); {hint}")

@@ -63,6 +63,9 @@ class Backend:
     def average_buffers(self, model: nn.Module) -> None:
         """Makes batch-norm statistics identical on all ranks (each rank tracked its own shard's)."""
 
+    def barrier(self) -> None:
+        pass
+
     def shutdown(self) -> None:
         pass
 
@@ -148,6 +151,9 @@ class TorchBackend(Backend):
         for buf in _float_buffers(model):
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             buf.div_(self.world_size)
+
+    def barrier(self) -> None:
+        dist.barrier()
 
     def shutdown(self) -> None:
         if dist.is_initialized():

@@ -119,7 +119,10 @@ def train(config: Config) -> dict[str, Any]:
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
     backend = init_backend(config)
     try:
-        return _train(config, backend)
+        summary = _train(config, backend)
+        # Leave together: gloo aborts a rank that tears down while a peer still writes its last checkpoint.
+        backend.barrier()
+        return summary
     finally:
         backend.shutdown()
 

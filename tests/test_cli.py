@@ -1,0 +1,120 @@
+"""Bad input: every case exits 2 with one line that says what to change, and touches no output."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchscale.cli import main, run_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = [
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--val-batch-size", "-3"], "--val-batch-size must be an integer >= 1"),
+    (["--batches-per-allreduce", "0"], "--batches-per-allreduce must be an integer >= 1"),
+    (["--width", "0"], "--width must be an integer >= 1"),
+    (["--checkpoint-format", "ckpt.pth.tar"], "has no {epoch} field"),
+    (["--checkpoint-format", "ckpt-{epoch.pth"], "is not a valid format"),
+    (["--checkpoint-format", "ckpt-{step}-{epoch}.pt"], "unknown field"),
+    (["--checkpoint-format", "ckpt-{epoch!z}.pt"], "checkpoint-format"),
+    (["--base-lr", "-1"], "--base-lr must be a positive number"),
+    (["--base-lr", "nan"], "--base-lr must be a positive number"),
+    (["--gradient-predivide-factor", "0"], "--gradient-predivide-factor must be a positive number"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--momentum", "0"], "Nesterov momentum needs --momentum > 0"),
+    (["--wd", "-0.1"], "--wd must be a number >= 0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be a number >= 0"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--lr-decay-epochs", "60,30"], "--lr-decay-epochs must be increasing"),
+    (["--lr-decay-epochs", "x"], "expected comma-separated epochs"),
+    (["--fp16-allreduce", "--bf16-allreduce"], "choose one of --fp16-allreduce and --bf16-allreduce"),
+    (["--model", "resnet50"], "invalid choice"),
+    (["--model", "resnet18-imagenet", "--width", "8"], "--width applies to --model resnet18 only"),
+    (["--batch-size", "abc"], "invalid int value"),
+    (["--lr-schedule", "linear"], "invalid choice"),
+    (["--frobnicate"], "unrecognized arguments"),
+    (["--backend", "torch"], "needs a launcher that sets"),
+    (["--batch-size", "400"], "larger than the 320 training images"),
+    (["--log-dir", "{file}/logs"], "is a file, not a folder"),
+    (["--checkpoint-format", "{file}/ckpt/{epoch}.pt"], "is a file, not a folder"),
+    (["--train-dir", "{missing}"], "training batches not found"),
+    (["--val-dir", "{missing}"], "test batches not found"),
+    (["--train-dir", "{corrupt}"], "truncated or corrupt"),
+]
+
+
+@pytest.fixture
+def places(tmp_path, tiny_cifar):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "cifar-10-batches-py").mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"):
+        (corrupt / "cifar-10-batches-py" / name).write_bytes(b"\x80\x02}q\x00")
+    return {"file": str(a_file), "missing": str(tmp_path / "nowhere"), "corrupt": str(corrupt), "data": str(tiny_cifar)}
+
+
+@pytest.mark.parametrize("flags,message", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input_exits_2_with_one_line(flags, message, places, tmp_path, capsys, monkeypatch):
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / "keep.txt").write_text("earlier output")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for name, value in places.items():
+        flags = [f.replace("{" + name + "}", value) for f in flags]
+    base = ["--train-dir", places["data"], "--val-dir", places["data"], "--log-dir", str(log_dir), "--no-download"]
+    base += ["--no-cuda", "--epochs", "2", "--width", "4", "--batch-size", "32", "--no-progress"]
+    with pytest.raises(SystemExit) if _is_argparse_case(message) else _nothing() as exited:
+        rc = run_train(base + flags, "train.py")
+    if exited is not None:
+        rc = exited.value.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0] and "Traceback" not in err
+    assert sorted(p.name for p in log_dir.iterdir()) == ["keep.txt"]
+    assert (log_dir / "keep.txt").read_text() == "earlier output"
+
+
+def _is_argparse_case(message: str) -> bool:
+    return message in ("invalid choice", "invalid int value", "unrecognized arguments", "expected comma-separated epochs")
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_real_process_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--batch-size", "0", "--log-dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "train.py: error: --batch-size must be an integer >= 1 (got 0)"
+    assert not (tmp_path / "logs").exists()
+
+
+def test_missing_data_offline_names_the_layout_and_the_flag(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "batchscale.cli", "train", "--no-download", "--train-dir", str(tmp_path / "d"),
+         "--log-dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "cifar-10-batches-py" in result.stderr and "--train-dir" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_console_script_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["nonsense"]) == 2
