@@ -97,6 +97,8 @@ class Config:
             raise ConfigError(
                 f"--lr-decay-epochs must be increasing positive integers like 30,60,80 (got {self.lr_decay_epochs!r})"
             )
+        if self.use_adasum and self.gradient_predivide_factor != 1.0:
+            raise ConfigError("--gradient-predivide-factor applies to averaging only; drop it or --use-adasum")
         if self.fp16_allreduce and self.bf16_allreduce:
             raise ConfigError("choose one of --fp16-allreduce and --bf16-allreduce, not both")
         _check_checkpoint_format(self.checkpoint_format)

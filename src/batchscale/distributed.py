@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .adasum import AdasumOptimizer, check_world_size
 from .config import Config, ConfigError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -43,8 +44,17 @@ class Backend:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def lr_replicas(self) -> int:
+        """How many batches of --batch-size one update combines, for the LR scaling rule.
+
+        Adasum needs no scaling with the number of workers (Horovod's rule), averaging does.
+        """
+        if self.config.use_adasum:
+            return 1
+        return self.world_size * self.config.batches_per_allreduce
+
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Returns the model to call and the optimizer to step; both average gradients over workers."""
+        """Returns the model to call and the optimizer to step; together they combine all workers' gradients."""
         return model, optimizer
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
@@ -107,6 +117,8 @@ class TorchBackend(Backend):
         self.local_rank = int(os.environ["LOCAL_RANK"])
         self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self.device = pick_device(self.local_rank, config.no_cuda)
+        if config.use_adasum:
+            check_world_size(self.world_size)
         if not dist.is_initialized():
             dist.init_process_group(
                 backend="nccl" if self.device.type == "cuda" else "gloo",
@@ -115,6 +127,11 @@ class TorchBackend(Backend):
             )
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        compression = torch.float16 if self.config.fp16_allreduce else torch.bfloat16 if self.config.bf16_allreduce else None
+        if self.config.use_adasum:
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+            return model, AdasumOptimizer(optimizer, self.rank, self.world_size, compression)  # type: ignore[return-value]
         # As Horovod: per-rank BN statistics during the epoch, averaged at its end (no per-step broadcast).
         ddp_params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
         no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers"
@@ -124,15 +141,15 @@ class TorchBackend(Backend):
             gradient_as_bucket_view=True,
             **{no_buffer_sync: False},
         )
-        compression = torch.float16 if self.config.fp16_allreduce else torch.bfloat16 if self.config.bf16_allreduce else None
         ddp.register_comm_hook(
             AllreduceHook(self.world_size, self.config.gradient_predivide_factor, compression), allreduce_hook
         )
         return ddp, optimizer
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
-        assert isinstance(model, nn.parallel.DistributedDataParallel)
-        return model.no_sync()
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return model.no_sync()
+        return contextlib.nullcontext()  # Adasum: gradients stay local, only the update is reduced
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -148,7 +165,7 @@ class TorchBackend(Backend):
         return box[0]
 
     def average_buffers(self, model: nn.Module) -> None:
-        for buf in _float_buffers(model):
+        for buf in float_buffers(model):
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             buf.div_(self.world_size)
 
@@ -182,7 +199,7 @@ def allreduce_hook(state: AllreduceHook, bucket: dist.GradBucket) -> torch.futur
     return fut.then(finish)
 
 
-def _float_buffers(model: nn.Module) -> Iterator[Tensor]:
+def float_buffers(model: nn.Module) -> Iterator[Tensor]:
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     return (b for b in module.buffers() if b.is_floating_point())
 

@@ -29,7 +29,7 @@ def train_step(
     criterion: nn.Module,
 ) -> tuple[Tensor, Tensor]:
     """One optimizer update from k micro-batches, communicating once. Returns (loss sum, correct) on device."""
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     k = len(micro_batches)
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
     correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
@@ -142,7 +142,7 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.wd
     )
-    schedule = LRSchedule.from_config(config, backend.world_size * config.batches_per_allreduce, batches.steps_per_epoch)
+    schedule = LRSchedule.from_config(config, backend.lr_replicas(), batches.steps_per_epoch)
 
     state = backend.agree(
         lambda: checkpoint.find_and_load(config, backend.world_size, print) if backend.is_main else None

@@ -1,0 +1,100 @@
+"""Horovod backend: what the original ran, with every flag meaning what Horovod means by it."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import Config, ConfigError
+from .distributed import Backend, float_buffers, pick_device
+
+
+class HorovodBackend(Backend):
+    name = "horovod"
+
+    def __init__(self, config: Config) -> None:
+        try:
+            import horovod.torch as hvd
+        except ImportError:
+            raise ConfigError(
+                "Horovod is not installed in this environment; run `make horovod` (or scripts/install_horovod.sh), "
+                "or launch with torchrun instead"
+            ) from None
+        self.hvd = hvd
+        self.config = config
+        hvd.init()
+        self.rank, self.world_size = hvd.rank(), hvd.size()
+        self.local_rank, self.local_world_size = hvd.local_rank(), hvd.local_size()
+        self.device = pick_device(self.local_rank, config.no_cuda)
+        if config.bf16_allreduce:
+            raise ConfigError("Horovod cannot allreduce bfloat16 tensors; use --fp16-allreduce, or torchrun for bf16")
+        if config.use_adasum:
+            if not hvd.mpi_enabled():
+                raise ConfigError(
+                    "Horovod's Adasum needs MPI and this job runs on Gloo (horovodrun --gloo); "
+                    "launch without --gloo, or drop --use-adasum"
+                )
+            from .adasum import check_world_size
+
+            check_world_size(self.world_size)
+            if self._gpu_adasum and self.local_world_size == self.world_size and self.world_size > 1 and self.rank == 0:
+                warnings.warn(
+                    "Horovod's GPU Adasum sums gradients within a node and applies Adasum only between nodes; "
+                    f"on this single node it sums {self.world_size} GPUs (the LR is scaled by {self.local_world_size} to "
+                    "match). Use torchrun for Adasum between these GPUs.",
+                    stacklevel=2,
+                )
+
+    @property
+    def _gpu_adasum(self) -> bool:
+        return self.config.use_adasum and self.device.type == "cuda" and self.hvd.nccl_built()
+
+    def lr_replicas(self) -> int:
+        # Horovod's rule: GPU Adasum sums within the node, so the LR scales with the GPUs per node.
+        if self._gpu_adasum:
+            return self.local_world_size * self.config.batches_per_allreduce
+        return super().lr_replicas()
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        hvd = self.hvd
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        if optimizer.state_dict()["state"]:
+            # Only after a resume: on a fresh optimizer Horovod initializes state with a zero-gradient
+            # step, which applies weight decay once and seeds momentum, unlike any other backend.
+            hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        compression = hvd.Compression.fp16 if self.config.fp16_allreduce else hvd.Compression.none
+        distributed = hvd.DistributedOptimizer(
+            optimizer,
+            named_parameters=model.named_parameters(),
+            compression=compression,
+            backward_passes_per_step=self.config.batches_per_allreduce,
+            op=hvd.Adasum if self.config.use_adasum else hvd.Average,
+            gradient_predivide_factor=self.config.gradient_predivide_factor,
+        )
+        return model, distributed
+
+    def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()  # DistributedOptimizer counts backward passes itself
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        return self.hvd.allreduce_(tensor, op=self.hvd.Sum)
+
+    def all_reduce_max(self, tensor: Tensor) -> Tensor:
+        return self.hvd.allreduce_(tensor, op=self.hvd.Max)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return self.hvd.broadcast_object(obj, root_rank=0)
+
+    def average_buffers(self, model: nn.Module) -> None:
+        for buf in float_buffers(model):
+            self.hvd.allreduce_(buf, op=self.hvd.Average)
+
+    def barrier(self) -> None:
+        self.hvd.barrier()
+
+    def shutdown(self) -> None:
+        self.hvd.shutdown()
