@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 SHARED_CIFAR := ../shared/cifar10
 
-.PHONY: train test setup dev data clean
+.PHONY: train test setup dev horovod data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 setup: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
+# Horovod 0.28.1 from source against the installed torch, with MPI and Gloo (about 5 minutes, once).
+$(VENV)/.installed-horovod: $(VENV)/.installed scripts/install_horovod.sh
+	scripts/install_horovod.sh $(PY)
+	touch $@
+
+horovod: $(VENV)/.installed-horovod
+
 # Where this workplace's offline copy of CIFAR-10 sits beside the checkout, use it instead of downloading.
 data:
 	@if [ ! -d data/cifar-10-batches-py ] && [ -x $(SHARED_CIFAR)/unpack.sh ]; then $(SHARED_CIFAR)/unpack.sh data; fi
@@ -32,7 +39,7 @@ data:
 train: setup data
 	$(PY) train.py $(ARGS)
 
-test: dev
+test: dev horovod
 	$(PY) -m pytest $(ARGS)
 
 clean:

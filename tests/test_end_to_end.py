@@ -16,15 +16,24 @@ from workers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+HOROVODRUN = Path(sys.executable).parent / "horovodrun"
+needs_horovod = pytest.mark.skipif(not HOROVODRUN.exists(), reason="Horovod not installed: run `make horovod`")
+LAUNCHERS = ["python", "torchrun", pytest.param("horovodrun", marks=needs_horovod)]
+
+
+def command(launcher: str, script: Path, args: list[str]) -> list[str]:
+    if launcher == "torchrun":
+        return [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script), *args]
+    if launcher == "horovodrun":
+        return [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", sys.executable, str(script), *args]
+    return [sys.executable, str(script), *args]
 
 
 def launch(launcher: str, data: Path, log_dir: Path, fault: str | None = None, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     args = ["--train-dir", str(data), "--val-dir", str(data), "--log-dir", str(log_dir), "--epochs", "2",
-            "--batch-size", "16" if launcher == "torchrun" else "32", "--width", "8", "--warmup-epochs", "1",
+            "--batch-size", "32" if launcher == "python" else "16", "--width", "8", "--warmup-epochs", "1",
             "--no-download", "--no-progress", "--deterministic", "--no-cuda", *extra]
-    cmd = [sys.executable, str(ROOT / "train.py"), *args]
-    if launcher == "torchrun":
-        cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(ROOT / "train.py"), *args]
+    cmd = command(launcher, ROOT / "train.py", args)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCALE_")}
     env["OMP_NUM_THREADS"] = "1"
     if fault:
@@ -36,16 +45,16 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_epochs_write_every_output_and_resume_exactly(launcher, tiny_cifar, tmp_path):
     full = tmp_path / "full"
     result = launch(launcher, tiny_cifar, full)
     assert result.returncode == 0, result.stderr[-3000:]
 
     summary = json.loads((full / "summary.json").read_text())
-    world = 2 if launcher == "torchrun" else 1
+    world = 1 if launcher == "python" else 2
     assert summary["world_size"] == world and summary["global_batch"] == 32
-    assert summary["backend"] == ("torch" if world == 2 else "single")
+    assert summary["backend"] == {"python": "single", "torchrun": "torch", "horovodrun": "horovod"}[launcher]
     assert summary["epochs_completed"] == 2 and summary["config"]["width"] == 8
     assert summary["images_per_sec"] > 0 and summary["train_seconds"] <= summary["wall_seconds"]
     records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]

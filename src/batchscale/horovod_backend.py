@@ -62,11 +62,9 @@ class HorovodBackend(Backend):
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        if optimizer.state_dict()["state"]:
-            # Only after a resume: on a fresh optimizer Horovod initializes state with a zero-gradient
-            # step, which applies weight decay once and seeds momentum, unlike any other backend.
-            hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        state = optimizer.state_dict()
         compression = hvd.Compression.fp16 if self.config.fp16_allreduce else hvd.Compression.none
+        # DistributedOptimizer builds a new optimizer from the param groups: a resumed state must be reloaded.
         distributed = hvd.DistributedOptimizer(
             optimizer,
             named_parameters=model.named_parameters(),
@@ -75,6 +73,11 @@ class HorovodBackend(Backend):
             op=hvd.Adasum if self.config.use_adasum else hvd.Average,
             gradient_predivide_factor=self.config.gradient_predivide_factor,
         )
+        if state["state"]:
+            distributed.load_state_dict(state)
+            # Only with state: on a fresh optimizer Horovod initializes it with a zero-gradient step,
+            # which applies weight decay once and seeds momentum, unlike any other backend.
+            hvd.broadcast_optimizer_state(distributed, root_rank=0)
         return model, distributed
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
@@ -87,7 +90,7 @@ class HorovodBackend(Backend):
         return self.hvd.allreduce_(tensor, op=self.hvd.Max)
 
     def broadcast_object(self, obj: Any) -> Any:
-        return self.hvd.broadcast_object(obj, root_rank=0)
+        return self.hvd.broadcast_object(obj, root_rank=0, name="batchscale.object")  # same name on every rank
 
     def average_buffers(self, model: nn.Module) -> None:
         for buf in float_buffers(model):
