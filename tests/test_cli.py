@@ -43,6 +43,15 @@ CASES = [
     (["--train-dir", "{missing}"], "training batches not found"),
     (["--val-dir", "{missing}"], "test batches not found"),
     (["--train-dir", "{corrupt}"], "truncated or corrupt"),
+    (["--checkpoint-every-steps", "-1"], "--checkpoint-every-steps must be an integer >= 0"),
+    (["--keep-checkpoints", "-2"], "--keep-checkpoints must be an integer >= 0"),
+    (["--collective-timeout", "0"], "--collective-timeout must be a positive number"),
+    (["--finite-check-every", "0"], "--finite-check-every must be an integer >= 1"),
+    (["--resume", "{missing}/ckpt.pth.tar"], "does not exist"),
+    (["--resume", "{file}"], "cannot load checkpoint"),
+    (["--resume", "{file}", "--no-resume"], "contradict each other"),
+    (["--use-adasum", "--gradient-predivide-factor", "2"], "applies to averaging only"),
+    (["--bf16-allreduce", "--backend", "horovod"], "Horovod"),
 ]
 
 

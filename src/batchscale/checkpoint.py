@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from . import faults
 from .config import Config, ConfigError
 
 FORMAT_VERSION = 1
@@ -19,12 +20,14 @@ MUST_MATCH = ("model", "width", "seed", "epochs", "lr_schedule", "lr_scaling", "
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
     """Temporary file, fsync, rename: a crash mid-save leaves the previous checkpoint intact."""
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
+            faults.point("during-save", int(state.get("step", -1)))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -66,22 +69,60 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def find_and_load(config: Config, world_size: int, say: Any) -> dict[str, Any] | None:
-    """The newest loadable checkpoint of this run, or None. A corrupt one is reported and skipped."""
+def partial_path(config: Config, epoch: int) -> Path:
+    """Where a checkpoint taken inside epoch `epoch` (by --checkpoint-every-steps) lives until the epoch ends."""
+    return Path(config.checkpoint_path(epoch) + ".partial")
+
+
+def candidates(config: Config) -> list[Path]:
+    """This run's checkpoints, newest progress first: epoch e's, then the one inside e, then e-1's, ..."""
+    found = []
+    for epoch in range(config.epochs, 0, -1):
+        for path in (Path(config.checkpoint_path(epoch)), partial_path(config, epoch)):
+            if path.is_file():
+                found.append(path)
+    return found
+
+
+def remove_stale_temporaries(config: Config) -> None:
+    """A save killed midway leaves its temporary file; the renamed checkpoints are never touched."""
+    for epoch in range(1, config.epochs + 1):
+        for path in (Path(config.checkpoint_path(epoch)), partial_path(config, epoch)):
+            for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+                tmp.unlink(missing_ok=True)
+
+
+def find_and_load(config: Config, world_size: int, say: Any) -> tuple[Path, dict[str, Any]] | None:
+    """The newest loadable checkpoint of this run (or --resume PATH), or None.
+
+    A corrupt or truncated one is reported and the one before it used; an explicit
+    --resume PATH that cannot be loaded is an error.
+    """
+    if config.resume_from is not None:
+        path = Path(config.resume_from)
+        state = load(path)
+        check_compatible(state, config, world_size, path)
+        return path, state
     if not config.resume:
         return None
-    for epoch in range(config.epochs, 0, -1):
-        path = Path(config.checkpoint_path(epoch))
-        if not path.is_file():
-            continue
+    remove_stale_temporaries(config)
+    for path in candidates(config):
         try:
             state = load(path)
         except ConfigError as err:
             say(f"warning: {err}; trying the one before it")
             continue
         check_compatible(state, config, world_size, path)
-        return state
+        return path, state
     return None
+
+
+def prune(config: Config, epoch: int) -> None:
+    """After epoch `epoch`'s checkpoint is safely written: drop its partial one and those past --keep-checkpoints."""
+    partial_path(config, epoch).unlink(missing_ok=True)
+    if config.keep_checkpoints:
+        for old in range(1, epoch - config.keep_checkpoints + 1):
+            Path(config.checkpoint_path(old)).unlink(missing_ok=True)
 
 
 def check_compatible(state: dict[str, Any], config: Config, world_size: int, path: Path) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .config import BACKENDS, LR_SCALINGS, LR_SCHEDULES, MODELS, Config, ConfigError
+from .config import BACKENDS, LR_SCALINGS, LR_SCHEDULES, MODELS, BatchscaleError, Config
+from .distributed import launcher_rank
 
 DEFAULTS = Config()
 
@@ -39,6 +39,21 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         help="checkpoint path with {epoch} (and optionally {log_dir}) (default: %(default)s)",
     )
     g.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh even if checkpoints exist")
+    g.add_argument("--resume", dest="resume_from", metavar="PATH", help="resume from this checkpoint (default: the newest of this run)")
+    g.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        default=d.checkpoint_every_steps,
+        metavar="K",
+        help="also checkpoint every K steps inside an epoch, so a crash loses at most K steps (default: 0, off)",
+    )
+    g.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=d.keep_checkpoints,
+        metavar="N",
+        help="keep only the newest N epoch checkpoints (default: 0, keep all, as the original)",
+    )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (epoch lines only)")
 
     g = p.add_argument_group("schedule")
@@ -79,11 +94,25 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         default=d.gradient_predivide_factor,
         help="divide gradients by this before the sum and by world size / this after, as Horovod (default: %(default)s)",
     )
+    g.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=d.collective_timeout,
+        metavar="SECONDS",
+        help="a rank waiting this long in a collective ends the job instead of hanging (default: %(default)s)",
+    )
 
     g = p.add_argument_group("reproducibility and devices")
     g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels: bit-identical reruns on one machine")
     g.add_argument("--no-cuda", action="store_true", help="train on the CPU even if a GPU is present")
+    g.add_argument(
+        "--finite-check-every",
+        type=int,
+        default=d.finite_check_every,
+        metavar="N",
+        help="check for a NaN/inf loss every N steps and at epoch end (default: %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -103,12 +132,12 @@ def run_train(argv: Sequence[str], prog: str) -> int:
 
     try:
         train(config_from_args(args))
-    except ConfigError as err:
-        if not err.quiet:
+    except BatchscaleError as err:
+        if not err.quiet and (err.agreed or launcher_rank() == 0):
             print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":
+        if launcher_rank() == 0:
             print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
     return 0

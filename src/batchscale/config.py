@@ -14,16 +14,32 @@ LR_SCHEDULES = ("cosine", "step", "onecycle")
 BACKENDS = ("auto", "single", "torch", "horovod")
 
 
-class ConfigError(ValueError):
-    """A value the user must change; the command line prints it as one line and exits 2.
+class BatchscaleError(Exception):
+    """An error the command line prints as one line (no traceback) before exiting with `exit_code`.
 
-    `quiet` marks the copy raised on ranks that did not find the problem themselves,
-    so that one line is printed per job, not one per rank.
+    One line per job, not per rank: an error that every rank finds alike (a bad flag) is printed
+    by rank 0; one that ranks agreed on (`agreed`) by the lowest rank that found it, and the
+    other ranks' copies are `quiet`.
     """
+
+    exit_code = 1
 
     def __init__(self, message: str, quiet: bool = False) -> None:
         super().__init__(message)
         self.quiet = quiet
+        self.agreed = False
+
+
+class ConfigError(BatchscaleError, ValueError):
+    """A value, path or file the user must change: exit code 2, before training starts."""
+
+    exit_code = 2
+
+
+class Diverged(BatchscaleError):
+    """The loss became NaN or infinite: exit code 3; the last good checkpoint is kept."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -36,6 +52,9 @@ class Config:
     log_dir: str = "./logs"
     checkpoint_format: str = "{log_dir}/checkpoint-{epoch}.pth.tar"
     resume: bool = True
+    resume_from: str | None = None
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 0
     progress: bool = True
     # Schedule
     epochs: int = 50
@@ -62,19 +81,25 @@ class Config:
     bf16_allreduce: bool = False
     use_adasum: bool = False
     gradient_predivide_factor: float = 1.0
+    collective_timeout: float = 600.0
     # Reproducibility and devices
     seed: int = 42
     deterministic: bool = False
     no_cuda: bool = False
+    finite_check_every: int = 50
 
     def validate(self) -> "Config":
         """Checks every value that can be judged without touching the disk or the network."""
-        positive_ints = ("epochs", "batch_size", "val_batch_size", "batches_per_allreduce", "width")
+        positive_ints = ("epochs", "batch_size", "val_batch_size", "batches_per_allreduce", "width", "finite_check_every")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 1 (got {value!r})")
-        for name in ("base_lr", "lr_decay_factor", "gradient_predivide_factor"):
+        for name in ("checkpoint_every_steps", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"--{_flag(name)} must be an integer >= 0, 0 meaning off (got {value!r})")
+        for name in ("base_lr", "lr_decay_factor", "gradient_predivide_factor", "collective_timeout"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"--{_flag(name)} must be a positive number (got {value!r})")
@@ -102,6 +127,8 @@ class Config:
         if self.fp16_allreduce and self.bf16_allreduce:
             raise ConfigError("choose one of --fp16-allreduce and --bf16-allreduce, not both")
         _check_checkpoint_format(self.checkpoint_format)
+        if self.resume_from is not None and not self.resume:
+            raise ConfigError("--resume PATH and --no-resume contradict each other; keep one")
         return self
 
     def checkpoint_path(self, epoch: int) -> str:

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .adasum import AdasumOptimizer, check_world_size
-from .config import Config, ConfigError
+from .config import BatchscaleError, Config, ConfigError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 HOROVOD_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
@@ -80,13 +80,13 @@ class Backend:
         pass
 
     def agree(self, fn: Callable[[], T]) -> T:
-        """Runs `fn` on every rank; if it raises ConfigError on any rank, all ranks stop instead of
+        """Runs `fn` on every rank; if it raises a BatchscaleError on any rank, all ranks stop instead of
         waiting forever in the next collective, and only the lowest failing rank says why."""
-        error: ConfigError | None = None
+        error: BatchscaleError | None = None
         result: Any = None
         try:
             result = fn()
-        except ConfigError as err:
+        except BatchscaleError as err:
             error = err
         failed = torch.zeros(self.world_size, device=self.device)
         failed[self.rank] = float(error is not None)
@@ -95,6 +95,7 @@ class Backend:
             return result
         first = int(failed_ranks[0])
         if error is not None and first == self.rank:
+            error.agreed = True
             raise error
         raise ConfigError(f"rank {first} stopped the job; see its message", quiet=True)
 
@@ -122,7 +123,7 @@ class TorchBackend(Backend):
         if not dist.is_initialized():
             dist.init_process_group(
                 backend="nccl" if self.device.type == "cuda" else "gloo",
-                timeout=timedelta(minutes=10),
+                timeout=timedelta(seconds=config.collective_timeout),
                 device_id=self.device if self.device.type == "cuda" else None,
             )
 
@@ -202,6 +203,14 @@ def allreduce_hook(state: AllreduceHook, bucket: dist.GradBucket) -> torch.futur
 def float_buffers(model: nn.Module) -> Iterator[Tensor]:
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     return (b for b in module.buffers() if b.is_floating_point())
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it, before any backend exists (0 when not launched)."""
+    for var in ("RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
 
 
 def launched_by() -> str:

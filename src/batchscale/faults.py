@@ -1,8 +1,10 @@
-"""Fault injection for the test suite: crash this process at a named point, as a real failure would.
+"""Fault injection for the test suite: fail this process at a named point, as a real failure would.
 
-BATCHSCALE_FAULT=POINT:VALUE[:RANK] SIGKILLs the process when it reaches that point
-(e.g. `after-checkpoint:1`, `step:5:1`). With BATCHSCALE_FAULT_ONCE=FILE it fires only
-if FILE does not exist yet, and creates it, so a restarted worker runs on.
+BATCHSCALE_FAULT=POINT:VALUE[:RANK] acts when rank RANK (default 0) reaches that point, e.g.
+`after-checkpoint:1`, `step:5:1`, `during-save:2`. BATCHSCALE_FAULT_ACTION says how:
+`kill` (SIGKILL, the default), `stop` (SIGSTOP: a hung rank) or `nan` (the weights become NaN).
+With BATCHSCALE_FAULT_ONCE=FILE it acts only if FILE does not exist yet, and creates it,
+so a restarted worker runs on.
 """
 
 from __future__ import annotations
@@ -11,18 +13,32 @@ import os
 import signal
 from pathlib import Path
 
+import torch
+from torch import nn
 
-def point(name: str, value: int, rank: int = 0) -> None:
+
+def _armed(name: str, value: int, rank: int) -> bool:
     spec = os.environ.get("BATCHSCALE_FAULT")
     if not spec:
-        return
+        return False
     parts = spec.split(":")
     want_rank = int(parts[2]) if len(parts) > 2 else 0
     if parts[0] != name or int(parts[1]) != value or want_rank != rank:
-        return
+        return False
     once = os.environ.get("BATCHSCALE_FAULT_ONCE")
     if once:
         if Path(once).exists():
-            return
+            return False
         Path(once).touch()
-    os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def point(name: str, value: int, rank: int = 0, model: nn.Module | None = None) -> None:
+    if not _armed(name, value, rank):
+        return
+    action = os.environ.get("BATCHSCALE_FAULT_ACTION", "kill")
+    if action == "nan" and model is not None:
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return
+    os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)

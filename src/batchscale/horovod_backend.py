@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Any
 
@@ -26,6 +27,10 @@ class HorovodBackend(Backend):
             ) from None
         self.hvd = hvd
         self.config = config
+        # Horovod's stall watchdog ends a job whose ranks stop meeting, as --collective-timeout does for torchrun.
+        timeout = max(1, int(config.collective_timeout))
+        os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(min(60, timeout)))
+        os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(timeout))
         hvd.init()
         self.rank, self.world_size = hvd.rank(), hvd.size()
         self.local_rank, self.local_world_size = hvd.local_rank(), hvd.local_size()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import checkpoint, data, faults
-from .config import Config, ConfigError
+from .config import Config, ConfigError, Diverged
 from .distributed import Backend, init_backend
 from .metrics import RunLog, summarize
 from .models import build_model
@@ -144,54 +144,105 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
     )
     schedule = LRSchedule.from_config(config, backend.lr_replicas(), batches.steps_per_epoch)
 
-    state = backend.agree(
-        lambda: checkpoint.find_and_load(config, backend.world_size, print) if backend.is_main else None
-    )
-    state = backend.broadcast_object(state)
+    found = backend.agree(lambda: checkpoint.find_and_load(config, backend.world_size, print) if backend.is_main else None)
+    state = backend.broadcast_object(found[1] if found else None)
     history: list[dict[str, Any]] = []
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
         history = state["history"]
-    start_epoch = len(history)
     model, optimizer = backend.prepare(model, optimizer)
     log = RunLog(config, backend.is_main, history, batches.global_batch)
+    resume_step = state["epoch_step"] if state is not None else 0
+    partial = state.get("partial") if state is not None and backend.is_main else None
     log.say(
         f"batchscale: {config.model} ({parameters / 1e6:.2f}M parameters) on {backend.world_size} x {device.type} "
         f"({backend.name}), global batch {batches.global_batch}, {batches.steps_per_epoch} steps/epoch, "
         f"peak lr {schedule.peak_lr:.4g}"
-        + (f"; resumed after epoch {start_epoch}" if start_epoch else "")
+        + (f"; resumed from {found[0]} after epoch {len(history)}" if found else "")
+        + (f", step {resume_step}" if resume_step else "")
     )
-
     if config.warmup_epochs >= config.epochs and schedule.peak_lr != schedule.base_lr:
         log.say(f"warning: --warmup-epochs {config.warmup_epochs:g} covers the whole run; the LR never reaches its peak")
+
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    step = start_epoch * batches.steps_per_epoch
+    steps_per_epoch = batches.steps_per_epoch
     wall_before = history[-1]["wall_seconds"] if history else 0.0
     train_before = history[-1]["train_seconds"] if history else 0.0
     local_images = config.batch_size * config.batches_per_allreduce
-    for epoch in range(start_epoch + 1, config.epochs + 1):
+
+    def snapshot(epoch: int, epoch_step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "model": getattr(model, "module", model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,  # completed epochs
+            "epoch_step": epoch_step,  # steps done inside epoch + 1
+            "step": epoch * steps_per_epoch + epoch_step,
+            "rng": checkpoint.rng_state(),
+            "config": config.to_dict(),
+            "world_size": backend.world_size,
+            "history": history,
+            "partial": extra,
+        }
+
+    def check_finite(bad_step: Tensor) -> None:
+        """A collective every --finite-check-every steps: all ranks stop together, never saving NaN weights."""
+
+        def verify() -> None:
+            step = int(bad_step)
+            if step >= 0:
+                done = history[-1]["epoch"] if history else 0
+                raise Diverged(
+                    f"the loss became NaN or infinite at step {step} (epoch {step // steps_per_epoch + 1}, "
+                    f"lr {schedule(step - 1):.4g}); checkpoints up to epoch {done} are intact. Lower --base-lr, "
+                    "lengthen --warmup-epochs or use fp32, then rerun to resume from the last good checkpoint"
+                )
+
+        backend.agree(verify)
+
+    for epoch in range(len(history) + 1, config.epochs + 1):
         model.train()
-        bar = log.bar(batches.steps_per_epoch, f"epoch {epoch}/{config.epochs}")
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
+        start_step = resume_step if epoch == len(history) + 1 else 0
+        bar = log.bar(steps_per_epoch, f"epoch {epoch}/{config.epochs}", initial=start_step)
+        loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
+        correct = torch.tensor(partial["correct"] if partial else 0, dtype=torch.long, device=device)
+        seen = partial["images"] if partial else 0
+        seconds_before = partial["seconds"] if partial else 0.0
+        partial = None
+        bad_step = torch.full((), -1, dtype=torch.long, device=device)
         epoch_start = time.perf_counter()
-        for micro in batches.epoch(epoch):
+        step = (epoch - 1) * steps_per_epoch + start_step
+        for epoch_step, micro in enumerate(batches.epoch(epoch, start_step), start=start_step + 1):
             lr = schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss, step_correct = train_step(model, optimizer, micro, backend, criterion)
+            step += 1
+            bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(step_loss), step)  # no host sync
             loss_sum += step_loss
             correct += step_correct
             seen += local_images
-            step += 1
             log.step(bar, step, lr, seen, loss_sum, correct)
-            faults.point("step", step, backend.rank)
+            faults.point("step", step, backend.rank, model)
+            if step % config.finite_check_every == 0:
+                check_finite(bad_step)
+            every = config.checkpoint_every_steps
+            if every and epoch_step % every == 0 and epoch_step < steps_per_epoch:
+                check_finite(bad_step)
+                backend.average_buffers(model)
+                sums = backend.all_reduce_sum(torch.stack([loss_sum.double(), correct.double()])).tolist()
+                images = backend.all_reduce_sum(torch.tensor([float(seen)], device=device)).item()
+                extra = {"loss_sum": sums[0], "correct": int(sums[1]), "images": int(images),
+                         "seconds": seconds_before + time.perf_counter() - epoch_start}
+                if backend.is_main:
+                    checkpoint.save(checkpoint.partial_path(config, epoch), snapshot(epoch - 1, epoch_step, extra))
+                faults.point("after-step-checkpoint", step, backend.rank)
+        check_finite(bad_step)
         totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)])
         train_loss, train_correct, images = backend.all_reduce_sum(totals).tolist()  # .tolist() waits for the device
-        epoch_seconds = time.perf_counter() - epoch_start
+        epoch_seconds = seconds_before + time.perf_counter() - epoch_start
         if bar is not None:
             bar.close()
         backend.average_buffers(model)
@@ -201,7 +252,7 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
             {
                 "epoch": epoch,
                 "step": step,
-                "lr": lr,
+                "lr": schedule(step - 1),
                 "train_loss": train_loss / images,
                 "train_acc": train_correct / images,
                 "val_loss": val_loss,
@@ -214,20 +265,8 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
             }
         )
         if backend.is_main:
-            checkpoint.save(
-                config.checkpoint_path(epoch),
-                {
-                    "format_version": checkpoint.FORMAT_VERSION,
-                    "model": getattr(model, "module", model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "rng": checkpoint.rng_state(),
-                    "config": config.to_dict(),
-                    "world_size": backend.world_size,
-                    "history": history,
-                },
-            )
+            checkpoint.save(config.checkpoint_path(epoch), snapshot(epoch, 0))
+            checkpoint.prune(config, epoch)
         faults.point("after-checkpoint", epoch, backend.rank)
         log.epoch(history[-1])
 
