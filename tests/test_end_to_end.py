@@ -77,7 +77,7 @@ def test_two_epochs_write_every_output_and_resume_exactly(launcher, tiny_cifar, 
     assert (resumed / "checkpoint-1.pth.tar").exists() and not (resumed / "checkpoint-2.pth.tar").exists()
     again = launch(launcher, tiny_cifar, resumed)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed after epoch 1" in again.stdout
+    assert "checkpoint-1.pth.tar after epoch 1" in again.stdout
     want, got = weights(full / "checkpoint-2.pth.tar"), weights(resumed / "checkpoint-2.pth.tar")
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want)
@@ -90,7 +90,7 @@ def test_finished_run_rerun_does_no_more_training(tiny_cifar, tmp_path):
     assert launch("python", tiny_cifar, tmp_path).returncode == 0
     before = (tmp_path / "checkpoint-2.pth.tar").stat().st_mtime_ns
     rerun = launch("python", tiny_cifar, tmp_path)
-    assert rerun.returncode == 0 and "resumed after epoch 2" in rerun.stdout
+    assert rerun.returncode == 0 and "checkpoint-2.pth.tar after epoch 2" in rerun.stdout
     assert (tmp_path / "checkpoint-2.pth.tar").stat().st_mtime_ns == before
     assert json.loads((tmp_path / "summary.json").read_text())["epochs_completed"] == 2
 

@@ -51,3 +51,10 @@ def test_sqrt_scaling_and_no_warmup():
     lr = LRSchedule.from_config(Config(epochs=10, base_lr=0.1, warmup_epochs=0, lr_scaling="sqrt"), 16, 10)
     assert lr(0) == pytest.approx(0.4)
     assert lr(50) == pytest.approx(0.2)
+
+
+def test_warmup_can_start_below_the_base_lr():
+    config = Config(epochs=10, base_lr=0.4, warmup_epochs=1, warmup_start_lr=0.0, lr_schedule="onecycle")
+    lr = LRSchedule.from_config(config, replicas=1, steps_per_epoch=100)
+    assert lr(0) == 0.0 and lr(50) == pytest.approx(0.2) and lr(100) == pytest.approx(0.4)
+    assert lr(550) == pytest.approx(0.2)

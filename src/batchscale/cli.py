@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .config import BACKENDS, LR_SCALINGS, LR_SCHEDULES, MODELS, BatchscaleError, Config
+from .config import BACKENDS, LR_SCALINGS, LR_SCHEDULES, MODELS, PRECISIONS, BatchscaleError, Config
 from .distributed import launcher_rank
 
 DEFAULTS = Config()
@@ -72,6 +72,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-scaling", choices=LR_SCALINGS, default=d.lr_scaling, help="peak LR = base LR x this rule of workers x batches-per-allreduce (default: %(default)s)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule, help="decay after warmup (default: %(default)s)")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="epochs of per-step ramp from base LR to peak LR (default: %(default)s)")
+    g.add_argument(
+        "--warmup-start-lr",
+        type=float,
+        default=None,
+        help="LR at the first warmup step (default: --base-lr, Goyal et al.'s ramp; set it lower to warm up one worker)",
+    )
     g.add_argument("--lr-decay-epochs", type=_decay_epochs, default=d.lr_decay_epochs, help="epochs where --lr-schedule step multiplies the LR by --lr-decay-factor (default: 30,60,80)")
     g.add_argument("--lr-decay-factor", type=float, default=d.lr_decay_factor, help="(default: %(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
@@ -82,6 +88,13 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODELS, default=d.model, help="(default: %(default)s)")
     g.add_argument("--width", type=int, default=d.width, help="channels of the first stage of --model resnet18 (default: %(default)s)")
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="autocast dtype; fp16 adds a gradient scaler; auto = bf16 on GPUs, fp32 on CPUs (default: %(default)s)",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is reported apart)")
 
     g = p.add_argument_group("distributed")
     g.add_argument("--backend", choices=BACKENDS, default=d.backend, help="auto: from the launcher's environment (default: %(default)s)")
@@ -95,11 +108,34 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         help="divide gradients by this before the sum and by world size / this after, as Horovod (default: %(default)s)",
     )
     g.add_argument(
+        "--simulate-workers",
+        type=int,
+        default=d.simulate_workers,
+        metavar="N",
+        help="run N workers' arithmetic in this process: each worker's batch its own forward pass (its own "
+        "batch-norm statistics), gradients averaged, same data order and LR as N real workers (default: 1)",
+    )
+    g.add_argument(
         "--collective-timeout",
         type=float,
         default=d.collective_timeout,
         metavar="SECONDS",
         help="a rank waiting this long in a collective ends the job instead of hanging (default: %(default)s)",
+    )
+
+    g = p.add_argument_group("measurement")
+    g.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=d.target_accuracy,
+        help="summary.json records the steps and time to reach this test accuracy (default: %(default)s)",
+    )
+    g.add_argument(
+        "--noise-every",
+        type=int,
+        default=d.noise_every,
+        metavar="N",
+        help="estimate the gradient noise scale every N steps (default: %(default)s)",
     )
 
     g = p.add_argument_group("reproducibility and devices")
@@ -143,13 +179,55 @@ def run_train(argv: Sequence[str], prog: str) -> int:
     return 0
 
 
+def bench_parser() -> argparse.ArgumentParser:
+    from .bench import BenchConfig
+
+    d = BenchConfig()
+    p = _Parser(prog="batchscale bench", description="Time training steps, ours against the original's pipeline.")
+    p.add_argument("--model", choices=MODELS, default=d.model)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per worker (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--steps", type=int, default=d.steps, help="timed steps per round (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="interleaved rounds of ours and the bare loop (default: %(default)s)")
+    p.add_argument("--data", choices=("synthetic", "real"), default=d.data)
+    p.add_argument("--train-dir", default=d.train_dir, help="for --data real (default: %(default)s)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the original's pipeline")
+    p.add_argument("--baseline-steps", type=int, default=d.baseline_steps)
+    p.add_argument("--output", default=d.output, help="JSON results (default: %(default)s)")
+    p.add_argument("--no-cuda", action="store_true")
+    return p
+
+
+def run_bench(argv: Sequence[str]) -> int:
+    from .bench import BenchConfig, describe, run
+
+    args = bench_parser().parse_args(argv)
+    try:
+        result = run(BenchConfig(**vars(args)))
+    except BatchscaleError as err:
+        if not err.quiet and (err.agreed or launcher_rank() == 0):
+            print(f"batchscale bench: error: {err}", file=sys.stderr)
+        return err.exit_code
+    if launcher_rank() == 0:
+        print(describe(result))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": "train ResNet-18 on CIFAR-10 (see batchscale train --help)"}
+    commands = {
+        "train": "train ResNet-18 on CIFAR-10 (see batchscale train --help)",
+        "bench": "time training steps against the original's pipeline (see batchscale bench --help)",
+    }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         listing = "\n".join(f"  {name:8s} {text}" for name, text in commands.items())
         print(f"usage: batchscale COMMAND [FLAGS]\n\ncommands:\n{listing}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "bench":
+        return run_bench(argv[1:])
     return run_train(argv[1:], "batchscale train")
 if __name__ == "__main__":
     import sys

@@ -12,6 +12,7 @@ MODELS = ("resnet18", "resnet18-imagenet")
 LR_SCALINGS = ("linear", "sqrt", "none")
 LR_SCHEDULES = ("cosine", "step", "onecycle")
 BACKENDS = ("auto", "single", "torch", "horovod")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 class BatchscaleError(Exception):
@@ -66,15 +67,18 @@ class Config:
     lr_scaling: str = "linear"
     lr_schedule: str = "cosine"
     warmup_epochs: float = 5.0
+    warmup_start_lr: float | None = None
     lr_decay_epochs: tuple[int, ...] = (30, 60, 80)
     lr_decay_factor: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     wd: float = 5e-4
     label_smoothing: float = 0.0
-    # Model
+    # Model and speed
     model: str = "resnet18"
     width: int = 64
+    precision: str = "auto"
+    compile: bool = False
     # Distributed
     backend: str = "auto"
     fp16_allreduce: bool = False
@@ -82,6 +86,9 @@ class Config:
     use_adasum: bool = False
     gradient_predivide_factor: float = 1.0
     collective_timeout: float = 600.0
+    simulate_workers: int = 1
+    noise_every: int = 10
+    target_accuracy: float = 0.94
     # Reproducibility and devices
     seed: int = 42
     deterministic: bool = False
@@ -90,7 +97,10 @@ class Config:
 
     def validate(self) -> "Config":
         """Checks every value that can be judged without touching the disk or the network."""
-        positive_ints = ("epochs", "batch_size", "val_batch_size", "batches_per_allreduce", "width", "finite_check_every")
+        positive_ints = (
+            "epochs", "batch_size", "val_batch_size", "batches_per_allreduce", "width", "finite_check_every",
+            "simulate_workers", "noise_every",
+        )
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -107,16 +117,21 @@ class Config:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"--{_flag(name)} must be a number >= 0 (got {value!r})")
+        if self.warmup_start_lr is not None and not (math.isfinite(self.warmup_start_lr) and self.warmup_start_lr >= 0):
+            raise ConfigError(f"--warmup-start-lr must be a number >= 0 (got {self.warmup_start_lr!r})")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1) (got {self.momentum!r})")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("Nesterov momentum needs --momentum > 0; pass --no-nesterov or set --momentum")
+        if not 0 < self.target_accuracy <= 1:
+            raise ConfigError(f"--target-accuracy must be in (0, 1], e.g. 0.94 (got {self.target_accuracy!r})")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing!r})")
         _choice("model", self.model, MODELS)
         _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("backend", self.backend, BACKENDS)
+        _choice("precision", self.precision, PRECISIONS)
         decay = list(self.lr_decay_epochs)
         if any(not isinstance(e, int) or e < 1 for e in decay) or decay != sorted(set(decay)):
             raise ConfigError(
@@ -124,6 +139,8 @@ class Config:
             )
         if self.use_adasum and self.gradient_predivide_factor != 1.0:
             raise ConfigError("--gradient-predivide-factor applies to averaging only; drop it or --use-adasum")
+        if self.simulate_workers > 1 and self.use_adasum:
+            raise ConfigError("--simulate-workers averages the simulated workers; it cannot simulate Adasum")
         if self.fp16_allreduce and self.bf16_allreduce:
             raise ConfigError("choose one of --fp16-allreduce and --bf16-allreduce, not both")
         _check_checkpoint_format(self.checkpoint_format)

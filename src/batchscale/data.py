@@ -133,6 +133,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class TrainBatches:
     """Per-epoch shuffled, augmented training batches for one rank, drawn on the device.
 
+    With `simulate` the single process takes every rank's batches (rank-major within each
+    micro-batch slot), as many micro-batches as the simulated workers have together.
     One permutation and one set of crop offsets and flips per epoch are drawn from the
     seed alone, identically on every rank, so a run on 2 ranks x batch b sees exactly
     the images (and augmentations) of a run on 1 rank x batch 2b.
@@ -148,8 +150,12 @@ class TrainBatches:
         seed: int,
         device: torch.device,
         augment: bool = True,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        simulate: bool = False,
     ) -> None:
         self.n = images.shape[0]
+        self.memory_format = memory_format
+        self.simulate = simulate
         self.batch_size, self.micro_batches, self.shard, self.seed = batch_size, micro_batches, shard, seed
         self.augment = augment
         self.global_batch = batch_size * micro_batches * shard.world_size
@@ -184,6 +190,8 @@ class TrainBatches:
         shape = (self.steps_per_epoch, self.micro_batches, self.shard.world_size, self.batch_size)
 
         def mine(t: Tensor) -> Tensor:
+            if self.simulate:
+                return t[:used].view(shape).reshape(shape[0], -1, self.batch_size).to(self.device)
             return t[:used].view(shape)[:, :, self.shard.rank].to(self.device)
 
         return mine(perm), mine(dx), mine(dy), mine(flip)
@@ -194,19 +202,29 @@ class TrainBatches:
         cols = dx[:, None] + torch.where(flip[:, None], 31 - self.arange, self.arange)
         channels = torch.arange(3, device=self.device)[None, :, None, None]
         pixels = self.padded[idx[:, None, None, None], channels, rows[:, None, :, None], cols[:, None, None, :]]
-        return (pixels.float() - self.mean) / self.std, self.labels[idx]
+        x = ((pixels.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        return x, self.labels[idx]
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[list[tuple[Tensor, Tensor]]]:
-        """Yields one list of `micro_batches` (images, labels) pairs per optimizer step."""
+        """Yields one list of micro-batches (images, labels) per optimizer step."""
         idx, dx, dy, flip = self.epoch_plan(epoch)
         for step in range(start_step, self.steps_per_epoch):
-            yield [self.gather(idx[step, m], dx[step, m], dy[step, m], flip[step, m]) for m in range(self.micro_batches)]
+            yield [self.gather(idx[step, m], dx[step, m], dy[step, m], flip[step, m]) for m in range(idx.shape[1])]
 
 
 class EvalBatches:
     """This rank's contiguous part of the test set: every image is evaluated exactly once across ranks."""
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shard: Shard, device: torch.device) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shard: Shard,
+        device: torch.device,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
+        self.memory_format = memory_format
         part = torch.tensor_split(torch.arange(images.shape[0]), shard.world_size)[shard.rank]
         self.images = images[part].to(device)
         self.labels = labels[part].to(device)
@@ -221,4 +239,5 @@ class EvalBatches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, self.images.shape[0], self.batch_size):
             x = self.images[start : start + self.batch_size]
-            yield (x.float() - self.mean) / self.std, self.labels[start : start + self.batch_size]
+            x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            yield x, self.labels[start : start + self.batch_size]

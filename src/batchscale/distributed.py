@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .adasum import AdasumOptimizer, check_world_size
 from .config import BatchscaleError, Config, ConfigError
+from .noise import GradNorms
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 HOROVOD_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
@@ -60,6 +61,19 @@ class Backend:
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         """Context for a backward pass whose gradients must not be communicated yet."""
         return contextlib.nullcontext()
+
+    def noise_probe(self, norms: GradNorms | None) -> bool:
+        """Asks the backend to add each worker's own squared gradient norm, before the allreduce,
+        to `norms.small_sq` during the next backward (None: stop). False where it cannot."""
+        return False
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+        """Applies the combined gradients (through the fp16 gradient scaler when there is one)."""
+        if scaler is None:
+            optimizer.step()
+            return
+        scaler.step(optimizer)
+        scaler.update()
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         return tensor
@@ -142,10 +156,16 @@ class TorchBackend(Backend):
             gradient_as_bucket_view=True,
             **{no_buffer_sync: False},
         )
-        ddp.register_comm_hook(
-            AllreduceHook(self.world_size, self.config.gradient_predivide_factor, compression), allreduce_hook
-        )
+        self.hook = AllreduceHook(self.world_size, self.config.gradient_predivide_factor, compression)
+        ddp.register_comm_hook(self.hook, allreduce_hook)
         return ddp, optimizer
+
+    def noise_probe(self, norms: GradNorms | None) -> bool:
+        hook = getattr(self, "hook", None)
+        if hook is None:
+            return False
+        hook.norms = norms
+        return True
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -183,11 +203,14 @@ class AllreduceHook:
 
     def __init__(self, world_size: int, predivide: float, dtype: torch.dtype | None) -> None:
         self.world_size, self.predivide, self.dtype = world_size, predivide, dtype
+        self.norms: GradNorms | None = None  # set for the steps that measure the noise scale
 
 
 def allreduce_hook(state: AllreduceHook, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
     """Sum of grad/predivide over ranks, then divided by world_size/predivide, as Horovod's average does."""
     grads = bucket.buffer()
+    if state.norms is not None:
+        state.norms.small_sq += grads.float().square().sum()
     wire = grads.to(state.dtype) if state.dtype is not None else grads
     if state.predivide != 1.0:
         wire.div_(state.predivide)
@@ -200,9 +223,14 @@ def allreduce_hook(state: AllreduceHook, bucket: dist.GradBucket) -> torch.futur
     return fut.then(finish)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside torch.compile's and DDP's wrappers: what checkpoints hold."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def float_buffers(model: nn.Module) -> Iterator[Tensor]:
-    module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return (b for b in module.buffers() if b.is_floating_point())
+    return (b for b in unwrap(model).buffers() if b.is_floating_point())
 
 
 def launcher_rank() -> int:

@@ -35,6 +35,8 @@ class HorovodBackend(Backend):
         self.rank, self.world_size = hvd.rank(), hvd.size()
         self.local_rank, self.local_world_size = hvd.local_rank(), hvd.local_size()
         self.device = pick_device(self.local_rank, config.no_cuda)
+        if config.compile:
+            raise ConfigError("--compile is not supported under Horovod (its gradient hooks); use torchrun for compiled runs")
         if config.bf16_allreduce:
             raise ConfigError("Horovod cannot allreduce bfloat16 tensors; use --fp16-allreduce, or torchrun for bf16")
         if config.use_adasum:
@@ -87,6 +89,16 @@ class HorovodBackend(Backend):
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()  # DistributedOptimizer counts backward passes itself
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+        if scaler is None:
+            optimizer.step()
+            return
+        # The scaler reads the gradients, so Horovod's allreduce must finish first (Horovod's AMP recipe).
+        optimizer.synchronize()  # type: ignore[attr-defined]
+        with optimizer.skip_synchronize():  # type: ignore[attr-defined]
+            scaler.step(optimizer)
+        scaler.update()
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         return self.hvd.allreduce_(tensor, op=self.hvd.Sum)

@@ -84,6 +84,8 @@ class RunLog:
             self.writer.add_scalar(f"{split}/{name}", record[key], epoch)
         self.writer.add_scalar("perf/images_per_sec", record["images_per_sec"], epoch)
         self.writer.add_scalar("perf/epoch_seconds", record["epoch_seconds"], epoch)
+        if record.get("noise_scale") is not None:
+            self.writer.add_scalar("noise/b_simple", record["noise_scale"], epoch)
         self.writer.flush()
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -98,7 +100,30 @@ class RunLog:
             return
         assert self.writer is not None
         write_json_atomic(self.dir / "summary.json", summary)
+        self.writer.add_hparams(hparams(summary), hparam_metrics(summary), run_name=".")
         self.writer.close()
+
+
+HPARAMS = ("batch_size", "batches_per_allreduce", "base_lr", "lr_scaling", "lr_schedule", "warmup_epochs", "wd",
+           "momentum", "label_smoothing", "model", "width", "precision", "epochs", "seed", "use_adasum", "fp16_allreduce")
+
+
+def hparams(summary: dict[str, Any]) -> dict[str, Any]:
+    """What TensorBoard's HPARAMS tab compares across the runs of a sweep."""
+    chosen = {k: summary["config"][k] for k in HPARAMS}
+    chosen.update(workers=summary["world_size"], global_batch=summary["global_batch"], backend=summary["backend"])
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in chosen.items()}
+
+
+def hparam_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    target = summary.get("target") or {}
+    return {
+        "hparam/final_val_acc": summary["final_val_acc"] or 0.0,
+        "hparam/best_val_acc": summary["best_val_acc"] or 0.0,
+        "hparam/images_per_sec": summary["images_per_sec"] or 0.0,
+        "hparam/train_seconds": summary["train_seconds"],
+        "hparam/seconds_to_target": target.get("train_seconds", float("nan")),
+    }
 
 
 def summarize(
@@ -108,11 +133,12 @@ def summarize(
     train_seconds = sum(r["epoch_seconds"] for r in history)
     images = sum(r["images"] for r in history)
     reached: dict[str, Any] = {}
-    for threshold in THRESHOLDS:
+    for threshold in sorted({*THRESHOLDS, config.target_accuracy}):
         hit = next((r for r in history if r["val_acc"] >= threshold), None)
         if hit is not None:
             reached[f"{threshold:.2f}"] = {
                 "epoch": hit["epoch"],
+                "step": hit["step"],
                 "train_seconds": hit["train_seconds"],
                 "wall_seconds": hit["wall_seconds"],
             }
@@ -122,6 +148,7 @@ def summarize(
         "backend": backend_name,
         "world_size": world_size,
         "global_batch": config.batch_size * config.batches_per_allreduce * world_size,
+        "simulated_workers": config.simulate_workers > 1,
         "parameters": parameters,
         "epochs_completed": len(history),
         "final_val_acc": history[-1]["val_acc"] if history else None,
@@ -132,4 +159,7 @@ def summarize(
         "wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
         "images_per_sec": images / train_seconds if train_seconds else None,
         "time_to_accuracy": reached,
+        "target_accuracy": config.target_accuracy,
+        "target": reached.get(f"{config.target_accuracy:.2f}"),
+        "noise_scale": history[-1].get("noise_scale") if history else None,
     }

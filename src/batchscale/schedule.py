@@ -27,6 +27,7 @@ class LRSchedule:
     kind: str
     decay_epochs: tuple[int, ...] = ()
     decay_factor: float = 0.1
+    warmup_start_lr: float | None = None
 
     @classmethod
     def from_config(cls, config: Config, replicas: int, steps_per_epoch: int) -> "LRSchedule":
@@ -40,13 +41,15 @@ class LRSchedule:
             kind=config.lr_schedule,
             decay_epochs=tuple(config.lr_decay_epochs),
             decay_factor=config.lr_decay_factor,
+            warmup_start_lr=config.warmup_start_lr,
         )
 
     def __call__(self, step: int) -> float:
         """LR for optimizer step `step` (0-based)."""
         if step < self.warmup_steps:
             # Goyal et al.: ramp from the single-worker LR to the scaled one, per step.
-            return self.base_lr + (self.peak_lr - self.base_lr) * step / self.warmup_steps
+            start = self.base_lr if self.warmup_start_lr is None else self.warmup_start_lr
+            return start + (self.peak_lr - start) * step / self.warmup_steps
         if self.kind == "step":
             epoch = step / self.steps_per_epoch
             return self.peak_lr * self.decay_factor ** sum(epoch >= e for e in self.decay_epochs)

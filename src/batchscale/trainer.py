@@ -15,9 +15,11 @@ from torch import Tensor, nn
 
 from . import checkpoint, data, faults
 from .config import Config, ConfigError, Diverged
-from .distributed import Backend, init_backend
+from .distributed import Backend, init_backend, unwrap
 from .metrics import RunLog, summarize
 from .models import build_model
+from .noise import GradNorms, NoiseScale, squared_norm
+from .precision import FP32, Precision, resolve
 from .schedule import LRSchedule
 
 
@@ -27,32 +29,49 @@ def train_step(
     micro_batches: list[tuple[Tensor, Tensor]],
     backend: Backend,
     criterion: nn.Module,
+    precision: Precision = FP32,
+    norms: GradNorms | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One optimizer update from k micro-batches, communicating once. Returns (loss sum, correct) on device."""
+    """One optimizer update from k micro-batches, communicating once. Returns (loss sum, correct) on device.
+
+    Nothing here waits for the device: the sums stay tensors until the epoch ends. With `norms`
+    it also records, for the noise scale, the squared norm of the first micro-batch's gradient
+    (when k > 1) and of the combined gradient the optimizer applies.
+    """
     optimizer.zero_grad()
     k = len(micro_batches)
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
     correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
     for i, (x, y) in enumerate(micro_batches):
         with backend.accumulating(model) if i < k - 1 else contextlib.nullcontext():
-            out = model(x)
-            loss = criterion(out, y)
+            with precision.autocast():
+                out = model(x)
+                loss = criterion(out, y)
             # Each micro-batch's mean loss / k: the update equals one batch of k x batch size.
-            (loss / k).backward()
-        loss_sum += loss.detach() * y.shape[0]
+            precision.backward(loss / k)
+        if norms is not None and i == 0 and k > 1:
+            unscale = precision.scaler.get_scale() if precision.scaler is not None else 1.0
+            norms.small_sq = squared_norm(gradients(model)) * (k / unscale) ** 2
+        loss_sum += loss.detach().float() * y.shape[0]
         correct += (out.detach().argmax(1) == y).sum()
-    optimizer.step()
+    backend.optimizer_step(optimizer, precision.scaler)
+    if norms is not None:
+        norms.big_sq = squared_norm(gradients(model))
     return loss_sum, correct
 
 
+def gradients(model: nn.Module) -> list[Tensor]:
+    return [p.grad for p in model.parameters() if p.grad is not None]
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: data.EvalBatches, backend: Backend) -> tuple[float, float]:
+def evaluate(model: nn.Module, batches: data.EvalBatches, backend: Backend, precision: Precision = FP32) -> tuple[float, float]:
     """Test loss and accuracy over every test image exactly once across ranks, reduced once."""
-    module = getattr(model, "module", model)
-    module.eval()
+    model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=backend.device)
     for x, y in batches:
-        out = module(x)
+        with precision.autocast():
+            out = model(x).float()
         sums[0] += F.cross_entropy(out, y, reduction="sum")
         sums[1] += (out.argmax(1) == y).sum()
         sums[2] += y.shape[0]
@@ -60,6 +79,31 @@ def evaluate(model: nn.Module, batches: data.EvalBatches, backend: Backend) -> t
     if int(count) != batches.total:
         raise RuntimeError(f"validation saw {int(count)} images, expected {batches.total}")
     return loss / count, correct / count
+
+
+def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_x: Tensor, precision: Precision) -> float:
+    """Compiles the train and eval graphs before the clock starts; returns the seconds it took.
+
+    The weights and batch-norm statistics are restored afterwards, so the run is unchanged.
+    """
+    saved = {k: v.clone() for k, v in unwrap(model).state_dict().items()}
+    start = time.perf_counter()
+    model.train()
+    with precision.autocast():
+        loss = F.cross_entropy(model(train_batch[0]), train_batch[1])
+    precision.backward(loss)
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        model(eval_x).float().sum().item()
+    seconds = time.perf_counter() - start
+    unwrap(model).load_state_dict(saved)
+    for p in model.parameters():
+        p.grad = None
+    return seconds
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def check_writable(path: str | Path, flag: str) -> None:
@@ -132,33 +176,50 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
     seed_everything(config)
     device = backend.device
     train_x, train_y, val_x, val_y = prepare_data(config, backend)
+    precision = resolve(config, device)
+    # channels_last feeds tensor cores without layout transposes; on CPUs it rarely helps.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    simulated = config.simulate_workers
+    if simulated > 1 and backend.world_size > 1:
+        raise ConfigError("--simulate-workers runs in one process; launch it with python, not torchrun or horovodrun")
+    workers = backend.world_size * simulated
     shard = data.Shard(backend.rank, backend.world_size)
     batches = data.TrainBatches(
-        train_x, train_y, config.batch_size, config.batches_per_allreduce, shard, config.seed, device
+        train_x, train_y, config.batch_size, config.batches_per_allreduce, data.Shard(backend.rank, workers),
+        config.seed, device, memory_format=memory_format, simulate=simulated > 1,
     )
-    evals = data.EvalBatches(val_x, val_y, config.val_batch_size, shard, device)
-    model = build_model(config.model, config.width).to(device)
+    evals = data.EvalBatches(val_x, val_y, config.val_batch_size, shard, device, memory_format)
+    model = build_model(config.model, config.width).to(device, memory_format=memory_format)
     parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.wd
+        model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
+        weight_decay=config.wd, fused=device.type == "cuda" or None,  # one kernel for the whole update on GPUs
     )
-    schedule = LRSchedule.from_config(config, backend.lr_replicas(), batches.steps_per_epoch)
+    schedule = LRSchedule.from_config(config, backend.lr_replicas() * simulated, batches.steps_per_epoch)
 
-    found = backend.agree(lambda: checkpoint.find_and_load(config, backend.world_size, print) if backend.is_main else None)
+    found = backend.agree(lambda: checkpoint.find_and_load(config, workers, print) if backend.is_main else None)
     state = backend.broadcast_object(found[1] if found else None)
     history: list[dict[str, Any]] = []
+    noise = NoiseScale()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
+        if precision.scaler is not None and state.get("scaler"):
+            precision.scaler.load_state_dict(state["scaler"])
+        noise.load_state_dict(state["noise"])
         history = state["history"]
     model, optimizer = backend.prepare(model, optimizer)
+    compile_seconds = 0.0
+    if config.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+        compile_seconds = warm_up(model, next(iter(batches.epoch(1)))[0], next(iter(evals))[0], precision)
     log = RunLog(config, backend.is_main, history, batches.global_batch)
     resume_step = state["epoch_step"] if state is not None else 0
     partial = state.get("partial") if state is not None and backend.is_main else None
     log.say(
         f"batchscale: {config.model} ({parameters / 1e6:.2f}M parameters) on {backend.world_size} x {device.type} "
-        f"({backend.name}), global batch {batches.global_batch}, {batches.steps_per_epoch} steps/epoch, "
+        f"({backend.name}{f', simulating {simulated} workers' if simulated > 1 else ''}), global batch {batches.global_batch}, {batches.steps_per_epoch} steps/epoch, "
         f"peak lr {schedule.peak_lr:.4g}"
         + (f"; resumed from {found[0]} after epoch {len(history)}" if found else "")
         + (f", step {resume_step}" if resume_step else "")
@@ -170,20 +231,22 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
     steps_per_epoch = batches.steps_per_epoch
     wall_before = history[-1]["wall_seconds"] if history else 0.0
     train_before = history[-1]["train_seconds"] if history else 0.0
-    local_images = config.batch_size * config.batches_per_allreduce
+    local_images = config.batch_size * config.batches_per_allreduce * simulated
 
     def snapshot(epoch: int, epoch_step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "format_version": checkpoint.FORMAT_VERSION,
-            "model": getattr(model, "module", model).state_dict(),
+            "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
             "epoch": epoch,  # completed epochs
             "epoch_step": epoch_step,  # steps done inside epoch + 1
             "step": epoch * steps_per_epoch + epoch_step,
             "rng": checkpoint.rng_state(),
             "config": config.to_dict(),
-            "world_size": backend.world_size,
+            "world_size": workers,
             "history": history,
+            "noise": {k: None if v is None else float(v) for k, v in noise.state_dict().items()},
             "partial": extra,
         }
 
@@ -212,13 +275,24 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
         seconds_before = partial["seconds"] if partial else 0.0
         partial = None
         bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        norms = GradNorms()
         epoch_start = time.perf_counter()
         step = (epoch - 1) * steps_per_epoch + start_step
         for epoch_step, micro in enumerate(batches.epoch(epoch, start_step), start=start_step + 1):
             lr = schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss, step_correct = train_step(model, optimizer, micro, backend, criterion)
+            # Noise scale: a small batch (one worker's micro-batch) against the combined gradient.
+            measure = not config.use_adasum and (step + 1) % config.noise_every == 0
+            measure = measure and (len(micro) > 1 or backend.noise_probe(norms))
+            if measure:
+                norms.reset(device)
+            step_loss, step_correct = train_step(
+                model, optimizer, micro, backend, criterion, precision, norms if measure else None
+            )
+            if measure:
+                backend.noise_probe(None)
+                noise.update(norms.small_sq, norms.big_sq, config.batch_size, batches.global_batch)
             step += 1
             bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(step_loss), step)  # no host sync
             loss_sum += step_loss
@@ -246,7 +320,7 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
         if bar is not None:
             bar.close()
         backend.average_buffers(model)
-        val_loss, val_acc = evaluate(model, evals, backend)
+        val_loss, val_acc = evaluate(model, evals, backend, precision)
         train_before += epoch_seconds
         history.append(
             {
@@ -262,6 +336,7 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
                 "images_per_sec": images / epoch_seconds,
                 "train_seconds": train_before,
                 "wall_seconds": wall_before + time.perf_counter() - started,
+                "noise_scale": None if noise.b_simple is None else float(noise.b_simple),
             }
         )
         if backend.is_main:
@@ -270,6 +345,7 @@ def _train(config: Config, backend: Backend) -> dict[str, Any]:
         faults.point("after-checkpoint", epoch, backend.rank)
         log.epoch(history[-1])
 
-    summary = summarize(config, backend.name, backend.world_size, history, parameters)
+    summary = summarize(config, backend.name, workers, history, parameters)
+    summary.update(precision=precision.name, device=device_name(device), compile_seconds=compile_seconds)
     log.finish(summary)
     return summary

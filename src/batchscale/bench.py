@@ -1,0 +1,381 @@
+"""`batchscale bench`: how fast one training step is, where its time goes, and how it compares
+with the original's pipeline (torchvision DataLoader, PIL transforms, 4 workers, fp32, a host
+sync per step, torchvision's ImageNet ResNet-18), measured side by side in the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import data
+from .config import Config, ConfigError
+from .distributed import Backend, init_backend, unwrap
+from .models import build_model
+from .precision import Precision, resolve
+from .trainer import train_step, warm_up
+
+# Dense peak TFLOP/s by GPU (bf16/fp16 tensor cores, and plain fp32), from the vendors' data sheets.
+PEAK_TFLOPS = {
+    "H100 PCIe": (756.0, 51.0),
+    "H100": (989.0, 67.0),
+    "H200": (989.0, 67.0),
+    "GH200": (989.0, 67.0),
+    "A100": (312.0, 19.5),
+    "L40S": (362.0, 91.6),
+    "L4": (121.0, 30.3),
+    "A10": (125.0, 31.2),
+}
+# The original's transforms normalized with the widespread (but not CIFAR-10's true) std.
+ORIGINAL_MEAN, ORIGINAL_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+ORIGINAL_WORKERS = 4
+
+
+@dataclass
+class BenchConfig:
+    model: str = "resnet18"
+    width: int = 64
+    batch_size: int = 256
+    precision: str = "auto"
+    compile: bool = False
+    steps: int = 20
+    warmup: int = 5
+    rounds: int = 3
+    data: str = "synthetic"
+    train_dir: str = "./data"
+    baseline: bool = True
+    baseline_steps: int = 10
+    output: str | None = "bench.json"
+    no_cuda: bool = False
+
+    def validate(self) -> "BenchConfig":
+        for name in ("width", "batch_size", "steps", "rounds", "baseline_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0 (got {self.warmup})")
+        if self.data not in ("synthetic", "real"):
+            raise ConfigError(f"--data must be synthetic or real (got {self.data!r})")
+        return self
+
+    def train_config(self) -> Config:
+        return Config(
+            model=self.model, width=self.width, batch_size=self.batch_size, precision=self.precision,
+            compile=self.compile, no_cuda=self.no_cuda, train_dir=self.train_dir, val_dir=self.train_dir,
+        ).validate()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_tflops(device: torch.device, precision: Precision) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (tensor_core, fp32) in PEAK_TFLOPS.items():
+        if key in name:
+            return tensor_core if precision.dtype is not None else fp32
+    return None
+
+
+def load_images(bench: BenchConfig) -> tuple[Tensor, Tensor]:
+    if bench.data == "real":
+        return data.load_split(bench.train_dir, train=True)
+    gen = torch.Generator().manual_seed(0)
+    n = 10_000
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=gen)
+
+
+def flops_per_step(model: nn.Module, x: Tensor, y: Tensor, precision: Precision) -> int:
+    """Forward + backward FLOPs of one micro-batch, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        with precision.autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def time_steps(step: Callable[[], Any], steps: int, device: torch.device) -> float:
+    """Mean seconds per call over `steps` calls, with one device sync at the end (as in training)."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def endless(batches: data.TrainBatches) -> Iterator[list[tuple[Tensor, Tensor]]]:
+    epoch = 1
+    while True:
+        yield from batches.epoch(epoch)
+        epoch += 1
+
+
+def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: Tensor) -> dict[str, Any]:
+    config = bench.train_config()
+    device = backend.device
+    precision = resolve(config, device)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    batches = data.TrainBatches(images, labels, bench.batch_size, 1, data.Shard(backend.rank, backend.world_size), 0,
+                                device, memory_format=memory_format)
+    torch.manual_seed(0)
+    model = build_model(bench.model, bench.width).to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                fused=device.type == "cuda" or None)
+    flops = flops_per_step(model, *batches.gather(*(t[0, 0] for t in batches.epoch_plan(1))), precision)
+    model, optimizer = backend.prepare(model, optimizer)
+    criterion = nn.CrossEntropyLoss()
+    stream = endless(batches)
+    compile_seconds = 0.0
+    if bench.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+        first = next(stream)[0]
+        compile_seconds = warm_up(model, first, first[0], precision)
+    fixed = next(stream)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def our_step() -> None:
+        # What the trainer does per step: fetch and augment, set the LR, train, accumulate metrics on device.
+        nonlocal loss_sum, correct
+        micro = next(stream)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.01
+        step_loss, step_correct = train_step(model, optimizer, micro, backend, criterion, precision)
+        bad.masked_fill_((bad < 0) & ~torch.isfinite(step_loss), 1)
+        loss_sum += step_loss
+        correct += step_correct
+
+    def bare_step() -> None:
+        optimizer.zero_grad()
+        with precision.autocast():
+            loss = criterion(model(fixed[0][0]), fixed[0][1])
+        precision.backward(loss)
+        backend.optimizer_step(optimizer, precision.scaler)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    time_steps(our_step, bench.warmup, device)
+    time_steps(bare_step, bench.warmup, device)
+    ours, bare = [], []
+    for _ in range(bench.rounds):  # interleaved, so drift in machine speed hits both alike
+        ours.append(time_steps(our_step, bench.steps, device))
+        bare.append(time_steps(bare_step, bench.steps, device))
+    step_s, bare_s = statistics.median(ours), statistics.median(bare)
+    parts = split_step(model, optimizer, stream, backend, criterion, precision, bench.steps)
+    peak = peak_tflops(device, precision)
+    achieved = flops / step_s / 1e12
+    return {
+        "pipeline": "batchscale: data on device, batched crop/flip, "
+        f"{precision.name}, {'channels_last, ' if device.type == 'cuda' else ''}"
+        f"{'compiled, ' if bench.compile else ''}no per-step host sync",
+        "model": f"{bench.model} (width {bench.width})",
+        "precision": precision.name,
+        "images_per_sec": bench.batch_size * backend.world_size / step_s,
+        "step_ms": step_s * 1e3,
+        "parts_ms": parts,
+        "synced_step_ms": sum(parts.values()),
+        "bare_loop_step_ms": bare_s * 1e3,
+        "overhead_vs_bare_loop": step_s / bare_s,
+        "compile_seconds": compile_seconds,
+        "flops_per_step": flops,
+        "achieved_tflops": achieved,
+        "peak_tflops": peak,
+        "fraction_of_peak": achieved / peak if peak else None,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+
+
+def split_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: Iterator[list[tuple[Tensor, Tensor]]],
+    backend: Backend,
+    criterion: nn.Module,
+    precision: Precision,
+    steps: int,
+) -> dict[str, float]:
+    """Milliseconds per step in data, forward+backward, exposed allreduce and optimizer, with a sync
+    after each. The allreduce hidden behind the backward pass costs nothing; what is left over is
+    the synced forward+backward with communication minus the same without it."""
+    device = backend.device
+    data_s, fb_s, fb_local_s, opt_s = [], [], [], []
+    for i in range(2 * steps):
+        local = i % 2 == 1 and backend.world_size > 1  # every other step without communication
+        sync(device)
+        t0 = time.perf_counter()
+        (x, y), = next(stream)
+        sync(device)
+        t1 = time.perf_counter()
+        optimizer.zero_grad()
+        with backend.accumulating(model) if local else contextlib.nullcontext():
+            with precision.autocast():
+                loss = criterion(model(x), y)
+            precision.backward(loss)
+        sync(device)
+        t2 = time.perf_counter()
+        if local:
+            fb_local_s.append(t2 - t1)
+            continue
+        backend.optimizer_step(optimizer, precision.scaler)
+        sync(device)
+        t3 = time.perf_counter()
+        data_s.append(t1 - t0)
+        fb_s.append(t2 - t1)
+        opt_s.append(t3 - t2)
+    with_comm = statistics.mean(fb_s)
+    without = statistics.mean(fb_local_s) if fb_local_s else with_comm
+    return {
+        "data": statistics.mean(data_s) * 1e3,
+        "forward_backward": without * 1e3,
+        "allreduce_exposed": (with_comm - without) * 1e3,
+        "optimizer": statistics.mean(opt_s) * 1e3,
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def original_loader(images: Tensor, labels: Tensor, batch_size: int, backend: Backend) -> torch.utils.data.DataLoader:
+    """The original's input pipeline: torchvision's CIFAR10 dataset class, PIL transforms, 4 workers."""
+    import torchvision
+    from torchvision import transforms
+
+    dataset = torchvision.datasets.CIFAR10.__new__(torchvision.datasets.CIFAR10)
+    # torchvision's own __getitem__ (PIL image, then the transforms), over the arrays we loaded safely.
+    dataset.data = images.permute(0, 2, 3, 1).contiguous().numpy()
+    dataset.targets = labels.tolist()
+    dataset.target_transform = None
+    dataset.transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(ORIGINAL_MEAN, ORIGINAL_STD),
+        ]
+    )
+    sampler = None
+    if backend.world_size > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, backend.world_size, backend.rank)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=ORIGINAL_WORKERS,
+        pin_memory=backend.device.type == "cuda", drop_last=True, persistent_workers=True,
+    )
+
+
+def original_model(name: str) -> nn.Module:
+    import torchvision
+
+    if name == "original":
+        return torchvision.models.resnet18()  # as the original built it: ImageNet stem, 1000 outputs
+    return build_model("resnet18")
+
+
+def measure_original(bench: BenchConfig, backend: Backend, images: Tensor, labels: Tensor, model_name: str) -> dict[str, Any]:
+    device = backend.device
+    loader = original_loader(images, labels, bench.batch_size, backend)
+    torch.manual_seed(0)
+    model = original_model(model_name).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0125, momentum=0.9, weight_decay=5e-5)
+    model, optimizer = backend.prepare(model, optimizer)
+    model.train()
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        while True:
+            yield from loader
+
+    stream = batches()
+
+    def step() -> None:
+        x, y = next(stream)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad()
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        # The original's per-step metrics: a reduced accuracy and loss read on the host every step.
+        metric = torch.stack([loss.detach(), out.argmax(1).eq(y).float().mean()])
+        backend.all_reduce_sum(metric).tolist()
+
+    time_steps(step, max(2, bench.warmup), device)  # also starts the 4 workers
+    step_s = time_steps(step, bench.baseline_steps, device)
+    del stream, loader
+    return {
+        "pipeline": f"torchvision DataLoader, PIL crop/flip/normalize, {ORIGINAL_WORKERS} workers, fp32, host sync per step",
+        "model": "torchvision resnet18 (7x7 stem, max-pool, 1000 outputs)" if model_name == "original" else "resnet18 (CIFAR)",
+        "precision": "fp32",
+        "images_per_sec": bench.batch_size * backend.world_size / step_s,
+        "step_ms": step_s * 1e3,
+    }
+
+
+def run(bench: BenchConfig) -> dict[str, Any]:
+    bench.validate()
+    backend = init_backend(bench.train_config())
+    try:
+        if backend.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        images, labels = load_images(bench)
+        result: dict[str, Any] = {
+            "device": torch.cuda.get_device_name(backend.device) if backend.device.type == "cuda" else "cpu",
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "world_size": backend.world_size,
+            "batch_size": bench.batch_size,
+            "global_batch": bench.batch_size * backend.world_size,
+            "data": bench.data,
+            "config": asdict(bench),
+            "ours": measure_ours(bench, backend, images, labels),
+        }
+        if bench.baseline:
+            result["original"] = measure_original(bench, backend, images, labels, "original")
+            result["original_pipeline_our_model"] = measure_original(bench, backend, images, labels, "ours")
+            result["speedup_vs_original"] = result["ours"]["images_per_sec"] / result["original"]["images_per_sec"]
+        if backend.is_main and bench.output:
+            Path(bench.output).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    finally:
+        backend.shutdown()
+
+
+def describe(result: dict[str, Any]) -> str:
+    ours = result["ours"]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in ours["parts_ms"].items())
+    lines = [
+        f"{result['device']}, {result['world_size']} worker(s), batch {result['batch_size']}, {result['data']} data",
+        f"ours:     {ours['images_per_sec']:9.0f} img/s  {ours['step_ms']:8.2f} ms/step  ({parts} ms)",
+        f"          overhead over a bare fwd/bwd/step loop: {100 * (ours['overhead_vs_bare_loop'] - 1):+.1f}%",
+        f"          {ours['achieved_tflops']:.2f} TFLOP/s counted"
+        + (f", {100 * ours['fraction_of_peak']:.0f}% of peak" if ours["fraction_of_peak"] else "")
+        + f", peak memory {ours['peak_memory_mb']:.0f} MB",
+    ]
+    for key in ("original", "original_pipeline_our_model"):
+        if key in result:
+            r = result[key]
+            lines.append(f"{key + ':':30s} {r['images_per_sec']:9.0f} img/s  {r['step_ms']:8.2f} ms/step  ({r['model']})")
+    if "speedup_vs_original" in result:
+        lines.append(f"speed-up over the original: {result['speedup_vs_original']:.2f}x")
+    return "\n".join(lines)
+

@@ -1,0 +1,120 @@
+"""The fast path trains like fp32; the bench reports every figure, consistently; its baseline is the original's."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision import transforms
+
+from batchscale import bench, data
+from batchscale.config import Config
+from batchscale.distributed import Backend
+from batchscale.models import CifarResNet18
+from batchscale.precision import FP32, resolve
+from batchscale.trainer import train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def losses(precision_name: str, steps: int = 4) -> list[float]:
+    config = Config(precision=precision_name, no_cuda=True)
+    backend = Backend(config)
+    precision = resolve(config, backend.device) if precision_name != "fp32" else FP32
+    torch.manual_seed(0)
+    model = CifarResNet18(width=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (64, 3, 32, 32), generator=gen, dtype=torch.uint8), torch.randint(0, 10, (64,), generator=gen)
+    batches = data.TrainBatches(images, labels, 16, 1, data.Shard(0, 1), 0, backend.device)
+    out = []
+    for _, micro in zip(range(steps), batches.epoch(1)):
+        loss_sum, _ = train_step(model, optimizer, micro, backend, nn.CrossEntropyLoss(), precision)
+        out.append(float(loss_sum) / 16)
+    return out
+
+
+@pytest.mark.parametrize("name,tol", [("bf16", 0.03), ("fp16", 0.01)])
+def test_fast_path_agrees_with_fp32(name, tol):
+    reference, fast = losses("fp32"), losses(name)
+    assert fast == pytest.approx(reference, rel=tol)
+    assert fast != reference  # the low-precision path really ran
+
+
+def test_fp16_uses_a_gradient_scaler_and_auto_is_fp32_on_cpu():
+    assert resolve(Config(precision="fp16", no_cuda=True), torch.device("cpu")).scaler is not None
+    auto = resolve(Config(no_cuda=True), torch.device("cpu"))
+    assert auto.name == "fp32" and auto.scaler is None
+
+
+@pytest.fixture(scope="module")
+def bench_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    config = bench.BenchConfig(width=4, batch_size=16, steps=3, warmup=1, rounds=1, baseline_steps=2, output=str(out), no_cuda=True)
+    result = bench.run(config)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    return result
+
+
+def test_bench_reports_every_field(bench_result):
+    ours = bench_result["ours"]
+    for key in ("images_per_sec", "step_ms", "parts_ms", "synced_step_ms", "bare_loop_step_ms", "overhead_vs_bare_loop",
+                "compile_seconds", "flops_per_step", "achieved_tflops", "peak_tflops", "fraction_of_peak", "peak_memory_mb"):
+        assert key in ours
+    assert set(ours["parts_ms"]) == {"data", "forward_backward", "allreduce_exposed", "optimizer"}
+    for key in ("original", "original_pipeline_our_model"):
+        assert bench_result[key]["images_per_sec"] > 0 and bench_result[key]["precision"] == "fp32"
+    assert bench_result["speedup_vs_original"] == pytest.approx(
+        ours["images_per_sec"] / bench_result["original"]["images_per_sec"])
+    assert ours["images_per_sec"] == pytest.approx(16 / (ours["step_ms"] / 1e3))
+
+
+def test_bench_step_parts_add_up_to_the_step(bench_result):
+    ours = bench_result["ours"]
+    parts = ours["parts_ms"]
+    assert sum(parts.values()) == pytest.approx(ours["synced_step_ms"])
+    assert parts["allreduce_exposed"] == 0.0  # one worker: nothing to communicate
+    assert all(v > 0 for k, v in parts.items() if k != "allreduce_exposed")
+    # The synced step (a sync after each part) and the free-running step measure the same work.
+    assert 0.5 < ours["synced_step_ms"] / ours["step_ms"] < 2.0
+    # Counted FLOPs: a width-4 ResNet-18 forward+backward on 16 images is a few hundred MFLOP, not zero or TFLOP.
+    assert 1e7 < ours["flops_per_step"] < 1e10
+
+
+def test_baseline_is_the_original_pipeline():
+    images, labels = torch.zeros(64, 3, 32, 32, dtype=torch.uint8), torch.arange(64) % 10
+    loader = bench.original_loader(images, labels, 16, Backend(Config(no_cuda=True)))
+    import torchvision
+
+    assert type(loader.dataset) is torchvision.datasets.CIFAR10
+    assert loader.num_workers == 4
+    steps = loader.dataset.transform.transforms
+    assert [type(t) for t in steps] == [transforms.RandomCrop, transforms.RandomHorizontalFlip, transforms.ToTensor,
+                                        transforms.Normalize]
+    assert steps[0].padding == 4
+    x, y = loader.dataset[3]
+    assert x.shape == (3, 32, 32) and y == 3
+    model = bench.original_model("original")
+    assert isinstance(model, torchvision.models.ResNet)
+    assert model.conv1.kernel_size == (7, 7) and model.fc.out_features == 1000
+    assert isinstance(bench.original_model("ours"), CifarResNet18)
+
+
+def test_compiled_run_trains_like_the_eager_one(tiny_cifar, tmp_path):
+    def run(*extra):
+        out = tmp_path / ("compiled" if extra else "eager")
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "--train-dir", str(tiny_cifar), "--val-dir", str(tiny_cifar),
+             "--log-dir", str(out), "--epochs", "1", "--batch-size", "64", "--width", "4", "--no-download",
+             "--no-progress", "--no-cuda", *extra], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads((out / "summary.json").read_text())
+
+    eager, compiled = run(), run("--compile")
+    assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
+    first = json.loads((tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()[0])
+    want = json.loads((tmp_path / "eager" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3)  # warm-up left the weights untouched
