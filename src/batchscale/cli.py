@@ -216,18 +216,74 @@ def run_bench(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_sweep(argv: Sequence[str]) -> int:
+    from .sweep import from_args, sweep
+
+    try:
+        folders = sweep(from_args(argv))
+    except BatchscaleError as err:
+        print(f"batchscale sweep: error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(f"{len(folders)} runs done; next: batchscale report {folders[0].parent}")
+    return 0
+
+
+def run_report(argv: Sequence[str]) -> int:
+    from .report import report
+
+    p = _Parser(prog="batchscale report", description="Write report.md and PNG plots for a sweep folder.")
+    p.add_argument("sweep_dir")
+    args = p.parse_args(argv)
+    try:
+        path = report(args.sweep_dir)
+    except BatchscaleError as err:
+        print(f"batchscale report: error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(f"wrote {path}")
+    return 0
+
+
+def run_plan(argv: Sequence[str]) -> int:
+    from .plan import Network, describe_plan, measure_loopback, plan
+
+    p = _Parser(prog="batchscale plan", description="Predict step time and time to target for N workers (alpha-beta ring allreduce).")
+    p.add_argument("sweep_dir", help="a sweep folder with real single-worker runs")
+    p.add_argument("--workers", default="1,2,4,8", help="worker counts to predict (default: %(default)s)")
+    p.add_argument("--bandwidth", type=float, default=25.0, help="GB/s per link (default: %(default)s, 200 Gb/s)")
+    p.add_argument("--latency", type=float, default=5.0, help="microseconds per message (default: %(default)s)")
+    p.add_argument("--measure-loopback", action="store_true", help="fit bandwidth and latency to gloo on this machine instead")
+    p.add_argument("--fp16-allreduce", action="store_true", help="2-byte gradients on the wire")
+    args = p.parse_args(argv)
+    try:
+        workers = tuple(int(w) for w in args.workers.split(","))
+        network = measure_loopback() if args.measure_loopback else Network(args.bandwidth, args.latency)
+        result = plan(args.sweep_dir, network, workers, 2 if args.fp16_allreduce else 4)
+    except ValueError as err:
+        print(f"batchscale plan: error: {err}", file=sys.stderr)
+        return 2
+    except BatchscaleError as err:
+        print(f"batchscale plan: error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(describe_plan(result))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
         "train": "train ResNet-18 on CIFAR-10 (see batchscale train --help)",
         "bench": "time training steps against the original's pipeline (see batchscale bench --help)",
+        "sweep": "run a grid of trainings over batch sizes and workers (see batchscale sweep --help)",
+        "report": "turn a sweep folder into report.md and plots",
+        "plan": "predict step time and time to target for N workers from a sweep",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         listing = "\n".join(f"  {name:8s} {text}" for name, text in commands.items())
         print(f"usage: batchscale COMMAND [FLAGS]\n\ncommands:\n{listing}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    if argv[0] == "bench":
-        return run_bench(argv[1:])
+    runners = {"bench": run_bench, "sweep": run_sweep, "report": run_report, "plan": run_plan}
+    if argv[0] in runners:
+        return runners[argv[0]](argv[1:])
     return run_train(argv[1:], "batchscale train")
 if __name__ == "__main__":
     import sys

@@ -1,0 +1,213 @@
+"""`batchscale sweep`: a grid of full training runs, each in its own folder, resumable as a whole."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import ConfigError
+
+LAUNCHERS = ("simulate", "torchrun", "horovodrun")
+PRESETS = ("paper", "critical-batch")
+MAX_MICRO_BATCH = 512  # larger global batches are accumulated, so 8192 fits one GPU
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the grid: `global_batch = batch_size x batches_per_allreduce x workers`."""
+
+    batch_size: int
+    workers: int
+    lr_scaling: str
+    base_lr: float
+    seed: int
+    batches_per_allreduce: int = 1
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.batches_per_allreduce * self.workers
+
+    @property
+    def name(self) -> str:
+        accumulate = f"x{self.batches_per_allreduce}" if self.batches_per_allreduce > 1 else ""
+        return f"b{self.batch_size}{accumulate}-w{self.workers}-{self.lr_scaling}-lr{self.base_lr:g}-s{self.seed}"
+
+
+@dataclass
+class SweepConfig:
+    out: str = "sweep"
+    batch_sizes: tuple[int, ...] = (64, 128, 256)
+    workers: tuple[int, ...] = (1,)
+    lr_scalings: tuple[str, ...] = ("linear",)
+    base_lrs: tuple[float, ...] = (0.1,)
+    seeds: tuple[int, ...] = (42,)
+    epochs: int = 50
+    launcher: str = "simulate"
+    preset: str | None = None
+    train_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def runs(self) -> list[Run]:
+        if self.preset == "critical-batch":
+            return [critical_batch_run(b, seed) for b in self.batch_sizes for seed in self.seeds]
+        grid = itertools.product(self.batch_sizes, self.workers, self.lr_scalings, self.base_lrs, self.seeds)
+        return [Run(b, w, s, lr, seed) for b, w, s, lr, seed in grid]
+
+    def validate(self) -> "SweepConfig":
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f"--launcher must be one of {', '.join(LAUNCHERS)} (got {self.launcher!r})")
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.workers or min(self.workers) < 1:
+            raise ConfigError("--batch-sizes and --workers must be comma-separated integers >= 1, like 64,128")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
+        return self
+
+
+def preset(name: str, config: SweepConfig) -> SweepConfig:
+    """The paper's grid, or the critical-batch study (global batch 32-8192 on tuned LRs)."""
+    if name == "paper":
+        # Kim et al. 2023: 4 workers, per-worker batch 8-256, 50 epochs, LR = 0.1 x workers.
+        return SweepConfig(**{**asdict(config), "batch_sizes": (8, 16, 32, 64, 128, 256), "workers": (4,),
+                              "lr_scalings": ("linear",), "base_lrs": (0.1,), "preset": name})
+    if name == "critical-batch":
+        batches = tuple(2**i for i in range(5, 14))  # 32 ... 8192 global
+        return SweepConfig(**{**asdict(config), "batch_sizes": batches, "workers": (1,), "preset": name})
+    raise ConfigError(f"--preset must be one of {', '.join(PRESETS)} (got {name!r})")
+
+
+def critical_batch_lr(global_batch: int) -> float:
+    """0.1 per 128 images up to batch 1024 (Goyal et al.), then square-root growth (Hoffer et al.),
+    because linear scaling past the critical batch diverges."""
+    if global_batch <= 1024:
+        return 0.1 * global_batch / 128
+    return 0.8 * math.sqrt(global_batch / 1024)
+
+
+def critical_batch_run(global_batch: int, seed: int) -> Run:
+    micro = min(global_batch, MAX_MICRO_BATCH)
+    return Run(micro, 1, "none", critical_batch_lr(global_batch), seed, global_batch // micro)
+
+
+def is_done(run_dir: Path, epochs: int) -> bool:
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return False
+    try:
+        return json.loads(summary.read_text()).get("epochs_completed") == epochs
+    except json.JSONDecodeError:
+        return False
+
+
+def command(config: SweepConfig, run: Run, run_dir: Path) -> list[str]:
+    args = [*config.train_args, "--epochs", str(config.epochs), "--batch-size", str(run.batch_size),
+            "--batches-per-allreduce", str(run.batches_per_allreduce), "--lr-scaling", run.lr_scaling,
+            "--base-lr", str(run.base_lr), "--seed", str(run.seed), "--log-dir", str(run_dir), "--no-progress"]
+    train = [sys.executable, "-m", "batchscale.cli", "train"]
+    if run.workers == 1:
+        return [*train, *args]
+    if config.launcher == "simulate":
+        return [*train, *args, "--simulate-workers", str(run.workers)]
+    if config.launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(run.workers),
+                "-m", "batchscale.cli", "train", *args]
+    horovodrun = str(Path(sys.executable).parent / "horovodrun")
+    return [horovodrun, "-np", str(run.workers), "-H", f"localhost:{run.workers}", *train, *args]
+
+
+def epochs_done(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def sweep(config: SweepConfig, say=print) -> list[Path]:
+    """Runs every run not yet finished; returns the run folders. A failed run stops the sweep."""
+    config.validate()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = config.runs()
+    (out / "sweep.json").write_text(json.dumps({**asdict(config), "runs": [r.name for r in runs]}, indent=2) + "\n")
+    total_epochs = len(runs) * config.epochs
+    start = time.monotonic()
+    trained_epochs = 0
+    folders = []
+    for i, run in enumerate(runs, 1):
+        run_dir = out / run.name
+        folders.append(run_dir)
+        if is_done(run_dir, config.epochs):
+            say(f"[{i}/{len(runs)}] {run.name}: done, skipped")
+            total_epochs -= config.epochs
+            continue
+        before = epochs_done(run_dir)
+        total_epochs -= before
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "train.log", "a") as log:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            process = subprocess.Popen(command(config, run, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env)
+            while process.poll() is None:
+                done = epochs_done(run_dir) - before
+                rate = (time.monotonic() - start) / max(1, trained_epochs + done)
+                left = "estimating" if trained_epochs + done == 0 else clock(rate * (total_epochs - trained_epochs - done))
+                say(f"[{i}/{len(runs)}] {run.name}: epoch {before + done}/{config.epochs}, ~{left} left", end="\r")
+                try:
+                    process.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+        trained_epochs += epochs_done(run_dir) - before
+        if process.returncode != 0:
+            tail = (run_dir / "train.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise ConfigError(f"run {run.name} failed (exit {process.returncode}): {tail[0]}; see {run_dir / 'train.log'}, "
+                              "then rerun the sweep to resume")
+        say(f"[{i}/{len(runs)}] {run.name}: finished in {clock(time.monotonic() - start)} total          ")
+    return folders
+
+
+def parse_list(text: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
+
+
+def from_args(argv: Sequence[str]) -> SweepConfig:
+    import argparse
+
+    argv = list(argv)
+    train_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, train_args = argv[:cut], argv[cut + 1 :]
+    p = argparse.ArgumentParser(prog="batchscale sweep", description="Run a grid of trainings; flags after -- go to every run.")
+    p.add_argument("--out", default="sweep", help="sweep folder (default: %(default)s)")
+    p.add_argument("--preset", choices=PRESETS)
+    p.add_argument("--batch-sizes", default="64,128,256", help="per-worker batch sizes (critical-batch: global)")
+    p.add_argument("--workers", default="1")
+    p.add_argument("--lr-scalings", default="linear")
+    p.add_argument("--base-lrs", default="0.1")
+    p.add_argument("--seeds", default="42")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--launcher", choices=LAUNCHERS, default="simulate",
+                   help="simulate: N workers' arithmetic in one process; torchrun/horovodrun: N real processes")
+    args = p.parse_args(argv)
+    config = SweepConfig(
+        out=args.out, batch_sizes=parse_list(args.batch_sizes, int), workers=parse_list(args.workers, int),
+        lr_scalings=parse_list(args.lr_scalings, str), base_lrs=parse_list(args.base_lrs, float),
+        seeds=parse_list(args.seeds, int), epochs=args.epochs, launcher=args.launcher, train_args=tuple(train_args),
+    )
+    if args.preset:
+        explicit = "--batch-sizes" in argv
+        config = preset(args.preset, config)
+        if explicit:
+            config.batch_sizes = parse_list(args.batch_sizes, int)
+    return config

@@ -1,0 +1,151 @@
+"""The batch-size study: sweep, report, noise scale and the scaling model."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchscale.config import ConfigError
+from batchscale.noise import NoiseScale
+from batchscale.plan import Network, fit_steps_to_target, plan, step_seconds
+from batchscale.report import fmt, report
+from batchscale.sweep import SweepConfig, critical_batch_lr, preset, sweep
+
+
+def tiny_sweep(out: Path, data: Path) -> SweepConfig:
+    return SweepConfig(
+        out=str(out), batch_sizes=(16, 32), workers=(2,), epochs=2, launcher="simulate",
+        train_args=("--train-dir", str(data), "--val-dir", str(data), "--width", "4", "--no-download",
+                    "--warmup-epochs", "1", "--noise-every", "2"),
+    )
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    lines: list[str] = []
+    folders = sweep(tiny_sweep(out, tiny_cifar), say=lambda text, **kw: lines.append(text))
+    return out, folders, lines
+
+
+def test_sweep_runs_every_point_with_simulated_workers(swept):
+    out, folders, lines = swept
+    assert [f.name for f in folders] == ["b16-w2-linear-lr0.1-s42", "b32-w2-linear-lr0.1-s42"]
+    for folder, batch in zip(folders, (16, 32)):
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["epochs_completed"] == 2 and summary["simulated_workers"] is True
+        assert summary["world_size"] == 2 and summary["global_batch"] == 2 * batch
+        assert summary["config"]["simulate_workers"] == 2
+        assert "noise_scale" in summary  # None while the |G|^2 estimate is not yet positive
+        assert list(folder.glob("events.out.tfevents.*")) and (folder / "checkpoint-2.pth.tar").exists()
+    assert any("epoch" in line and "left" in line for line in lines)  # the progress line
+    scales = [json.loads((f / "summary.json").read_text())["noise_scale"] for f in folders]
+    assert any(s is not None and s > 0 for s in scales)
+
+
+def test_rerun_skips_finished_runs(swept, tiny_cifar):
+    out, folders, _ = swept
+    stamps = [(f / "summary.json").stat().st_mtime_ns for f in folders]
+    lines: list[str] = []
+    sweep(tiny_sweep(out, tiny_cifar), say=lambda text, **kw: lines.append(text))
+    assert sum("done, skipped" in line for line in lines) == 2
+    assert [(f / "summary.json").stat().st_mtime_ns for f in folders] == stamps
+
+
+def test_interrupted_sweep_resumes_the_run_from_its_checkpoint(tiny_cifar, tmp_path, monkeypatch):
+    config = tiny_sweep(tmp_path / "sweep", tiny_cifar)
+    config.batch_sizes = (32,)
+    monkeypatch.setenv("BATCHSCALE_FAULT", "after-checkpoint:1")
+    monkeypatch.setenv("BATCHSCALE_FAULT_ONCE", str(tmp_path / "fired"))
+    with pytest.raises(ConfigError, match="failed"):
+        sweep(config, say=lambda *a, **k: None)
+    folders = sweep(config, say=lambda *a, **k: None)
+    log = (folders[0] / "train.log").read_text()
+    assert "checkpoint-1.pth.tar after epoch 1" in log
+    assert json.loads((folders[0] / "summary.json").read_text())["epochs_completed"] == 2
+
+
+def test_report_numbers_equal_the_summaries_and_every_plot_exists(swept):
+    out, folders, _ = swept
+    path = report(out)
+    text = path.read_text()
+    for folder in folders:
+        s = json.loads((folder / "summary.json").read_text())
+        row = next(line for line in text.splitlines() if line.startswith(f"| {folder.name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3] == str(s["global_batch"])
+        assert cells[4] == fmt(s["final_val_acc"]) and cells[5] == fmt(s["best_val_acc"])
+        assert cells[7] == fmt(s["train_seconds"], 1) and cells[8] == fmt(s["images_per_sec"], 1)
+        assert cells[11] == fmt(s["noise_scale"], 1)
+    listed = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", text)
+    assert len(listed) == 5
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert sorted(listed) == pngs
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 2000
+
+
+def test_presets():
+    paper = preset("paper", SweepConfig())
+    assert [r.batch_size for r in paper.runs()] == [8, 16, 32, 64, 128, 256]
+    assert {r.workers for r in paper.runs()} == {4} and {r.lr_scaling for r in paper.runs()} == {"linear"}
+    critical = preset("critical-batch", SweepConfig()).runs()
+    assert [r.global_batch for r in critical] == [2**i for i in range(5, 14)]
+    assert max(r.batch_size for r in critical) == 512  # accumulated beyond
+    assert critical_batch_lr(128) == pytest.approx(0.1) and critical_batch_lr(1024) == pytest.approx(0.8)
+    assert critical_batch_lr(4096) == pytest.approx(1.6)
+    assert {r.lr_scaling for r in critical} == {"none"}
+
+
+def test_noise_scale_estimate_within_ten_percent_of_the_truth():
+    rng = np.random.default_rng(0)
+    dim = 200
+    true_grad = rng.normal(size=dim) * 0.1
+    variances = rng.uniform(0.5, 2.0, size=dim)  # per-example gradient covariance, diagonal
+    truth = variances.sum() / (true_grad @ true_grad)
+    estimate = NoiseScale(decay=0.995)
+    b_small, b_big = 32, 256
+    for _ in range(3000):
+        examples = true_grad + rng.normal(size=(b_big, dim)) * np.sqrt(variances)
+        small, big = examples[:b_small].mean(0), examples.mean(0)
+        estimate.update(float(small @ small), float(big @ big), b_small, b_big)
+    assert estimate.b_simple == pytest.approx(truth, rel=0.10)
+
+
+def test_alpha_beta_ring_allreduce_and_overlap():
+    net = Network(bandwidth_gbs=10.0, latency_us=5.0)
+    assert net.allreduce_seconds(1e9, 1) == 0.0
+    # 4 workers: 2 * 3/4 * 1 GB / 10 GB/s + 6 * 5 us
+    assert net.allreduce_seconds(1e9, 4) == pytest.approx(0.15 + 30e-6)
+    assert step_seconds(0.3, 0.15, overlap=False) == pytest.approx(0.45)
+    assert step_seconds(0.3, 0.15, overlap=True) == pytest.approx(0.3)  # hidden behind 0.2 s of backward
+    assert step_seconds(0.03, 0.15, overlap=True) == pytest.approx(0.03 + 0.15 - 0.02)
+
+
+def test_steps_to_target_curve_is_recovered():
+    s_min, b_noise = 1000.0, 512.0
+    points = [(b, round(s_min * (1 + b_noise / b))) for b in (64, 128, 256, 1024)]
+    fitted = fit_steps_to_target(points, None)
+    assert fitted[0] == pytest.approx(s_min, rel=0.01) and fitted[1] == pytest.approx(b_noise, rel=0.01)
+
+
+def test_plan_reads_the_sweep_and_lands_in_the_report(swept, tiny_cifar, tmp_path):
+    # A real single-worker run gives the compute time the plan starts from.
+    config = tiny_sweep(tmp_path / "sw", tiny_cifar)
+    config.workers = (1,)
+    config.batch_sizes = (32,)
+    sweep(config, say=lambda *a, **k: None)
+    result = plan(tmp_path / "sw", Network(1.0, 100.0), workers=(1, 2, 4))
+    summary = json.loads((tmp_path / "sw" / "b32-w1-linear-lr0.1-s42" / "summary.json").read_text())
+    rows = {r["workers"]: r for r in result["rows"]}
+    assert rows[1]["compute_s"] == pytest.approx(32 / summary["images_per_sec"])
+    assert rows[4]["allreduce_s"] == pytest.approx(2 * 3 / 4 * summary["parameters"] * 4 / 1e9 + 6 * 100e-6)
+    assert rows[4]["step_s_no_overlap"] > rows[2]["step_s_no_overlap"] > rows[1]["step_s_no_overlap"]
+    text = report(tmp_path / "sw").read_text()
+    assert "## Scaling model" in text and "alpha-beta" in text
+    assert math.isfinite(rows[2]["images_per_sec_overlap"])
