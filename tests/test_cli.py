@@ -52,6 +52,14 @@ CASES = [
     (["--resume", "{file}", "--no-resume"], "contradict each other"),
     (["--use-adasum", "--gradient-predivide-factor", "2"], "applies to averaging only"),
     (["--bf16-allreduce", "--backend", "horovod"], "Horovod"),
+    (["--compile", "--backend", "horovod"], "--compile is not supported under Horovod"),
+    (["--simulate-workers", "0"], "--simulate-workers must be an integer >= 1"),
+    (["--simulate-workers", "2", "--use-adasum"], "cannot simulate Adasum"),
+    (["--precision", "fp16", "--use-adasum"], "needs a gradient scaler"),
+    (["--precision", "fp8"], "invalid choice"),
+    (["--target-accuracy", "1.5"], "--target-accuracy must be in (0, 1]"),
+    (["--noise-every", "0"], "--noise-every must be an integer >= 1"),
+    (["--warmup-start-lr", "-1"], "--warmup-start-lr must be a number >= 0"),
 ]
 
 

@@ -21,7 +21,7 @@ def tiny_sweep(out: Path, data: Path) -> SweepConfig:
     return SweepConfig(
         out=str(out), batch_sizes=(16, 32), workers=(2,), epochs=2, launcher="simulate",
         train_args=("--train-dir", str(data), "--val-dir", str(data), "--width", "4", "--no-download",
-                    "--warmup-epochs", "1", "--noise-every", "2"),
+                    "--warmup-epochs", "1", "--noise-every", "2", "--target-accuracy", "0.12"),
     )
 
 
@@ -82,6 +82,8 @@ def test_report_numbers_equal_the_summaries_and_every_plot_exists(swept):
         assert cells[4] == fmt(s["final_val_acc"]) and cells[5] == fmt(s["best_val_acc"])
         assert cells[7] == fmt(s["train_seconds"], 1) and cells[8] == fmt(s["images_per_sec"], 1)
         assert cells[11] == fmt(s["noise_scale"], 1)
+        target = s["target"] or {}
+        assert cells[9] == str(target.get("step", "-")) and cells[10] == fmt(target.get("train_seconds"), 1)
     listed = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", text)
     assert len(listed) == 5
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -143,7 +145,7 @@ def test_plan_reads_the_sweep_and_lands_in_the_report(swept, tiny_cifar, tmp_pat
     result = plan(tmp_path / "sw", Network(1.0, 100.0), workers=(1, 2, 4))
     summary = json.loads((tmp_path / "sw" / "b32-w1-linear-lr0.1-s42" / "summary.json").read_text())
     rows = {r["workers"]: r for r in result["rows"]}
-    assert rows[1]["compute_s"] == pytest.approx(32 / summary["images_per_sec"])
+    assert rows[1]["compute_s"] == pytest.approx(32 / summary["steady_images_per_sec"])
     assert rows[4]["allreduce_s"] == pytest.approx(2 * 3 / 4 * summary["parameters"] * 4 / 1e9 + 6 * 100e-6)
     assert rows[4]["step_s_no_overlap"] > rows[2]["step_s_no_overlap"] > rows[1]["step_s_no_overlap"]
     text = report(tmp_path / "sw").read_text()

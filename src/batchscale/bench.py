@@ -284,19 +284,19 @@ def original_loader(images: Tensor, labels: Tensor, batch_size: int, backend: Ba
     )
 
 
-def original_model(name: str) -> nn.Module:
+def original_model(name: str, width: int = 64) -> nn.Module:
     import torchvision
 
     if name == "original":
         return torchvision.models.resnet18()  # as the original built it: ImageNet stem, 1000 outputs
-    return build_model("resnet18")
+    return build_model("resnet18", width)
 
 
 def measure_original(bench: BenchConfig, backend: Backend, images: Tensor, labels: Tensor, model_name: str) -> dict[str, Any]:
     device = backend.device
     loader = original_loader(images, labels, bench.batch_size, backend)
     torch.manual_seed(0)
-    model = original_model(model_name).to(device)
+    model = original_model(model_name, bench.width).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0125, momentum=0.9, weight_decay=5e-5)
     model, optimizer = backend.prepare(model, optimizer)
     model.train()
@@ -324,7 +324,8 @@ def measure_original(bench: BenchConfig, backend: Backend, images: Tensor, label
     del stream, loader
     return {
         "pipeline": f"torchvision DataLoader, PIL crop/flip/normalize, {ORIGINAL_WORKERS} workers, fp32, host sync per step",
-        "model": "torchvision resnet18 (7x7 stem, max-pool, 1000 outputs)" if model_name == "original" else "resnet18 (CIFAR)",
+        "model": "torchvision resnet18 (7x7 stem, max-pool, 1000 outputs)" if model_name == "original"
+        else f"resnet18 (CIFAR, width {bench.width})",
         "precision": "fp32",
         "images_per_sec": bench.batch_size * backend.world_size / step_s,
         "step_ms": step_s * 1e3,

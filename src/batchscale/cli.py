@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .config import BACKENDS, LR_SCALINGS, LR_SCHEDULES, MODELS, PRECISIONS, BatchscaleError, Config
@@ -162,12 +162,13 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def run_train(argv: Sequence[str], prog: str) -> int:
-    args = train_parser(prog).parse_args(argv)
-    from .trainer import train
+def guarded(prog: str, work: Callable[[], str | None]) -> int:
+    """Runs a command: its errors become one line and an exit code (2 for bad input), no traceback.
 
+    One line per job: rank 0 says it, or the lowest rank that found a problem the ranks agreed on.
+    """
     try:
-        train(config_from_args(args))
+        message = work()
     except BatchscaleError as err:
         if not err.quiet and (err.agreed or launcher_rank() == 0):
             print(f"{prog}: error: {err}", file=sys.stderr)
@@ -176,7 +177,19 @@ def run_train(argv: Sequence[str], prog: str) -> int:
         if launcher_rank() == 0:
             print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    if message and launcher_rank() == 0:
+        print(message)
     return 0
+
+
+def run_train(argv: Sequence[str], prog: str) -> int:
+    args = train_parser(prog).parse_args(argv)
+    from .trainer import train
+
+    def work() -> None:
+        train(config_from_args(args))  # rank 0 has printed every epoch and written summary.json
+
+    return guarded(prog, work)
 
 
 def bench_parser() -> argparse.ArgumentParser:
@@ -205,27 +218,35 @@ def run_bench(argv: Sequence[str]) -> int:
     from .bench import BenchConfig, describe, run
 
     args = bench_parser().parse_args(argv)
-    try:
-        result = run(BenchConfig(**vars(args)))
-    except BatchscaleError as err:
-        if not err.quiet and (err.agreed or launcher_rank() == 0):
-            print(f"batchscale bench: error: {err}", file=sys.stderr)
-        return err.exit_code
-    if launcher_rank() == 0:
-        print(describe(result))
-    return 0
+    return guarded("batchscale bench", lambda: describe(run(BenchConfig(**vars(args)))))
 
 
 def run_sweep(argv: Sequence[str]) -> int:
-    from .sweep import from_args, sweep
+    from .sweep import LAUNCHERS, PRESETS, from_args, sweep
 
-    try:
-        folders = sweep(from_args(argv))
-    except BatchscaleError as err:
-        print(f"batchscale sweep: error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(f"{len(folders)} runs done; next: batchscale report {folders[0].parent}")
-    return 0
+    argv = list(argv)
+    train_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, train_args = argv[:cut], argv[cut + 1 :]
+    p = _Parser(prog="batchscale sweep", description="Run a grid of trainings; flags after -- go to every run.")
+    p.add_argument("--out", default="sweep", help="sweep folder (default: %(default)s)")
+    p.add_argument("--preset", choices=PRESETS, help="paper: the original's grid; critical-batch: global batch 32-8192")
+    p.add_argument("--batch-sizes", help="per-worker batch sizes, comma-separated (critical-batch: global) (default: 64,128,256)")
+    p.add_argument("--workers", default="1", help="worker counts (default: %(default)s)")
+    p.add_argument("--lr-scalings", default="linear", help="(default: %(default)s)")
+    p.add_argument("--base-lrs", default="0.1", help="(default: %(default)s)")
+    p.add_argument("--seeds", default="42", help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=50, help="(default: %(default)s)")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="simulate",
+                   help="simulate: N workers' arithmetic in one process; torchrun/horovodrun: N real processes")
+    args = p.parse_args(argv)
+
+    def work() -> str:
+        folders = sweep(from_args(args, train_args))
+        return f"{len(folders)} runs done; next: batchscale report {folders[0].parent}"
+
+    return guarded("batchscale sweep", work)
 
 
 def run_report(argv: Sequence[str]) -> int:
@@ -234,17 +255,12 @@ def run_report(argv: Sequence[str]) -> int:
     p = _Parser(prog="batchscale report", description="Write report.md and PNG plots for a sweep folder.")
     p.add_argument("sweep_dir")
     args = p.parse_args(argv)
-    try:
-        path = report(args.sweep_dir)
-    except BatchscaleError as err:
-        print(f"batchscale report: error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(f"wrote {path}")
-    return 0
+    return guarded("batchscale report", lambda: f"wrote {report(args.sweep_dir)}")
 
 
 def run_plan(argv: Sequence[str]) -> int:
     from .plan import Network, describe_plan, measure_loopback, plan
+    from .sweep import parse_list
 
     p = _Parser(prog="batchscale plan", description="Predict step time and time to target for N workers (alpha-beta ring allreduce).")
     p.add_argument("sweep_dir", help="a sweep folder with real single-worker runs")
@@ -254,18 +270,13 @@ def run_plan(argv: Sequence[str]) -> int:
     p.add_argument("--measure-loopback", action="store_true", help="fit bandwidth and latency to gloo on this machine instead")
     p.add_argument("--fp16-allreduce", action="store_true", help="2-byte gradients on the wire")
     args = p.parse_args(argv)
-    try:
-        workers = tuple(int(w) for w in args.workers.split(","))
+
+    def work() -> str:
         network = measure_loopback() if args.measure_loopback else Network(args.bandwidth, args.latency)
-        result = plan(args.sweep_dir, network, workers, 2 if args.fp16_allreduce else 4)
-    except ValueError as err:
-        print(f"batchscale plan: error: {err}", file=sys.stderr)
-        return 2
-    except BatchscaleError as err:
-        print(f"batchscale plan: error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(describe_plan(result))
-    return 0
+        result = plan(args.sweep_dir, network, parse_list(args.workers, int), 2 if args.fp16_allreduce else 4)
+        return describe_plan(result)
+
+    return guarded("batchscale plan", work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] in runners:
         return runners[argv[0]](argv[1:])
     return run_train(argv[1:], "batchscale train")
+
+
 if __name__ == "__main__":
     import sys
 

@@ -126,6 +126,12 @@ def hparam_metrics(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def steady_rate(history: list[dict[str, Any]]) -> float | None:
+    later = history[1:] or history
+    seconds = sum(r["epoch_seconds"] for r in later)
+    return sum(r["images"] for r in later) / seconds if seconds else None
+
+
 def summarize(
     config: Config, backend_name: str, world_size: int, history: list[dict[str, Any]], parameters: int
 ) -> dict[str, Any]:
@@ -158,6 +164,8 @@ def summarize(
         "train_seconds": train_seconds,
         "wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
         "images_per_sec": images / train_seconds if train_seconds else None,
+        # Without the first epoch, which also pays for allocator, cuDNN and communicator warm-up.
+        "steady_images_per_sec": steady_rate(history),
         "time_to_accuracy": reached,
         "target_accuracy": config.target_accuracy,
         "target": reached.get(f"{config.target_accuracy:.2f}"),

@@ -70,10 +70,11 @@ def measured_compute(sweep_dir: Path) -> tuple[dict[int, float], dict[tuple[int,
     reached = []
     for r in runs:
         s = r.summary
-        if s.get("simulated_workers") or not s["images_per_sec"]:
+        rate = s.get("steady_images_per_sec") or s["images_per_sec"]
+        if s.get("simulated_workers") or not rate:
             continue
         per_worker = s["config"]["batch_size"] * s["config"]["batches_per_allreduce"]
-        seconds = r.global_batch / s["images_per_sec"]
+        seconds = r.global_batch / rate
         measured[(r.workers, per_worker)] = seconds
         if r.workers == 1:
             single[per_worker] = seconds

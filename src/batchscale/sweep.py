@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError
 
@@ -180,34 +181,15 @@ def parse_list(text: str, kind: type) -> tuple:
         raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
 
 
-def from_args(argv: Sequence[str]) -> SweepConfig:
-    import argparse
-
-    argv = list(argv)
-    train_args: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, train_args = argv[:cut], argv[cut + 1 :]
-    p = argparse.ArgumentParser(prog="batchscale sweep", description="Run a grid of trainings; flags after -- go to every run.")
-    p.add_argument("--out", default="sweep", help="sweep folder (default: %(default)s)")
-    p.add_argument("--preset", choices=PRESETS)
-    p.add_argument("--batch-sizes", default="64,128,256", help="per-worker batch sizes (critical-batch: global)")
-    p.add_argument("--workers", default="1")
-    p.add_argument("--lr-scalings", default="linear")
-    p.add_argument("--base-lrs", default="0.1")
-    p.add_argument("--seeds", default="42")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--launcher", choices=LAUNCHERS, default="simulate",
-                   help="simulate: N workers' arithmetic in one process; torchrun/horovodrun: N real processes")
-    args = p.parse_args(argv)
+def from_args(args: Any, train_args: Sequence[str]) -> SweepConfig:
+    """The sweep's command line (parsed in cli.py) as a SweepConfig; a preset fills what was not given."""
     config = SweepConfig(
-        out=args.out, batch_sizes=parse_list(args.batch_sizes, int), workers=parse_list(args.workers, int),
+        out=args.out, batch_sizes=parse_list(args.batch_sizes or "64,128,256", int), workers=parse_list(args.workers, int),
         lr_scalings=parse_list(args.lr_scalings, str), base_lrs=parse_list(args.base_lrs, float),
         seeds=parse_list(args.seeds, int), epochs=args.epochs, launcher=args.launcher, train_args=tuple(train_args),
     )
     if args.preset:
-        explicit = "--batch-sizes" in argv
         config = preset(args.preset, config)
-        if explicit:
+        if args.batch_sizes:
             config.batch_sizes = parse_list(args.batch_sizes, int)
     return config
