@@ -18,6 +18,10 @@ class HorovodBackend(Backend):
     name = "horovod"
 
     def __init__(self, config: Config) -> None:
+        if config.compile:
+            raise ConfigError("--compile is not supported under Horovod (its gradient hooks); use torchrun for compiled runs")
+        if config.bf16_allreduce:
+            raise ConfigError("Horovod cannot allreduce bfloat16 tensors; use --fp16-allreduce, or torchrun for bf16")
         try:
             import horovod.torch as hvd
         except ImportError:
@@ -35,10 +39,6 @@ class HorovodBackend(Backend):
         self.rank, self.world_size = hvd.rank(), hvd.size()
         self.local_rank, self.local_world_size = hvd.local_rank(), hvd.local_size()
         self.device = pick_device(self.local_rank, config.no_cuda)
-        if config.compile:
-            raise ConfigError("--compile is not supported under Horovod (its gradient hooks); use torchrun for compiled runs")
-        if config.bf16_allreduce:
-            raise ConfigError("Horovod cannot allreduce bfloat16 tensors; use --fp16-allreduce, or torchrun for bf16")
         if config.use_adasum:
             if not hvd.mpi_enabled():
                 raise ConfigError(
