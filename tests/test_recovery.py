@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers import free_port
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,8 +22,9 @@ def run(data: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = Non
             "--no-progress", "--deterministic", "--no-cuda", *extra]
     cmd = [sys.executable, str(ROOT / "train.py"), *args]
     if ranks > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
-               str(free_port()), *torchrun_flags, str(ROOT / "train.py"), *args]
+        # --standalone: a c10d rendezvous on a free port, with a fresh round (and store keys) per restart.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+               *torchrun_flags, str(ROOT / "train.py"), *args]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCALE_")}
     full_env.update(OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)

@@ -135,9 +135,17 @@ class TorchBackend(Backend):
         if config.use_adasum:
             check_world_size(self.world_size)
         if not dist.is_initialized():
+            timeout = timedelta(seconds=config.collective_timeout)
+            store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+            # torchrun keeps one store across --max-restarts; a prefix per attempt keeps a restarted group
+            # from reading the dead workers' addresses (pytorch/pytorch#167288: "connection refused").
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             dist.init_process_group(
                 backend="nccl" if self.device.type == "cuda" else "gloo",
-                timeout=timedelta(seconds=config.collective_timeout),
+                store=dist.PrefixStore(f"batchscale/attempt-{attempt}", store),
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=timeout,
                 device_id=self.device if self.device.type == "cuda" else None,
             )
 
