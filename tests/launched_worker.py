@@ -39,13 +39,19 @@ def adasum(out: str) -> None:
         result = tensors
     if backend.rank == 0:
         torch.save({"result": result, "world_size": backend.world_size}, out)
-    backend.barrier()
-    backend.shutdown()
+    backend.finish()
 
 
 def parity(out: str, flags: dict) -> None:
     config = Config(no_cuda=True, batch_size=8, **flags)
     backend = init_backend(config)
+    result = trajectory(config, backend)  # the model is gone before the process group goes
+    if backend.rank == 0:
+        torch.save(result, out)
+    backend.finish()
+
+
+def trajectory(config: Config, backend) -> dict:
     torch.manual_seed(0)
     model = CifarResNet18(width=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -60,11 +66,8 @@ def parity(out: str, flags: dict) -> None:
         images_seen = torch.tensor(float(sum(y.shape[0] for _, y in micro)))
         totals = backend.all_reduce_sum(torch.stack([loss_sum.detach(), images_seen]))
         losses.append(float(totals[0] / totals[1]))
-    if backend.rank == 0:
-        module = getattr(model, "module", model)
-        torch.save({"losses": losses, "weights": {k: v.clone() for k, v in module.state_dict().items()}}, out)
-    backend.barrier()
-    backend.shutdown()
+    module = getattr(model, "module", model)
+    return {"losses": losses, "weights": {k: v.clone() for k, v in module.state_dict().items()}}
 
 
 if __name__ == "__main__":

@@ -45,17 +45,14 @@ def test_non_power_of_two_is_a_clear_error(world):
 
 
 def reduce_on_rank() -> list[torch.Tensor]:
-    import os
-
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
-    try:
-        tensors = rank_tensors(dist.get_rank())
-        adasum_allreduce(tensors, dist.get_rank(), dist.get_world_size())
-        return tensors
-    finally:
-        dist.destroy_process_group()
+    tensors = rank_tensors(dist.get_rank())
+    adasum_allreduce(tensors, dist.get_rank(), dist.get_world_size())
+    dist.barrier()  # leave together: gloo aborts a rank whose peer tears down first
+    dist.destroy_process_group()
+    return tensors
 
 
 @pytest.mark.parametrize("world", [2, 4])

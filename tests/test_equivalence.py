@@ -40,7 +40,9 @@ def rank_gradients(config: Config, micro_batches: int) -> list[torch.Tensor]:
         x, y = batch(2 * B * micro_batches)
         # Rank r's micro-batch m holds images [(m * 2 + r) * B, ...): together the ranks cover the whole batch.
         micro = [(x[(m * 2 + backend.rank) * B :][:B], y[(m * 2 + backend.rank) * B :][:B]) for m in range(micro_batches)]
-        return gradients(backend, micro)
+        result = gradients(backend, micro)
+        backend.finish()
+        return result
     finally:
         backend.shutdown()
 

@@ -32,7 +32,9 @@ def one_step(backend: Backend, simulate: bool, workers: int) -> list[torch.Tenso
 def real_rank() -> list[torch.Tensor]:
     backend = TorchBackend(Config(no_cuda=True))
     try:
-        return one_step(backend, simulate=False, workers=2)
+        result = one_step(backend, simulate=False, workers=2)
+        backend.finish()
+        return result
     finally:
         backend.shutdown()
 

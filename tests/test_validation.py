@@ -25,7 +25,9 @@ def evaluate_on(backend: Backend, images: torch.Tensor, labels: torch.Tensor, ba
 def ranked(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
     backend = TorchBackend(Config(no_cuda=True))
     try:
-        return evaluate_on(backend, images, labels, batch_size)
+        result = evaluate_on(backend, images, labels, batch_size)
+        backend.finish()
+        return result
     finally:
         backend.shutdown()
 

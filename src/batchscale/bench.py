@@ -367,6 +367,7 @@ def run(bench: BenchConfig) -> dict[str, Any]:
             result["speedup_vs_original"] = result["ours"]["images_per_sec"] / result["original"]["images_per_sec"]
         if backend.is_main and bench.output:
             Path(bench.output).write_text(json.dumps(result, indent=2) + "\n")
+        backend.finish()
         return result
     finally:
         backend.shutdown()

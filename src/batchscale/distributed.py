@@ -5,6 +5,7 @@ calls only the methods of `Backend` and never asks which one runs.
 """
 
 import contextlib
+import gc
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -91,7 +92,14 @@ class Backend:
         pass
 
     def shutdown(self) -> None:
-        pass
+        """Leaves at once: the path for errors, where a peer may never arrive."""
+
+    def finish(self) -> None:
+        """Leaves together: gloo aborts a rank that tears down while a peer is still finishing its work,
+        or whose DDP reducer outlives the process group (hence the collection first)."""
+        gc.collect()
+        self.barrier()
+        self.shutdown()
 
     def agree(self, fn: Callable[[], T]) -> T:
         """Runs `fn` on every rank; if it raises a BatchscaleError on any rank, all ranks stop instead of

@@ -176,6 +176,7 @@ def _allreduce_worker(sizes: list[int], repeats: int, out: str) -> None:
         times[size] = (time.perf_counter() - start) / repeats
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps(times))
+    dist.barrier()  # leave together: gloo aborts a rank whose peer tears down first
     dist.destroy_process_group()
 
 

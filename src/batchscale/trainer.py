@@ -164,8 +164,7 @@ def train(config: Config) -> dict[str, Any]:
     backend = init_backend(config)
     try:
         summary = _train(config, backend)
-        # Leave together: gloo aborts a rank that tears down while a peer still writes its last checkpoint.
-        backend.barrier()
+        backend.finish()
         return summary
     finally:
         backend.shutdown()
