@@ -1,29 +1,45 @@
-"""Checkpoints: written atomically by rank 0, found and loaded at start, broadcast to every rank."""
+"""Checkpoint files: written atomically, found with one directory scan, checked before use, and the
+policy for resuming under changed settings (what is refused, what is applied and recorded).
+
+What a checkpoint holds is defined by `state.TrainState`.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
-import random
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import faults
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError
+from .rundir import write_error
+from .state import problem
 
-FORMAT_VERSION = 1
-# Settings that change what the saved weights mean or which images come next; resuming across them is refused.
-MUST_MATCH = ("model", "width", "seed", "epochs", "lr_schedule", "lr_scaling", "base_lr")
+# Change what the saved weights are, which images come next, or how the LR is scaled: refused.
+MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum")
+# Where outputs go and how often they are checked or kept: never part of what trained.
+NOT_RECORDED = ("train_dir", "val_dir", "download", "log_dir", "checkpoint_format", "resume", "resume_from", "progress",
+                "checkpoint_every_steps", "keep_checkpoints", "finite_check_every", "collective_timeout",
+                "target_accuracy", "backend", "no_cuda")
+# Schedules whose LR at a step depends on the number of epochs.
+EPOCH_BOUND_SCHEDULES = ("cosine", "onecycle")
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
     """Temporary file, fsync, rename: a crash mid-save leaves the previous checkpoint intact."""
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise write_error(path, err, "checkpoint", "--checkpoint-format") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -31,28 +47,17 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError from its C++ writer
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, err, "checkpoint", "--checkpoint-format") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -64,56 +69,92 @@ def load(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for truncated, corrupt or unsafe files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load checkpoint {path}: {reason}") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path} is not a batchscale checkpoint (format {FORMAT_VERSION}); move it away or use --no-resume")
+    wrong = problem(state)
+    if wrong:
+        raise ConfigError(f"cannot use checkpoint {path}: {wrong}; move it away or use --no-resume")
     return state
 
 
 def partial_path(config: Config, epoch: int) -> Path:
-    """Where a checkpoint taken inside epoch `epoch` (by --checkpoint-every-steps) lives until the epoch ends."""
+    """Where a checkpoint taken inside epoch `epoch` (by --checkpoint-every-steps or a signal) lives until it ends."""
     return Path(config.checkpoint_path(epoch) + ".partial")
 
 
-def candidates(config: Config) -> list[Path]:
-    """This run's checkpoints, newest progress first: epoch e's, then the one inside e, then e-1's, ..."""
-    found = []
-    for epoch in range(config.epochs, 0, -1):
-        for path in (Path(config.checkpoint_path(epoch)), partial_path(config, epoch)):
-            if path.is_file():
-                found.append(path)
+def _naming(config: Config) -> tuple[str, Callable[[str], int | None]]:
+    """A glob for this --checkpoint-format's files and a parser that gives a matching path's epoch."""
+    marker = "\x00"
+    parts = os.path.normpath(config.checkpoint_format.format(epoch=marker, log_dir=config.log_dir)).split(marker)
+    pattern = "*".join(glob.escape(p) for p in parts)
+    regex = re.compile(r"(\d+)".join(re.escape(p) for p in parts) + r"(\.partial)?")
+
+    def epoch_of(name: str) -> int | None:
+        name = os.path.normpath(name)
+        match = regex.fullmatch(name)
+        if not match or len(set(match.groups()[:-1])) != 1:
+            return None
+        epoch = int(match.group(1))
+        return epoch if os.path.normpath(config.checkpoint_path(epoch) + (match.groups()[-1] or "")) == name else None
+
+    return pattern, epoch_of
+
+
+def existing(config: Config) -> dict[Path, int]:
+    """Every checkpoint file of this --checkpoint-format on disk (epoch and .partial ones) with its epoch.
+
+    One glob, whatever --epochs is: the folder is scanned, not every possible epoch's name.
+    """
+    pattern, epoch_of = _naming(config)
+    found = {}
+    for name in glob.glob(pattern) + glob.glob(pattern + ".partial"):
+        epoch = epoch_of(name)
+        if epoch is not None:
+            found[Path(name)] = epoch
     return found
 
 
+def candidates(config: Config) -> list[Path]:
+    """This run's checkpoints up to --epochs, newest progress first: epoch e's, then the one inside e, then e-1's, ..."""
+    found = [(epoch, not path.name.endswith(".partial"), path) for path, epoch in existing(config).items()
+             if epoch <= config.epochs]
+    return [path for _, _, path in sorted(found, reverse=True)]
+
+
 def remove_stale_temporaries(config: Config) -> None:
-    """A save killed midway leaves its temporary file; the renamed checkpoints are never touched."""
-    for epoch in range(1, config.epochs + 1):
-        for path in (Path(config.checkpoint_path(epoch)), partial_path(config, epoch)):
-            for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+    """A save killed midway leaves `.NAME.RANDOM.tmp`; safe to remove only while this run holds the folder's lock."""
+    _, epoch_of = _naming(config)
+    folders = {Path(config.checkpoint_path(1)).parent, Path(config.checkpoint_path(2)).parent}
+    for folder in folders:
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+            name = tmp.name[1 : -len(".tmp")].rsplit(".", 1)[0]
+            if epoch_of(str(folder / name)) is not None:
                 tmp.unlink(missing_ok=True)
 
 
-def find_and_load(config: Config, world_size: int, say: Any) -> tuple[Path, dict[str, Any]] | None:
-    """The newest loadable checkpoint of this run (or --resume PATH), or None.
+def clear(config: Config) -> int:
+    """--no-resume: the checkpoints an earlier run left under this format go, so none is ever resumed by mistake."""
+    files = list(existing(config))
+    for path in files:
+        path.unlink(missing_ok=True)
+    return len(files)
 
-    A corrupt or truncated one is reported and the one before it used; an explicit
-    --resume PATH that cannot be loaded is an error.
+
+def find_and_load(config: Config, say: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest usable checkpoint of this run (or --resume PATH), or None.
+
+    A corrupt, truncated, malformed or non-finite one is reported and the one before it used;
+    an explicit --resume PATH that cannot be used is an error.
     """
     if config.resume_from is not None:
         path = Path(config.resume_from)
-        state = load(path)
-        check_compatible(state, config, world_size, path)
-        return path, state
+        return path, load(path)
     if not config.resume:
         return None
     remove_stale_temporaries(config)
     for path in candidates(config):
         try:
-            state = load(path)
+            return path, load(path)
         except ConfigError as err:
             say(f"warning: {err}; trying the one before it")
-            continue
-        check_compatible(state, config, world_size, path)
-        return path, state
     return None
 
 
@@ -121,23 +162,48 @@ def prune(config: Config, epoch: int) -> None:
     """After epoch `epoch`'s checkpoint is safely written: drop its partial one and those past --keep-checkpoints."""
     partial_path(config, epoch).unlink(missing_ok=True)
     if config.keep_checkpoints:
-        for old in range(1, epoch - config.keep_checkpoints + 1):
-            Path(config.checkpoint_path(old)).unlink(missing_ok=True)
+        for path, saved in existing(config).items():
+            if saved <= epoch - config.keep_checkpoints and not path.name.endswith(".partial"):
+                path.unlink(missing_ok=True)
 
 
-def check_compatible(state: dict[str, Any], config: Config, world_size: int, path: Path) -> None:
-    saved = state["config"]
-    current = config.to_dict()
+def settings_changes(state: dict[str, Any], config: Config, workers: int, path: Path) -> list[dict[str, Any]]:
+    """Refuses a resume that would change what the run is; returns the other changed settings, which apply
+    from the resumed step on and are recorded (summary.json lists them)."""
+    saved, current = state["config"], config.to_dict()
     for key in MUST_MATCH:
         if saved.get(key) != current[key]:
             raise ConfigError(
-                f"{path} was written with --{key.replace('_', '-')} {saved.get(key)!r}, this run has {current[key]!r}; "
+                f"{path} was written with --{_flag(key)} {saved.get(key)!r}, this run has {current[key]!r}; "
                 "use the same value, another --log-dir, or --no-resume"
             )
-    old_batch = saved["batch_size"] * saved["batches_per_allreduce"] * state["world_size"]
-    new_batch = config.batch_size * config.batches_per_allreduce * world_size
-    if old_batch != new_batch:
+    old = (saved["batch_size"], saved["batches_per_allreduce"], state["world_size"])
+    new = (config.batch_size, config.batches_per_allreduce, workers)
+    if old != new:
+        same = old[0] * old[1] * old[2] == new[0] * new[1] * new[2]
         raise ConfigError(
-            f"{path} was trained with global batch {old_batch}, this run has {new_batch} "
-            "(batch size x batches-per-allreduce x workers); match it, use another --log-dir, or --no-resume"
+            f"{path} was trained with {_shape(*old)}, this run has {_shape(*new)}"
+            + ("; the same global batch, but the peak LR and the batch-norm batches depend on how it is split"
+               if same else "") + f"; launch {old[2]} worker(s) (real or --simulate-workers) with --batch-size {old[0]} "
+            f"--batches-per-allreduce {old[1]}, use another --log-dir, or --no-resume"
         )
+    if saved.get("epochs") != current["epochs"] and current["lr_schedule"] in EPOCH_BOUND_SCHEDULES:
+        raise ConfigError(
+            f"{path} was written with --epochs {saved.get('epochs')}, this run has {current['epochs']}, and the "
+            f"{current['lr_schedule']} schedule's LR depends on the epoch count; keep --epochs {saved.get('epochs')}, "
+            "use --lr-schedule step (whose LR does not) from the start, another --log-dir, or --no-resume"
+        )
+    step = int(state["step"])
+    return [
+        {"step": step, "epoch": int(state["epoch"]), "setting": f"--{_flag(key)}", "from": saved.get(key), "to": value}
+        for key, value in current.items()
+        if key not in NOT_RECORDED and key not in MUST_MATCH and saved.get(key) != value
+    ]
+
+
+def _shape(batch: int, micro: int, workers: int) -> str:
+    return f"{workers} worker(s) x --batch-size {batch} x --batches-per-allreduce {micro} (global batch {batch * micro * workers})"
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

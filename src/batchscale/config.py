@@ -8,39 +8,15 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import BatchscaleError, ConfigError, Diverged  # noqa: F401  (re-exported)
+
 MODELS = ("resnet18", "resnet18-imagenet")
 LR_SCALINGS = ("linear", "sqrt", "none")
 LR_SCHEDULES = ("cosine", "step", "onecycle")
 BACKENDS = ("auto", "single", "torch", "horovod")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-class BatchscaleError(Exception):
-    """An error the command line prints as one line (no traceback) before exiting with `exit_code`.
-
-    One line per job, not per rank: an error that every rank finds alike (a bad flag) is printed
-    by rank 0; one that ranks agreed on (`agreed`) by the lowest rank that found it, and the
-    other ranks' copies are `quiet`.
-    """
-
-    exit_code = 1
-
-    def __init__(self, message: str, quiet: bool = False) -> None:
-        super().__init__(message)
-        self.quiet = quiet
-        self.agreed = False
-
-
-class ConfigError(BatchscaleError, ValueError):
-    """A value, path or file the user must change: exit code 2, before training starts."""
-
-    exit_code = 2
-
-
-class Diverged(BatchscaleError):
-    """The loss became NaN or infinite: exit code 3; the last good checkpoint is kept."""
-
-    exit_code = 3
+# torch.distributed keeps timeouts as int64 milliseconds; 1e7 s (115 days) is far beyond any real wait.
+MAX_TIMEOUT = 1e7
 
 
 @dataclass
@@ -117,6 +93,10 @@ class Config:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"--{_flag(name)} must be a number >= 0 (got {value!r})")
+        if self.collective_timeout > MAX_TIMEOUT:
+            raise ConfigError(f"--collective-timeout must be at most {MAX_TIMEOUT:g} seconds (got {self.collective_timeout!r})")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise ConfigError(f"--seed must be an integer from 0 to 2**64 - 1 (got {self.seed!r})")
         if self.warmup_start_lr is not None and not (math.isfinite(self.warmup_start_lr) and self.warmup_start_lr >= 0):
             raise ConfigError(f"--warmup-start-lr must be a number >= 0 (got {self.warmup_start_lr!r})")
         if not 0 <= self.momentum < 1:

@@ -17,7 +17,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .adasum import AdasumOptimizer, check_world_size
-from .config import BatchscaleError, Config, ConfigError
+from .config import Config
+from .errors import BatchscaleError, ConfigError
 from .noise import GradNorms
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -103,23 +104,26 @@ class Backend:
 
     def agree(self, fn: Callable[[], T]) -> T:
         """Runs `fn` on every rank; if it raises a BatchscaleError on any rank, all ranks stop instead of
-        waiting forever in the next collective, and only the lowest failing rank says why."""
+        waiting forever in the next collective, with that error's exit code, and only the lowest failing
+        rank says why."""
         error: BatchscaleError | None = None
         result: Any = None
         try:
             result = fn()
         except BatchscaleError as err:
             error = err
-        failed = torch.zeros(self.world_size, device=self.device)
-        failed[self.rank] = float(error is not None)
-        failed_ranks = self.all_reduce_sum(failed).nonzero().flatten().tolist()
+        codes = torch.zeros(self.world_size, device=self.device)
+        codes[self.rank] = float(error.exit_code) if error is not None else 0.0
+        codes = self.all_reduce_sum(codes)
+        failed_ranks = codes.nonzero().flatten().tolist()
         if not failed_ranks:
             return result
         first = int(failed_ranks[0])
         if error is not None and first == self.rank:
             error.agreed = True
             raise error
-        raise ConfigError(f"rank {first} stopped the job; see its message", quiet=True)
+        raise BatchscaleError(f"rank {first} stopped the job; see its message", quiet=True,
+                              exit_code=int(codes[first].item()))
 
 
 class TorchBackend(Backend):
@@ -184,8 +188,9 @@ class TorchBackend(Backend):
         return True
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            return model.no_sync()
+        inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper hides DDP's no_sync
+        if isinstance(inner, nn.parallel.DistributedDataParallel):
+            return inner.no_sync()
         return contextlib.nullcontext()  # Adasum: gradients stay local, only the update is reduced
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .config import Config
+from .errors import OutputError
+from .rundir import write_error
 
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
@@ -19,8 +24,33 @@ REFRESH_SECONDS = 1.0
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err, "", "--log-dir") from None
+
+
+@contextlib.contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """Any failed write of the run's logs (TensorBoard's included) becomes one line naming the folder."""
+    try:
+        yield
+    except OSError as err:
+        raise write_error(folder / "metrics.jsonl", err, "the run's logs", "--log-dir") from None
+
+
+def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread re-raises its error in the training thread at the next write, where it becomes
+    one line; printing its traceback here too would bury that line."""
+    if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+        return
+    _default_excepthook(args)
+
+
+_default_excepthook = threading.excepthook
+threading.excepthook = _quiet_tensorboard_thread
 
 
 class RunLog:
@@ -37,13 +67,14 @@ class RunLog:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.dir))
-        # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
-        lines = "".join(json.dumps(record) + "\n" for record in history)
-        tmp = self.dir / ".metrics.jsonl.tmp"
-        tmp.write_text(lines)
-        os.replace(tmp, self.dir / "metrics.jsonl")
+        with writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(self.dir))
+            # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
+            lines = "".join(json.dumps(record) + "\n" for record in history)
+            tmp = self.dir / ".metrics.jsonl.tmp"
+            tmp.write_text(lines)
+            os.replace(tmp, self.dir / "metrics.jsonl")
 
     def say(self, message: str) -> None:
         if self.enabled:
@@ -59,7 +90,8 @@ class RunLog:
         if not self.enabled:
             return
         assert self.writer is not None
-        self.writer.add_scalar("train/lr", lr, step)
+        with writing(self.dir):
+            self.writer.add_scalar("train/lr", lr, step)
         if bar is None:
             return
         bar.update(1)
@@ -79,16 +111,17 @@ class RunLog:
             return
         assert self.writer is not None
         epoch = record["epoch"]
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-            split, name = key.split("_")
-            self.writer.add_scalar(f"{split}/{name}", record[key], epoch)
-        self.writer.add_scalar("perf/images_per_sec", record["images_per_sec"], epoch)
-        self.writer.add_scalar("perf/epoch_seconds", record["epoch_seconds"], epoch)
-        if record.get("noise_scale") is not None:
-            self.writer.add_scalar("noise/b_simple", record["noise_scale"], epoch)
-        self.writer.flush()
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with writing(self.dir):
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                split, name = key.split("_")
+                self.writer.add_scalar(f"{split}/{name}", record[key], epoch)
+            self.writer.add_scalar("perf/images_per_sec", record["images_per_sec"], epoch)
+            self.writer.add_scalar("perf/epoch_seconds", record["epoch_seconds"], epoch)
+            if record.get("noise_scale") is not None:
+                self.writer.add_scalar("noise/b_simple", record["noise_scale"], epoch)
+            self.writer.flush()
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         tqdm.write(
             f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
             f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
@@ -99,9 +132,17 @@ class RunLog:
         if not self.enabled:
             return
         assert self.writer is not None
-        write_json_atomic(self.dir / "summary.json", summary)
-        self.writer.add_hparams(hparams(summary), hparam_metrics(summary), run_name=".")
-        self.writer.close()
+        with writing(self.dir):
+            self.writer.add_hparams(hparams(summary), hparam_metrics(summary), run_name=".")
+            self.writer.flush()
+        write_json_atomic(self.dir / "summary.json", summary)  # last: its presence means the run is complete
+
+    def close(self) -> None:
+        """Leaves quietly even after a failed write: the error that matters was already raised."""
+        if self.writer is not None:
+            with contextlib.suppress(OSError):
+                self.writer.close()
+            self.writer = None
 
 
 HPARAMS = ("batch_size", "batches_per_allreduce", "base_lr", "lr_scaling", "lr_schedule", "warmup_epochs", "wd",

@@ -8,6 +8,7 @@ and the ratio of the averages is the estimate: the ratio of noisy single estimat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -17,35 +18,64 @@ from torch import Tensor
 @dataclass
 class NoiseScale:
     decay: float = 0.95
-    trace_sigma: float | None = None  # EMA of the tr(Sigma) estimates
-    grad_sq: float | None = None  # EMA of the |G|^2 estimates
-    updates: int = 0
+    trace_sigma: Tensor | None = None  # EMA of the tr(Sigma) estimates (float64, on the device)
+    grad_sq: Tensor | None = None  # EMA of the |G|^2 estimates
+    count: Tensor | None = None  # how many pairs were finite and taken
 
-    def update(self, small_sq: float, big_sq: float, b_small: float, b_big: float) -> None:
-        """One pair: |g_small|^2 over batches of b_small examples and |g_big|^2 over b_big examples."""
+    def update(self, small_sq: Tensor | float, big_sq: Tensor | float, b_small: float, b_big: float) -> None:
+        """One pair: |g_small|^2 over batches of b_small examples and |g_big|^2 over b_big examples.
+
+        A pair with a non-finite norm (an fp16 overflow step the scaler skips) is left out, without a
+        host sync, so one bad step cannot poison the averages.
+        """
         if b_big <= b_small:
             raise ValueError(f"the large batch ({b_big}) must be larger than the small one ({b_small})")
-        grad_sq = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
-        trace = (small_sq - big_sq) / (1 / b_small - 1 / b_big)
-        if self.trace_sigma is None or self.grad_sq is None:
-            self.trace_sigma, self.grad_sq = trace, grad_sq
-        else:
-            self.trace_sigma = self.decay * self.trace_sigma + (1 - self.decay) * trace
-            self.grad_sq = self.decay * self.grad_sq + (1 - self.decay) * grad_sq
-        self.updates += 1
+        small = torch.as_tensor(small_sq, dtype=torch.float64)
+        big = torch.as_tensor(big_sq, dtype=torch.float64, device=small.device)
+        grad_sq = (b_big * big - b_small * small) / (b_big - b_small)
+        trace = (small - big) / (1 / b_small - 1 / b_big)
+        ok = torch.isfinite(grad_sq) & torch.isfinite(trace)
+        if self.trace_sigma is None or self.grad_sq is None or self.count is None:
+            nan = torch.full_like(trace, math.nan)
+            self.trace_sigma, self.grad_sq, self.count = nan, nan.clone(), torch.zeros_like(trace)
+        fresh = self.count == 0
+        for name, value in (("trace_sigma", trace), ("grad_sq", grad_sq)):
+            current = getattr(self, name)
+            averaged = torch.where(fresh, value, self.decay * current + (1 - self.decay) * value)
+            setattr(self, name, torch.where(ok, averaged, current))
+        self.count = self.count + ok.to(self.count.dtype)
+
+    @property
+    def updates(self) -> int:
+        return 0 if self.count is None else int(self.count)
 
     @property
     def b_simple(self) -> float | None:
-        if self.trace_sigma is None or self.grad_sq is None or self.grad_sq <= 0:
+        if self.trace_sigma is None or self.grad_sq is None or not self.updates:
             return None
-        return self.trace_sigma / self.grad_sq
+        trace, grad_sq = float(self.trace_sigma), float(self.grad_sq)
+        return trace / grad_sq if grad_sq > 0 else None
 
     def state_dict(self) -> dict[str, float | int | None]:
-        return {"trace_sigma": self.trace_sigma, "grad_sq": self.grad_sq, "updates": self.updates}
+        taken = self.updates
+        return {"trace_sigma": float(self.trace_sigma) if taken else None,  # type: ignore[arg-type]
+                "grad_sq": float(self.grad_sq) if taken else None, "updates": taken}  # type: ignore[arg-type]
 
     def load_state_dict(self, state: dict[str, float | int | None]) -> None:
-        self.trace_sigma, self.grad_sq = state["trace_sigma"], state["grad_sq"]  # type: ignore[assignment]
-        self.updates = int(state["updates"] or 0)
+        updates = int(state["updates"] or 0)
+        if not updates or state["trace_sigma"] is None or state["grad_sq"] is None:
+            self.trace_sigma = self.grad_sq = self.count = None
+            return
+        self.trace_sigma = torch.tensor(float(state["trace_sigma"]), dtype=torch.float64)
+        self.grad_sq = torch.tensor(float(state["grad_sq"]), dtype=torch.float64)
+        self.count = torch.tensor(float(updates), dtype=torch.float64)
+
+    def to(self, device: torch.device) -> "NoiseScale":
+        for name in ("trace_sigma", "grad_sq", "count"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        return self
 
 
 @dataclass

@@ -1,10 +1,13 @@
-"""The training loop, top to bottom: data, model, optimizer, resume, then epochs of steps and validation."""
+"""The training loop, top to bottom: set up, restore, epochs of steps, end of epoch.
+
+`Trainer.state` (a `TrainState`) is everything a checkpoint holds; where training stands lives
+there and nowhere else, so a resumed epoch's offset is used once and an epoch's end clears it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,13 +17,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import checkpoint, data, faults
-from .config import Config, ConfigError, Diverged
+from .config import Config
 from .distributed import Backend, init_backend, unwrap
+from .errors import ConfigError, Diverged, OutputError, Stopped
 from .metrics import RunLog, summarize
 from .models import build_model
-from .noise import GradNorms, NoiseScale, squared_norm
+from .noise import GradNorms, squared_norm
 from .precision import FP32, Precision, resolve
+from .rundir import RunLock, check_space
 from .schedule import LRSchedule
+from .state import EpochSums, TrainState
+from .stopping import StopRequest
 
 
 def train_step(
@@ -35,11 +42,14 @@ def train_step(
     """One optimizer update from k micro-batches, communicating once. Returns (loss sum, correct) on device.
 
     Nothing here waits for the device: the sums stay tensors until the epoch ends. With `norms`
-    it also records, for the noise scale, the squared norm of the first micro-batch's gradient
-    (when k > 1) and of the combined gradient the optimizer applies.
+    it also records, for the noise scale, the squared norm of a small-batch gradient (the first
+    micro-batch's when k > 1, else this worker's, taken by the backend before the allreduce) and
+    of the combined gradient the optimizer applies, both in unscaled units.
     """
     optimizer.zero_grad()
     k = len(micro_batches)
+    # fp16 gradients are multiplied by the scaler's factor until its step; measuring steps undo it (a host sync).
+    scale = precision.scaler.get_scale() if norms is not None and precision.scaler is not None else 1.0
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
     correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
     for i, (x, y) in enumerate(micro_batches):
@@ -50,10 +60,11 @@ def train_step(
             # Each micro-batch's mean loss / k: the update equals one batch of k x batch size.
             precision.backward(loss / k)
         if norms is not None and i == 0 and k > 1:
-            unscale = precision.scaler.get_scale() if precision.scaler is not None else 1.0
-            norms.small_sq = squared_norm(gradients(model)) * (k / unscale) ** 2
+            norms.small_sq = squared_norm(gradients(model)) * (k / scale) ** 2
         loss_sum += loss.detach().float() * y.shape[0]
         correct += (out.detach().argmax(1) == y).sum()
+    if norms is not None and k == 1:
+        norms.small_sq = norms.small_sq / scale**2  # the backend's probe saw the scaled gradient
     backend.optimizer_step(optimizer, precision.scaler)
     if norms is not None:
         norms.big_sq = squared_norm(gradients(model))
@@ -84,9 +95,10 @@ def evaluate(model: nn.Module, batches: data.EvalBatches, backend: Backend, prec
 def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_x: Tensor, precision: Precision) -> float:
     """Compiles the train and eval graphs before the clock starts; returns the seconds it took.
 
-    The weights and batch-norm statistics are restored afterwards, so the run is unchanged.
+    Weights, batch-norm statistics and the RNG are restored afterwards, so the run is unchanged.
     """
     saved = {k: v.clone() for k, v in unwrap(model).state_dict().items()}
+    rng = torch.get_rng_state()
     start = time.perf_counter()
     model.train()
     with precision.autocast():
@@ -97,6 +109,7 @@ def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_x: Tensor
         model(eval_x).float().sum().item()
     seconds = time.perf_counter() - start
     unwrap(model).load_state_dict(saved)
+    torch.set_rng_state(rng)
     for p in model.parameters():
         p.grad = None
     return seconds
@@ -107,18 +120,28 @@ def device_name(device: torch.device) -> str:
 
 
 def check_writable(path: str | Path, flag: str) -> None:
-    """Fails before training, not after the first epoch, when an output folder cannot be written."""
+    """Fails before training, not after the first epoch, when an output folder cannot be written.
+
+    It writes and syncs real bytes: on a full disk creating an empty file still succeeds.
+    """
     target = Path(path).absolute()
     existing = target
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; choose another {flag}")
+    probe = existing / f".batchscale-write-test-{os.getpid()}"
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as err:
+        if err.errno == 28:
+            raise OutputError(f"{flag} {path}: no space left on {existing}'s disk; free some space or write elsewhere") from None
         raise ConfigError(f"{flag} {path} is not writable ({err.strerror}); choose a folder you can write to") from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def prepare_data(config: Config, backend: Backend) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -131,7 +154,8 @@ def prepare_data(config: Config, backend: Backend) -> tuple[Tensor, Tensor, Tens
                 continue
             if not config.download:
                 raise data.DataError(data.missing_message(root, train, "--no-download was given"))
-            backend_say(backend, f"downloading CIFAR-10 into {root} ...")
+            if backend.is_main:
+                print(f"downloading CIFAR-10 into {root} ...", flush=True)
             try:
                 data.download(root)
             except Exception as err:  # network and archive errors come in many types
@@ -139,11 +163,6 @@ def prepare_data(config: Config, backend: Backend) -> tuple[Tensor, Tensor, Tens
 
     backend.agree(fetch)
     return backend.agree(lambda: (*data.load_split(config.train_dir, True), *data.load_split(config.val_dir, False)))
-
-
-def backend_say(backend: Backend, message: str) -> None:
-    if backend.is_main:
-        print(message, flush=True)
 
 
 def seed_everything(config: Config) -> None:
@@ -162,189 +181,303 @@ def train(config: Config) -> dict[str, Any]:
     check_writable(config.log_dir, "--log-dir")
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
     backend = init_backend(config)
+    stop = StopRequest().install()
+    trainer = None
     try:
-        summary = _train(config, backend)
+        trainer = Trainer(config, backend, stop)
+        summary = trainer.run()
         backend.finish()
         return summary
     finally:
+        stop.restore()
+        if trainer is not None:
+            trainer.close()
         backend.shutdown()
 
 
-def _train(config: Config, backend: Backend) -> dict[str, Any]:
-    started = time.perf_counter()
-    seed_everything(config)
-    device = backend.device
-    train_x, train_y, val_x, val_y = prepare_data(config, backend)
-    precision = resolve(config, device)
-    # channels_last feeds tensor cores without layout transposes; on CPUs it rarely helps.
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    simulated = config.simulate_workers
-    if simulated > 1 and backend.world_size > 1:
-        raise ConfigError("--simulate-workers runs in one process; launch it with python, not torchrun or horovodrun")
-    workers = backend.world_size * simulated
-    shard = data.Shard(backend.rank, backend.world_size)
-    batches = data.TrainBatches(
-        train_x, train_y, config.batch_size, config.batches_per_allreduce, data.Shard(backend.rank, workers),
-        config.seed, device, memory_format=memory_format, simulate=simulated > 1,
-    )
-    evals = data.EvalBatches(val_x, val_y, config.val_batch_size, shard, device, memory_format)
-    model = build_model(config.model, config.width).to(device, memory_format=memory_format)
-    parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
-        weight_decay=config.wd, fused=device.type == "cuda" or None,  # one kernel for the whole update on GPUs
-    )
-    schedule = LRSchedule.from_config(config, backend.lr_replicas() * simulated, batches.steps_per_epoch)
+class Trainer:
+    """Set up in `__init__`; `run()` restores, trains the remaining epochs and writes the summary."""
 
-    found = backend.agree(lambda: checkpoint.find_and_load(config, workers, print) if backend.is_main else None)
-    state = backend.broadcast_object(found[1] if found else None)
-    history: list[dict[str, Any]] = []
-    noise = NoiseScale()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        checkpoint.set_rng_state(state["rng"])
-        if precision.scaler is not None and state.get("scaler"):
-            precision.scaler.load_state_dict(state["scaler"])
-        noise.load_state_dict(state["noise"])
-        history = state["history"]
-    model, optimizer = backend.prepare(model, optimizer)
-    compile_seconds = 0.0
-    if config.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
-        compile_seconds = warm_up(model, next(iter(batches.epoch(1)))[0], next(iter(evals))[0], precision)
-    log = RunLog(config, backend.is_main, history, batches.global_batch)
-    resume_step = state["epoch_step"] if state is not None else 0
-    partial = state.get("partial") if state is not None and backend.is_main else None
-    log.say(
-        f"batchscale: {config.model} ({parameters / 1e6:.2f}M parameters) on {backend.world_size} x {device.type} "
-        f"({backend.name}{f', simulating {simulated} workers' if simulated > 1 else ''}), global batch {batches.global_batch}, {batches.steps_per_epoch} steps/epoch, "
-        f"peak lr {schedule.peak_lr:.4g}"
-        + (f"; resumed from {found[0]} after epoch {len(history)}" if found else "")
-        + (f", step {resume_step}" if resume_step else "")
-    )
-    if config.warmup_epochs >= config.epochs and schedule.peak_lr != schedule.base_lr:
-        log.say(f"warning: --warmup-epochs {config.warmup_epochs:g} covers the whole run; the LR never reaches its peak")
+    def __init__(self, config: Config, backend: Backend, stop: StopRequest) -> None:
+        self.config, self.backend, self.stop = config, backend, stop
+        self.started = time.perf_counter()
+        self.lock: RunLock | None = None
+        seed_everything(config)
+        device = self.device = backend.device
+        train_x, train_y, val_x, val_y = prepare_data(config, backend)
+        self.precision = resolve(config, device)
+        # channels_last feeds tensor cores without layout transposes; on CPUs it rarely helps.
+        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.simulated = config.simulate_workers
+        if self.simulated > 1 and backend.world_size > 1:
+            raise ConfigError("--simulate-workers runs in one process; launch it with python, not torchrun or horovodrun")
+        self.workers = backend.world_size * self.simulated
+        self.batches = data.TrainBatches(
+            train_x, train_y, config.batch_size, config.batches_per_allreduce, data.Shard(backend.rank, self.workers),
+            config.seed, device, memory_format=memory_format, simulate=self.simulated > 1,
+        )
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        self.evals = data.EvalBatches(val_x, val_y, config.val_batch_size, data.Shard(backend.rank, backend.world_size),
+                                      device, memory_format)
+        model = build_model(config.model, config.width).to(device, memory_format=memory_format)
+        self.parameters = sum(p.numel() for p in model.parameters())
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
+            weight_decay=config.wd, fused=device.type == "cuda" or None,  # one kernel for the whole update on GPUs
+        )
+        self.schedule = LRSchedule.from_config(config, backend.lr_replicas() * self.simulated, self.steps_per_epoch)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.state = TrainState(model, optimizer, self.precision.scaler, config.to_dict(), self.workers)
+        self.model: nn.Module = model  # what the loop calls: wrapped by the backend and torch.compile in run()
+        self.resumed_from: Path | None = None
+        self.log: RunLog | None = None
 
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    steps_per_epoch = batches.steps_per_epoch
-    wall_before = history[-1]["wall_seconds"] if history else 0.0
-    train_before = history[-1]["train_seconds"] if history else 0.0
-    local_images = config.batch_size * config.batches_per_allreduce * simulated
+    # -- start -------------------------------------------------------------------------------------------------
 
-    def snapshot(epoch: int, epoch_step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {
-            "format_version": checkpoint.FORMAT_VERSION,
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-            "epoch": epoch,  # completed epochs
-            "epoch_step": epoch_step,  # steps done inside epoch + 1
-            "step": epoch * steps_per_epoch + epoch_step,
-            "rng": checkpoint.rng_state(),
-            "config": config.to_dict(),
-            "world_size": workers,
-            "history": history,
-            "noise": {k: None if v is None else float(v) for k, v in noise.state_dict().items()},
-            "partial": extra,
-        }
+    def open_run(self) -> tuple[Path, dict[str, Any], list[dict[str, Any]]] | None:
+        """Rank 0: lock the run's folders, clear what a fresh start replaces, find the checkpoint to resume."""
+        config = self.config
+        ckpt_dir = Path(config.checkpoint_path(1)).parent
+        self.lock = RunLock([Path(config.log_dir), ckpt_dir]).acquire()
+        (Path(config.log_dir) / "summary.json").unlink(missing_ok=True)  # a run in progress has no summary
+        if not config.resume:
+            removed = checkpoint.clear(config)
+            for old in Path(config.log_dir).glob("events.out.tfevents.*"):
+                old.unlink()
+            if removed:
+                print(f"--no-resume: removed {removed} checkpoint(s) of an earlier run under {ckpt_dir}", flush=True)
+        # Two checkpoints' room: the new one is written beside the last before replacing it.
+        per_param = 4 * (2 + (self.config.momentum > 0))
+        check_space(ckpt_dir, 2 * per_param * self.parameters + 2**20, "a checkpoint of this model")
+        found = checkpoint.find_and_load(config, lambda text: print(text, flush=True))
+        if found is None:
+            return None
+        path, state = found
+        return path, state, checkpoint.settings_changes(state, config, self.workers, path)
 
-    def check_finite(bad_step: Tensor) -> None:
-        """A collective every --finite-check-every steps: all ranks stop together, never saving NaN weights."""
+    def restore(self) -> None:
+        opened = self.backend.agree(lambda: self.open_run() if self.backend.is_main else None)
+        opened = self.backend.broadcast_object(opened)
+        if opened is None:
+            return
+        path, saved, changes = opened
+        self.state.load_state_dict(saved, self.steps_per_epoch, str(path))
+        self.state.noise.to(self.device)
+        for group in self.state.optimizer.param_groups:  # the current flags are what trains from here on
+            group.update(momentum=self.config.momentum, nesterov=self.config.nesterov, weight_decay=self.config.wd)
+        self.state.changes += changes
+        self.state.config = self.config.to_dict()
+        self.resumed_from = path
+        if not self.backend.is_main:
+            self.state.partial = None  # rank 0 carries the job's sums of a part-done epoch
 
-        def verify() -> None:
-            step = int(bad_step)
-            if step >= 0:
-                done = history[-1]["epoch"] if history else 0
-                raise Diverged(
-                    f"the loss became NaN or infinite at step {step} (epoch {step // steps_per_epoch + 1}, "
-                    f"lr {schedule(step - 1):.4g}); checkpoints up to epoch {done} are intact. Lower --base-lr, "
-                    "lengthen --warmup-epochs or use fp32, then rerun to resume from the last good checkpoint"
-                )
+    def run(self) -> dict[str, Any]:
+        self.restore()
+        state, config = self.state, self.config
+        self.model, state.optimizer = self.backend.prepare(state.model, state.optimizer)
+        compile_seconds = 0.0
+        if config.compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+            batch = next(iter(self.batches.epoch(1)))[0]
+            compile_seconds = warm_up(self.model, batch, next(iter(self.evals))[0], self.precision)
+        self.log = RunLog(config, self.backend.is_main, state.history, self.batches.global_batch)
+        self.announce()
+        while state.epoch < config.epochs:
+            self.train_epoch()
+        summary = summarize(config, self.backend.name, self.workers, state.history, self.parameters)
+        summary.update(precision=self.precision.name, device=device_name(self.device), compile_seconds=compile_seconds,
+                       changes=state.changes)
+        self.backend.agree(lambda: self.log.finish(summary))  # type: ignore[union-attr]
+        return summary
 
-        backend.agree(verify)
+    def announce(self) -> None:
+        assert self.log is not None
+        state, config, backend = self.state, self.config, self.backend
+        simulating = f", simulating {self.simulated} workers" if self.simulated > 1 else ""
+        resumed = ""
+        if self.resumed_from is not None:
+            resumed = f"; resumed from {self.resumed_from} after epoch {state.epoch}"
+            resumed += f", step {state.epoch_step}" if state.epoch_step else ""
+        self.log.say(
+            f"batchscale: {config.model} ({self.parameters / 1e6:.2f}M parameters) on {backend.world_size} x "
+            f"{self.device.type} ({backend.name}{simulating}), global batch {self.batches.global_batch}, "
+            f"{self.steps_per_epoch} steps/epoch, peak lr {self.schedule.peak_lr:.4g}{resumed}"
+        )
+        new = [c for c in state.changes if c["step"] == state.step(self.steps_per_epoch)]
+        if new and self.resumed_from is not None:
+            listed = ", ".join(f"{c['setting']} {c['from']!r} -> {c['to']!r}" for c in new)
+            self.log.say(f"note: from step {new[0]['step']} on this run uses {listed} (recorded in summary.json)")
+        if config.warmup_epochs >= config.epochs and self.schedule.peak_lr != self.schedule.base_lr:
+            self.log.say(f"warning: --warmup-epochs {config.warmup_epochs:g} covers the whole run; "
+                         "the LR never reaches its peak")
 
-    for epoch in range(len(history) + 1, config.epochs + 1):
-        model.train()
-        start_step = resume_step if epoch == len(history) + 1 else 0
-        bar = log.bar(steps_per_epoch, f"epoch {epoch}/{config.epochs}", initial=start_step)
-        loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
-        correct = torch.tensor(partial["correct"] if partial else 0, dtype=torch.long, device=device)
-        seen = partial["images"] if partial else 0
-        seconds_before = partial["seconds"] if partial else 0.0
-        partial = None
-        bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    # -- one epoch ---------------------------------------------------------------------------------------------
+
+    def train_epoch(self) -> None:
+        state, config, backend = self.state, self.config, self.backend
+        epoch = state.epoch + 1
+        sums = EpochSums.zeros(self.device)
+        if state.partial:
+            sums.loss_sum += state.partial["loss_sum"]
+            sums.correct += int(state.partial["correct"])
+            sums.images, sums.seconds = int(state.partial["images"]), float(state.partial["seconds"])
+        state.partial = None
+        bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first step whose loss was not finite
         norms = GradNorms()
-        epoch_start = time.perf_counter()
-        step = (epoch - 1) * steps_per_epoch + start_step
-        for epoch_step, micro in enumerate(batches.epoch(epoch, start_step), start=start_step + 1):
-            lr = schedule(step)
-            for group in optimizer.param_groups:
+        local_images = config.batch_size * config.batches_per_allreduce * self.simulated
+        self.model.train()
+        bar = self.log.bar(self.steps_per_epoch, f"epoch {epoch}/{config.epochs}", initial=state.epoch_step)  # type: ignore[union-attr]
+        clock = time.perf_counter()
+        for micro in self.batches.epoch(epoch, state.epoch_step):
+            step = state.step(self.steps_per_epoch)  # 0-based index of this update
+            lr = self.schedule(step)
+            for group in state.optimizer.param_groups:
                 group["lr"] = lr
             # Noise scale: a small batch (one worker's micro-batch) against the combined gradient.
             measure = not config.use_adasum and (step + 1) % config.noise_every == 0
             measure = measure and (len(micro) > 1 or backend.noise_probe(norms))
             if measure:
-                norms.reset(device)
-            step_loss, step_correct = train_step(
-                model, optimizer, micro, backend, criterion, precision, norms if measure else None
-            )
+                norms.reset(self.device)
+            loss, correct = train_step(self.model, state.optimizer, micro, backend, self.criterion, self.precision,
+                                       norms if measure else None)
             if measure:
                 backend.noise_probe(None)
-                noise.update(norms.small_sq, norms.big_sq, config.batch_size, batches.global_batch)
-            step += 1
-            bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(step_loss), step)  # no host sync
-            loss_sum += step_loss
-            correct += step_correct
-            seen += local_images
-            log.step(bar, step, lr, seen, loss_sum, correct)
-            faults.point("step", step, backend.rank, model)
-            if step % config.finite_check_every == 0:
-                check_finite(bad_step)
+                state.noise.update(norms.small_sq, norms.big_sq, config.batch_size, self.batches.global_batch)
+            state.epoch_step += 1
+            bad_step.masked_fill_((bad_step == 0) & ~torch.isfinite(loss), step + 1)  # no host sync
+            sums.loss_sum += loss
+            sums.correct += correct
+            sums.images += local_images
+            self.log.step(bar, step + 1, lr, sums.images, sums.loss_sum, sums.correct)  # type: ignore[union-attr]
+            faults.point("step", step + 1, backend.rank, self.model)
+            if state.epoch_step == self.steps_per_epoch:
+                break
             every = config.checkpoint_every_steps
-            if every and epoch_step % every == 0 and epoch_step < steps_per_epoch:
-                check_finite(bad_step)
-                backend.average_buffers(model)
-                sums = backend.all_reduce_sum(torch.stack([loss_sum.double(), correct.double()])).tolist()
-                images = backend.all_reduce_sum(torch.tensor([float(seen)], device=device)).item()
-                extra = {"loss_sum": sums[0], "correct": int(sums[1]), "images": int(images),
-                         "seconds": seconds_before + time.perf_counter() - epoch_start}
-                if backend.is_main:
-                    checkpoint.save(checkpoint.partial_path(config, epoch), snapshot(epoch - 1, epoch_step, extra))
-                faults.point("after-step-checkpoint", step, backend.rank)
-        check_finite(bad_step)
-        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)])
-        train_loss, train_correct, images = backend.all_reduce_sum(totals).tolist()  # .tolist() waits for the device
-        epoch_seconds = seconds_before + time.perf_counter() - epoch_start
+            due = bool(every) and state.epoch_step % every == 0
+            if due or (step + 1) % config.finite_check_every == 0 or (self.stop.requested and backend.world_size == 1):
+                stopping = self.sync_point(bad_step)
+                if due or stopping:
+                    sums.seconds += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    path = self.save_partial(sums)
+                    faults.point("after-step-checkpoint", step + 1, backend.rank)
+                    if stopping:
+                        self.stopped(path)
         if bar is not None:
             bar.close()
-        backend.average_buffers(model)
-        val_loss, val_acc = evaluate(model, evals, backend, precision)
-        train_before += epoch_seconds
-        history.append(
-            {
-                "epoch": epoch,
-                "step": step,
-                "lr": schedule(step - 1),
-                "train_loss": train_loss / images,
-                "train_acc": train_correct / images,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "images": int(images),
-                "epoch_seconds": epoch_seconds,
-                "images_per_sec": images / epoch_seconds,
-                "train_seconds": train_before,
-                "wall_seconds": wall_before + time.perf_counter() - started,
-                "noise_scale": None if noise.b_simple is None else float(noise.b_simple),
-            }
-        )
-        if backend.is_main:
-            checkpoint.save(config.checkpoint_path(epoch), snapshot(epoch, 0))
-            checkpoint.prune(config, epoch)
-        faults.point("after-checkpoint", epoch, backend.rank)
-        log.epoch(history[-1])
+        sums.seconds += time.perf_counter() - clock
+        self.end_epoch(sums, bad_step)
 
-    summary = summarize(config, backend.name, workers, history, parameters)
-    summary.update(precision=precision.name, device=device_name(device), compile_seconds=compile_seconds)
-    log.finish(summary)
-    return summary
+    def end_epoch(self, sums: EpochSums, bad_step: Tensor) -> None:
+        state, backend = self.state, self.backend
+        stopping = self.sync_point(bad_step)
+        totals = torch.stack([sums.loss_sum.double(), sums.correct.double(),
+                              torch.tensor(float(sums.images), dtype=torch.float64, device=self.device)])
+        train_loss, train_correct, images = backend.all_reduce_sum(totals).tolist()  # .tolist() waits for the device
+        backend.average_buffers(self.model)
+        val_loss, val_acc = evaluate(self.model, self.evals, backend, self.precision)
+        step = state.step(self.steps_per_epoch)
+        epoch = state.epoch + 1
+        if not (self.weights_finite() and torch.isfinite(torch.tensor([val_loss, train_loss])).all()):
+            raise Diverged(
+                f"the weights or the validation loss became NaN or infinite in epoch {epoch} (last lr "
+                f"{self.schedule(step - 1):.4g}); {self.intact()}. {self.advice()}", quiet=not backend.is_main
+            )
+        before = state.history[-1] if state.history else {"train_seconds": 0.0, "wall_seconds": 0.0}
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "lr": self.schedule(step - 1),
+            "train_loss": train_loss / images,
+            "train_acc": train_correct / images,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "images": int(images),
+            "epoch_seconds": sums.seconds,
+            "images_per_sec": images / sums.seconds,
+            "train_seconds": before["train_seconds"] + sums.seconds,
+            "wall_seconds": before["wall_seconds"] + time.perf_counter() - self.started,
+            "noise_scale": state.noise.b_simple,
+        }
+        self.started = time.perf_counter()  # wall time is counted per epoch from here on
+        state.history.append(record)
+        state.epoch, state.epoch_step = epoch, 0
+        path = Path(self.config.checkpoint_path(epoch))
+        self.save(path, lambda: checkpoint.prune(self.config, epoch))
+        faults.point("after-checkpoint", epoch, backend.rank)
+        backend.agree(lambda: self.log.epoch(record))  # type: ignore[union-attr]
+        if stopping:
+            self.stopped(path)
+
+    # -- checks and saves --------------------------------------------------------------------------------------
+
+    def sync_point(self, bad_step: Tensor) -> bool:
+        """One small collective: every rank learns whether any loss went non-finite (all stop with exit 3,
+        nothing saved) and whether any rank was asked to stop. Returns the latter."""
+        flags = torch.stack([
+            torch.tensor(float(self.stop.requested), dtype=torch.float64, device=self.device),
+            torch.where(bad_step > 0, -bad_step.double(), torch.tensor(-1e18, dtype=torch.float64, device=self.device)),
+        ])
+        stop, first_bad = self.backend.all_reduce_max(flags).tolist()
+        if first_bad > -1e18:
+            step = int(-first_bad)
+            raise Diverged(
+                f"the loss became NaN or infinite at step {step} (epoch {(step - 1) // self.steps_per_epoch + 1}, "
+                f"lr {self.schedule(step - 1):.4g}); {self.intact()}. {self.advice()}", quiet=not self.backend.is_main
+            )
+        return stop > 0
+
+    def intact(self) -> str:
+        done = self.state.epoch
+        return f"checkpoints up to epoch {done} are intact" if done else "no checkpoint was written"
+
+    def advice(self) -> str:
+        return ("Lower --base-lr, lengthen --warmup-epochs or use --precision fp32, then rerun: the run resumes "
+                "from the last good checkpoint with the new values, recorded in summary.json")
+
+    def weights_finite(self) -> bool:
+        """Every rank's weights and buffers finite (one collective): a non-finite state is never saved."""
+        tensors = [t for t in unwrap(self.model).state_dict().values() if t.is_floating_point()]
+        bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).any().double().reshape(1)
+        return self.backend.all_reduce_sum(bad).item() == 0
+
+    def save_partial(self, sums: EpochSums) -> Path:
+        """A checkpoint inside the epoch: the job's sums so far travel with it, so the epoch's figures come out whole."""
+        state, backend = self.state, self.backend
+        backend.average_buffers(self.model)
+        totals = torch.stack([sums.loss_sum.double(), sums.correct.double(),
+                              torch.tensor(float(sums.images), dtype=torch.float64, device=self.device)])
+        loss_sum, correct, images = backend.all_reduce_sum(totals).tolist()
+        if not self.weights_finite():
+            step = state.step(self.steps_per_epoch)
+            raise Diverged(f"the weights became NaN or infinite by step {step} (lr {self.schedule(step - 1):.4g}); "
+                           f"{self.intact()}. {self.advice()}", quiet=not backend.is_main)
+        state.partial = {"loss_sum": loss_sum, "correct": int(correct), "images": int(images), "seconds": sums.seconds}
+        path = checkpoint.partial_path(self.config, state.epoch + 1)
+        self.save(path)
+        state.partial = None
+        return path
+
+    def save(self, path: Path, then: Any = None) -> None:
+        """Rank 0 writes; every rank learns if it failed (exit 4 everywhere, not a hang)."""
+        def write() -> None:
+            if self.backend.is_main:
+                checkpoint.save(path, self.state.state_dict(self.steps_per_epoch))
+                if then is not None:
+                    then()
+
+        self.backend.agree(write)
+
+    def stopped(self, path: Path) -> None:
+        step = self.state.step(self.steps_per_epoch)
+        raise Stopped(
+            f"stopped by {self.stop.signal_name or 'a signal on another rank'} after step {step} "
+            f"(epoch {self.state.epoch + (1 if self.state.epoch_step else 0)}); saved {path}. "
+            "Rerun the same command to resume from there", quiet=not self.backend.is_main,
+        )
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        if self.lock is not None:
+            self.lock.release()

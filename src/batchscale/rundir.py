@@ -1,0 +1,77 @@
+"""One run per folder: an advisory lock held for the life of the training process (rank 0).
+
+flock, not a pid file: the kernel drops the lock when its process dies however it dies,
+so a stale lock from a killed run never blocks the rerun.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from .errors import ConfigError, OutputError
+
+LOCK_NAME = ".batchscale.lock"
+
+
+class RunLock:
+    def __init__(self, folders: list[Path], flag: str = "--log-dir") -> None:
+        self.folders = list(dict.fromkeys(Path(f).absolute() for f in folders))
+        self.flag = flag
+        self.fds: list[int] = []
+
+    def acquire(self) -> "RunLock":
+        for folder in self.folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / LOCK_NAME
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                self.release()
+                raise ConfigError(
+                    f"another run ({holder}) is training in {folder}; wait for it to end or stop it, "
+                    f"or choose another {self.flag}"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            self.fds.append(fd)
+        return self
+
+    def release(self) -> None:
+        for fd in self.fds:
+            os.close(fd)  # closing drops the flock
+        self.fds = []
+
+
+def check_space(folder: Path, needed: int, what: str) -> None:
+    """Fails before training when `folder` cannot hold `needed` more bytes (a checkpoint, say)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise OutputError(
+            f"{existing} has {free / 2**20:.1f} MiB free but {what} needs about {needed / 2**20:.1f} MiB; "
+            "free some space or write elsewhere"
+        )
+
+
+def write_error(path: Path, err: BaseException, what: str, flag: str) -> OutputError:
+    """One line for an output that could not be written; says so when the disk is full."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    folder = path.parent
+    try:
+        free = shutil.disk_usage(folder).free
+        space = f"; {folder} has {free / 2**20:.1f} MiB free" if free < 64 * 2**20 else ""
+    except OSError:
+        space = ""
+    full = "no space left on the disk" if (isinstance(err, OSError) and err.errno == 28) or space else reason
+    named = f"{what} {path}" if what else str(path)
+    return OutputError(f"could not write {named} ({full}){space}; free some space or choose another {flag} "
+                       "and rerun: what was saved before is intact")

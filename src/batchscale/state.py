@@ -1,0 +1,170 @@
+"""Everything a checkpoint holds, defined once: `TrainState.state_dict()` writes it, `load_state_dict()` reads it.
+
+Format 2 added `changes` (settings changed on resume) to format 1; a format-1 checkpoint loads
+with no recorded changes. Anything else is refused with a message naming the version.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .noise import NoiseScale
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+HISTORY_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images", "epoch_seconds",
+                "train_seconds", "wall_seconds")
+
+
+@dataclass
+class EpochSums:
+    """Running sums of the epoch in progress, kept on the device; summed over ranks only when saved."""
+
+    loss_sum: Tensor
+    correct: Tensor
+    images: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochSums":
+        return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
+
+
+@dataclass
+class TrainState:
+    """The model, optimizer and scaler in use, plus where training stands (`epoch` done, `epoch_step` into the next)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    config: dict[str, Any]
+    workers: int
+    noise: NoiseScale = field(default_factory=NoiseScale)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0
+    epoch_step: int = 0
+    partial: dict[str, Any] | None = None  # the whole job's sums of a part-done epoch, as saved
+
+    def step(self, steps_per_epoch: int) -> int:
+        """Optimizer steps taken so far."""
+        return self.epoch * steps_per_epoch + self.epoch_step
+
+    def state_dict(self, steps_per_epoch: int) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "step": self.step(steps_per_epoch),
+            "rng": rng_state(),
+            "config": self.config,
+            "world_size": self.workers,
+            "history": self.history,
+            "noise": self.noise.state_dict(),
+            "partial": self.partial,
+            "changes": self.changes,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], steps_per_epoch: int, source: str) -> None:
+        """Restores everything; `state` has passed `problem()`. The current config's settings stay in force."""
+        if state["epoch_step"] >= steps_per_epoch:
+            raise ConfigError(
+                f"{source} is malformed: it stops at step {state['epoch_step']} of an epoch that has {steps_per_epoch} "
+                "steps; move it away or use --no-resume"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{source} does not fit this model ({reason}); move it away or use --no-resume") from None
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.noise.load_state_dict(state["noise"])
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.changes = list(state.get("changes") or [])
+        self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
+        self.partial = state.get("partial") if state["epoch_step"] else None
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def problem(state: Any) -> str | None:
+    """What is wrong with a loaded checkpoint's structure, or None: checked before anything is restored."""
+    if not isinstance(state, dict) or "format_version" not in state:
+        return f"it is not a batchscale checkpoint (format {FORMAT_VERSION})"
+    if state["format_version"] not in READABLE_VERSIONS:
+        return (f"it is checkpoint format {state['format_version']!r}, this batchscale reads formats "
+                f"{', '.join(map(str, READABLE_VERSIONS))}")
+    checks = (
+        ("model", lambda v: isinstance(v, dict) and v and all(isinstance(t, Tensor) for t in v.values())),
+        ("optimizer", lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+         and isinstance(v.get("param_groups"), list)),
+        ("epoch", lambda v: _int(v) and v >= 0),
+        ("epoch_step", lambda v: _int(v) and v >= 0),
+        ("rng", lambda v: isinstance(v, dict) and isinstance(v.get("torch"), Tensor) and v["torch"].dtype == torch.uint8
+         and isinstance(v.get("python"), list) and len(v["python"]) == 625 and all(_int(x) for x in v["python"])),
+        ("noise", _noise_ok),
+        ("history", lambda v: isinstance(v, list) and all(_record_ok(r) for r in v)),
+        ("config", lambda v: isinstance(v, dict)),
+        ("world_size", lambda v: _int(v) and v >= 1),
+        ("partial", lambda v: v is None or (isinstance(v, dict) and all(
+            _number(v.get(k)) for k in ("loss_sum", "correct", "images", "seconds")))),
+        ("changes", lambda v: v is None or isinstance(v, list)),
+    )
+    for key, ok in checks:
+        if key == "changes" and key not in state:
+            continue  # format 1
+        if key not in state:
+            return f"its {key!r} entry is missing"
+        try:
+            good = ok(state[key])
+        except Exception:  # a malformed entry can fail a check in many ways
+            good = False
+        if not good:
+            return f"its {key!r} entry is malformed"
+    if len(state["history"]) != state["epoch"]:
+        return f"its history has {len(state['history'])} epochs but it says {state['epoch']} are done"
+    if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
+        return "its weights are NaN or infinite (it was saved by a run that diverged)"
+    return None
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _noise_ok(v: Any) -> bool:
+    return (isinstance(v, dict) and {"trace_sigma", "grad_sq", "updates"} <= v.keys()
+            and all(v[k] is None or _number(v[k]) for k in ("trace_sigma", "grad_sq")) and (v["updates"] is None or _int(v["updates"])))
+
+
+def _record_ok(r: Any) -> bool:
+    return isinstance(r, dict) and all(_number(r.get(k)) for k in HISTORY_KEYS)

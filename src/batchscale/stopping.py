@@ -1,0 +1,37 @@
+"""A graceful stop: SIGTERM and SIGUSR1 (what schedulers send before a kill or a requeue) and a first
+Ctrl-C only raise a flag; the loop saves a step checkpoint at its next check and exits with code 75.
+A second Ctrl-C interrupts at once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class StopRequest:
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        self.signal_name = self.signal_name or signal.Signals(signum).name
