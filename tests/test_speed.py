@@ -1,8 +1,7 @@
 """The fast path trains like fp32; the bench reports every figure, consistently; its baseline is the original's."""
 
+import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,10 @@ from torchvision import transforms
 
 from batchscale import bench, data
 from batchscale.config import Config
-from batchscale.distributed import Backend
+from batchscale.distributed import Backend, unwrap
 from batchscale.models import CifarResNet18
 from batchscale.precision import FP32, resolve
-from batchscale.trainer import train_step
+from batchscale.trainer import train_step, warm_up
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,29 +58,28 @@ def bench_result(tmp_path_factory):
     return result
 
 
-def test_bench_reports_every_field(bench_result):
+def test_bench_reports_every_figure_with_a_plausible_value(bench_result):
     ours = bench_result["ours"]
     for key in ("images_per_sec", "step_ms", "parts_ms", "synced_step_ms", "bare_loop_step_ms", "overhead_vs_bare_loop",
                 "compile_seconds", "flops_per_step", "achieved_tflops", "peak_tflops", "fraction_of_peak", "peak_memory_mb"):
         assert key in ours
     assert set(ours["parts_ms"]) == {"data", "forward_backward", "allreduce_exposed", "optimizer"}
+    assert ours["parts_ms"]["allreduce_exposed"] == 0.0  # one worker: nothing to communicate
+    assert all(v > 0 for k, v in ours["parts_ms"].items() if k != "allreduce_exposed")
     for key in ("original", "original_pipeline_our_model"):
         assert bench_result[key]["images_per_sec"] > 0 and bench_result[key]["precision"] == "fp32"
-    assert bench_result["speedup_vs_original"] == pytest.approx(
-        ours["images_per_sec"] / bench_result["original"]["images_per_sec"])
-    assert ours["images_per_sec"] == pytest.approx(16 / (ours["step_ms"] / 1e3))
-
-
-def test_bench_step_parts_add_up_to_the_step(bench_result):
-    ours = bench_result["ours"]
-    parts = ours["parts_ms"]
-    assert sum(parts.values()) == pytest.approx(ours["synced_step_ms"])
-    assert parts["allreduce_exposed"] == 0.0  # one worker: nothing to communicate
-    assert all(v > 0 for k, v in parts.items() if k != "allreduce_exposed")
-    # The synced step (a sync after each part) and the free-running step measure the same work.
-    assert 0.5 < ours["synced_step_ms"] / ours["step_ms"] < 2.0
     # Counted FLOPs: a width-4 ResNet-18 forward+backward on 16 images is a few hundred MFLOP, not zero or TFLOP.
     assert 1e7 < ours["flops_per_step"] < 1e10
+
+
+def test_bench_headline_compares_the_same_model(bench_result):
+    """The speed-up that leads is ours against the original's pipeline on our model, never against a model with
+    a sixteenth of the FLOPs."""
+    assert bench_result["headline"]["model"] == bench_result["original_pipeline_our_model"]["model_name"] == "resnet18"
+    assert bench_result["original"]["model_name"] == "resnet18-imagenet-1000"
+    text = bench.describe(bench_result)
+    first = next(line for line in text.splitlines() if "speed-up" in line)
+    assert "same model" in first and "original pipeline" in first
 
 
 def test_baseline_is_the_original_pipeline():
@@ -100,21 +98,49 @@ def test_baseline_is_the_original_pipeline():
     model = bench.original_model("original")
     assert isinstance(model, torchvision.models.ResNet)
     assert model.conv1.kernel_size == (7, 7) and model.fc.out_features == 1000
-    assert isinstance(bench.original_model("ours"), CifarResNet18)
+    assert isinstance(bench.original_model("resnet18", 64), CifarResNet18)
 
 
-def test_compiled_run_trains_like_the_eager_one(tiny_cifar, tmp_path):
-    def run(*extra):
-        out = tmp_path / ("compiled" if extra else "eager")
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "train.py"), "--train-dir", str(tiny_cifar), "--val-dir", str(tiny_cifar),
-             "--log-dir", str(out), "--epochs", "1", "--batch-size", "64", "--width", "4", "--no-download",
-             "--no-progress", "--no-cuda", *extra], capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return json.loads((out / "summary.json").read_text())
+@pytest.fixture(scope="module")
+def compiled_pair():
+    """The same width-4 model twice, one of them compiled and warmed up as `--compile` does."""
+    torch.manual_seed(0)
+    model = CifarResNet18(width=4)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 3, 32, 32, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    eager, compiled = copy.deepcopy(model), torch.compile(copy.deepcopy(model))
+    before = {k: v.clone() for k, v in unwrap(compiled).state_dict().items()}
+    rng = torch.get_rng_state()
+    seconds = warm_up(compiled, (x, y), x[:8], FP32)
+    return eager, compiled, (x, y), before, rng, seconds
 
-    eager, compiled = run(), run("--compile")
-    assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
-    first = json.loads((tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()[0])
-    want = json.loads((tmp_path / "eager" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3)  # warm-up left the weights untouched
+
+def test_compile_warm_up_leaves_weights_buffers_and_rng_exactly_as_they_were(compiled_pair):
+    _, compiled, _, before, rng, seconds = compiled_pair
+    after = unwrap(compiled).state_dict()
+    assert seconds > 0 and after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)  # batch-norm running stats and counters included
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in compiled.parameters())
+
+
+def test_compiled_step_computes_what_the_eager_step_computes(compiled_pair):
+    """Measured here: the compiled step's gradients differ from eager ones by 2e-6 (relative norm) and its
+    losses over three steps by 1e-7: fp32 round-off from reordered sums. 1e-4 leaves room for other CPUs'
+    kernels; a wrong graph (eval-mode batch norm, stale weights) is off by order one."""
+    eager, compiled, (x, y), *_ = compiled_pair
+    backend = Backend(Config(no_cuda=True))
+    results = []
+    for model in (eager, compiled):
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        losses = []
+        for step in range(3):
+            loss, _ = train_step(model, optimizer, [(x, y)], backend, nn.CrossEntropyLoss())
+            losses.append(float(loss) / len(y))
+            if step == 0:
+                grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results.append((losses, grads))
+    (eager_losses, eager_grads), (compiled_losses, compiled_grads) = results
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert float((compiled_grads - eager_grads).norm() / eager_grads.norm()) < 1e-4

@@ -41,6 +41,7 @@ PEAK_TFLOPS = {
 # The original's transforms normalized with the widespread (but not CIFAR-10's true) std.
 ORIGINAL_MEAN, ORIGINAL_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 ORIGINAL_WORKERS = 4
+ORIGINAL_MODEL = "resnet18-imagenet-1000"  # torchvision's, built as the original did: 1000 outputs
 
 
 @dataclass
@@ -299,14 +300,14 @@ def original_model(name: str, width: int = 64) -> nn.Module:
 
     if name == "original":
         return torchvision.models.resnet18()  # as the original built it: ImageNet stem, 1000 outputs
-    return build_model("resnet18", width)
+    return build_model(name, width)
 
 
 def measure_original(bench: BenchConfig, backend: Backend, images: Tensor, labels: Tensor, model_name: str) -> dict[str, Any]:
     device = backend.device
     loader = original_loader(images, labels, bench.batch_size, backend)
     torch.manual_seed(0)
-    model = original_model(model_name, bench.width).to(device)
+    model = original_model(model_name if model_name == "original" else bench.model, bench.width).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0125, momentum=0.9, weight_decay=5e-5)
     model, optimizer = backend.prepare(model, optimizer)
     model.train()
@@ -336,7 +337,8 @@ def measure_original(bench: BenchConfig, backend: Backend, images: Tensor, label
     return {
         "pipeline": f"torchvision DataLoader, PIL crop/flip/normalize, {ORIGINAL_WORKERS} workers, fp32, host sync per step",
         "model": "torchvision resnet18 (7x7 stem, max-pool, 1000 outputs)" if model_name == "original"
-        else f"resnet18 (CIFAR, width {bench.width})",
+        else f"{bench.model} (width {bench.width})",
+        "model_name": ORIGINAL_MODEL if model_name == "original" else bench.model,
         "precision": "fp32",
         "images_per_sec": bench.batch_size * backend.world_size / step_s,
         "step_ms": step_s * 1e3,
@@ -364,7 +366,12 @@ def run(bench: BenchConfig) -> dict[str, Any]:
         if bench.baseline:
             result["original"] = measure_original(bench, backend, images, labels, "original")
             result["original_pipeline_our_model"] = measure_original(bench, backend, images, labels, "ours")
-            result["speedup_vs_original"] = result["ours"]["images_per_sec"] / result["original"]["images_per_sec"]
+            ours = result["ours"]["images_per_sec"]
+            # Like with like: the same model fed by the original's pipeline. The original's own model is a
+            # different network (a sixteenth of the FLOPs at 32x32), so its ratio is reported apart, labelled.
+            result["headline"] = {"speedup": ours / result["original_pipeline_our_model"]["images_per_sec"],
+                                  "model": bench.model, "against": "the original's pipeline on the same model"}
+            result["speedup_vs_original_model"] = ours / result["original"]["images_per_sec"]
         if backend.is_main and bench.output:
             Path(bench.output).write_text(json.dumps(result, indent=2) + "\n")
         backend.finish()
@@ -384,11 +391,13 @@ def describe(result: dict[str, Any]) -> str:
         + (f", {100 * ours['fraction_of_peak']:.0f}% of peak" if ours["fraction_of_peak"] else "")
         + f", peak memory {ours['peak_memory_mb']:.0f} MB",
     ]
-    for key in ("original", "original_pipeline_our_model"):
+    for key in ("original_pipeline_our_model", "original"):
         if key in result:
             r = result[key]
             lines.append(f"{key + ':':30s} {r['images_per_sec']:9.0f} img/s  {r['step_ms']:8.2f} ms/step  ({r['model']})")
-    if "speedup_vs_original" in result:
-        lines.append(f"speed-up over the original: {result['speedup_vs_original']:.2f}x")
+    if "headline" in result:
+        lines.append(f"speed-up over the original pipeline, same model ({result['headline']['model']}): "
+                     f"{result['headline']['speedup']:.2f}x")
+        lines.append(f"(against the original's own ImageNet ResNet-18, a different network with a sixteenth of the "
+                     f"FLOPs at 32x32: {result['speedup_vs_original_model']:.2f}x)")
     return "\n".join(lines)
-

@@ -2,7 +2,9 @@
 
 BATCHSCALE_FAULT=POINT:VALUE[:RANK] acts when rank RANK (default 0) reaches that point, e.g.
 `after-checkpoint:1`, `step:5:1`, `during-save:2`. BATCHSCALE_FAULT_ACTION says how:
-`kill` (SIGKILL, the default), `stop` (SIGSTOP: a hung rank) or `nan` (the weights become NaN).
+`kill` (SIGKILL, the default), `stop` (SIGSTOP: a hung rank), `term` (SIGTERM, as a scheduler sends
+before a kill), `nan` (the weights become NaN) or `fill` (fills the disk holding the folder
+BATCHSCALE_FAULT_FILL with one file, as another program might).
 With BATCHSCALE_FAULT_ONCE=FILE it acts only if FILE does not exist yet, and creates it,
 so a restarted worker runs on.
 """
@@ -41,4 +43,18 @@ def point(name: str, value: int, rank: int = 0, model: nn.Module | None = None) 
         with torch.no_grad():
             next(model.parameters()).fill_(float("nan"))
         return
-    os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
+    if action == "fill":
+        _fill(Path(os.environ["BATCHSCALE_FAULT_FILL"]))
+        return
+    os.kill(os.getpid(), {"stop": signal.SIGSTOP, "term": signal.SIGTERM}.get(action, signal.SIGKILL))
+
+
+def _fill(folder: Path) -> None:
+    chunk = b"\0" * 2**16
+    try:
+        with open(folder / "filler", "ab") as f:
+            while True:
+                f.write(chunk)
+                f.flush()
+    except OSError:
+        pass

@@ -6,6 +6,7 @@ so a stale lock from a killed run never blocks the rerun.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -21,12 +22,20 @@ class RunLock:
     def __init__(self, folders: list[Path], flag: str = "--log-dir") -> None:
         self.folders = list(dict.fromkeys(Path(f).absolute() for f in folders))
         self.flag = flag
-        self.fds: list[int] = []
+        self.held: list[tuple[Path, int]] = []
+        self.created: list[Path] = []
 
     def acquire(self) -> "RunLock":
         for folder in self.folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / LOCK_NAME
+            self._lock(folder)
+        return self
+
+    def _lock(self, folder: Path) -> None:
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            self.created.append(folder)
+        path = folder / LOCK_NAME
+        while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -38,15 +47,28 @@ class RunLock:
                     f"another run ({holder}) is training in {folder}; wait for it to end or stop it, "
                     f"or choose another {self.flag}"
                 ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-            self.fds.append(fd)
-        return self
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # its holder removed the file as it left: lock the one that is there now
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self.held.append((path, fd))
 
     def release(self) -> None:
-        for fd in self.fds:
-            os.close(fd)  # closing drops the flock
-        self.fds = []
+        """Removes the lock files (while still holding them, so no one can lock a removed file) and the folders
+        this lock created if nothing else was written there."""
+        for path, fd in self.held:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+        self.held = []
+        for folder in reversed(self.created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self.created = []
 
 
 def check_space(folder: Path, needed: int, what: str) -> None:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError, Stopped
 
 LAUNCHERS = ("simulate", "torchrun", "horovodrun")
 PRESETS = ("paper", "critical-batch")
@@ -136,6 +139,8 @@ def sweep(config: SweepConfig, say=print) -> list[Path]:
     """Runs every run not yet finished; returns the run folders. A failed run stops the sweep."""
     config.validate()
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     runs = config.runs()
     (out / "sweep.json").write_text(json.dumps({**asdict(config), "runs": [r.name for r in runs]}, indent=2) + "\n")
@@ -153,9 +158,10 @@ def sweep(config: SweepConfig, say=print) -> list[Path]:
         before = epochs_done(run_dir)
         total_epochs -= before
         run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "train.log", "a") as log:
+        with open(run_dir / "train.log", "a") as log, _forwarding_signals() as child:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            process = subprocess.Popen(command(config, run, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env)
+            process = child.process = subprocess.Popen(command(config, run, run_dir), stdout=log, stderr=subprocess.STDOUT,
+                                                       env=env)
             while process.poll() is None:
                 done = epochs_done(run_dir) - before
                 rate = (time.monotonic() - start) / max(1, trained_epochs + done)
@@ -166,12 +172,44 @@ def sweep(config: SweepConfig, say=print) -> list[Path]:
                 except subprocess.TimeoutExpired:
                     pass
         trained_epochs += epochs_done(run_dir) - before
+        if process.returncode == Stopped.exit_code or child.signal_name:
+            raise Stopped(f"the sweep was stopped by {child.signal_name or 'a signal'}; run "
+                          f"{run.name} saved its progress (see {run_dir / 'train.log'}); rerun the same command to resume")
         if process.returncode != 0:
             tail = (run_dir / "train.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
             raise ConfigError(f"run {run.name} failed (exit {process.returncode}): {tail[0]}; see {run_dir / 'train.log'}, "
                               "then rerun the sweep to resume")
         say(f"[{i}/{len(runs)}] {run.name}: finished in {clock(time.monotonic() - start)} total          ")
     return folders
+
+
+@dataclass
+class _Child:
+    process: subprocess.Popen | None = None
+    signal_name: str | None = None
+
+
+@contextlib.contextmanager
+def _forwarding_signals() -> Iterator[_Child]:
+    """While a training runs, SIGTERM/SIGINT/SIGUSR1 to the sweep go on to it as SIGTERM (its graceful stop), so it
+    saves and ends with the sweep instead of living on as an orphan."""
+    child = _Child()
+
+    def forward(signum: int, frame: Any) -> None:
+        child.signal_name = child.signal_name or signal.Signals(signum).name
+        if child.process is not None:
+            child.process.send_signal(signal.SIGTERM)
+            child.process.send_signal(signal.SIGCONT)  # a stopped child must run to act on it
+
+    if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
+        yield child
+        return
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield child
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def parse_list(text: str, kind: type) -> tuple:

@@ -189,10 +189,10 @@ def train(config: Config) -> dict[str, Any]:
         backend.finish()
         return summary
     finally:
-        stop.restore()
         if trainer is not None:
             trainer.close()
         backend.shutdown()
+        stop.restore()  # last: a launcher's SIGTERM during teardown must not turn a saved stop into a kill
 
 
 class Trainer:
@@ -239,6 +239,15 @@ class Trainer:
         config = self.config
         ckpt_dir = Path(config.checkpoint_path(1)).parent
         self.lock = RunLock([Path(config.log_dir), ckpt_dir]).acquire()
+        # Two checkpoints' room: the new one is written beside the last before replacing it.
+        per_param = 4 * (1 + (self.config.momentum > 0))  # fp32 weights and momentum
+        check_space(ckpt_dir, 2 * per_param * self.parameters + 2**20, "a checkpoint of this model")
+        found = checkpoint.find_and_load(config, lambda text: print(text, flush=True))
+        opened = None
+        if found is not None:
+            path, state = found
+            opened = path, state, checkpoint.settings_changes(state, config, self.workers, path)
+        # Nothing is removed before every check has passed.
         (Path(config.log_dir) / "summary.json").unlink(missing_ok=True)  # a run in progress has no summary
         if not config.resume:
             removed = checkpoint.clear(config)
@@ -246,14 +255,7 @@ class Trainer:
                 old.unlink()
             if removed:
                 print(f"--no-resume: removed {removed} checkpoint(s) of an earlier run under {ckpt_dir}", flush=True)
-        # Two checkpoints' room: the new one is written beside the last before replacing it.
-        per_param = 4 * (2 + (self.config.momentum > 0))
-        check_space(ckpt_dir, 2 * per_param * self.parameters + 2**20, "a checkpoint of this model")
-        found = checkpoint.find_and_load(config, lambda text: print(text, flush=True))
-        if found is None:
-            return None
-        path, state = found
-        return path, state, checkpoint.settings_changes(state, config, self.workers, path)
+        return opened
 
     def restore(self) -> None:
         opened = self.backend.agree(lambda: self.open_run() if self.backend.is_main else None)

@@ -1,0 +1,60 @@
+"""Starting trainings as a user would (python train.py, torchrun), for the tests that check whole runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def train_args(data: Path, log_dir: Path, *extra: str, batch: int = 32, epochs: int = 2) -> list[str]:
+    """A deterministic width-8 run on the tiny set: 320 images, 10 steps per epoch at global batch 32."""
+    return ["--train-dir", str(data), "--val-dir", str(data), "--log-dir", str(log_dir), "--epochs", str(epochs),
+            "--batch-size", str(batch), "--width", "8", "--warmup-epochs", "1", "--no-download", "--no-progress",
+            "--deterministic", "--no-cuda", *extra]
+
+
+def env_with(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCALE_")}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def command(args: list[str], ranks: int = 1) -> list[str]:
+    if ranks > 1:
+        return [*TORCHRUN, "--standalone", "--nproc-per-node", str(ranks), str(ROOT / "train.py"), *args]
+    return [sys.executable, str(ROOT / "train.py"), *args]
+
+
+def train(data: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None, ranks: int = 1,
+          epochs: int = 2, batch: int | None = None) -> subprocess.CompletedProcess:
+    args = train_args(data, log_dir, *extra, batch=batch or 32 // ranks, epochs=epochs)
+    return subprocess.run(command(args, ranks), capture_output=True, text=True, env=env_with(**(env or {})), timeout=400)
+
+
+def start(data: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None, epochs: int = 2) -> subprocess.Popen:
+    args = train_args(data, log_dir, *extra, epochs=epochs)
+    return subprocess.Popen(command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env_with(**(env or {})))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def one_line(stderr: str) -> str:
+    """The single line a failing run prints; fails the test if it printed a traceback or several lines."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and len(lines) == 1, stderr[-3000:]
+    return lines[0]
