@@ -1,12 +1,18 @@
 """Bad input: every case exits 2 with one line that says what to change, and touches no output."""
 
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from batchscale.cli import main, run_train
+from batchscale.config import Config
+from batchscale.models import CifarResNet18
+from batchscale.state import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,18 +66,72 @@ CASES = [
     (["--target-accuracy", "1.5"], "--target-accuracy must be in (0, 1]"),
     (["--noise-every", "0"], "--noise-every must be an integer >= 1"),
     (["--warmup-start-lr", "-1"], "--warmup-start-lr must be a number >= 0"),
+    (["--seed", str(2**64)], "--seed must be an integer from 0 to 2**64 - 1"),
+    (["--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1"),
+    (["--collective-timeout", "1e20"], "--collective-timeout must be at most"),
+    (["--train-dir", "{unreadable}"], "cannot read"),
+    (["--train-dir", "{labels2d}"], "labels must be a flat list"),
+    (["--resume", "{ckpt:history}"], "its 'history' entry is malformed"),
+    (["--resume", "{ckpt:model}"], "its 'model' entry is malformed"),
+    (["--resume", "{ckpt:rng}"], "its 'rng' entry is malformed"),
+    (["--resume", "{ckpt:noise}"], "its 'noise' entry is malformed"),
+    (["--resume", "{ckpt:past-the-end}"], "stops at step 99 of an epoch that has 10 steps"),
+    (["--resume", "{ckpt:other-shapes}"], "does not fit this model"),
+    (["--resume", "{ckpt:format-9}"], "checkpoint format 9"),
 ]
 
 
 @pytest.fixture
-def places(tmp_path, tiny_cifar):
+def places(tmp_path, tiny_cifar, bad_checkpoints):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     corrupt = tmp_path / "corrupt"
     (corrupt / "cifar-10-batches-py").mkdir(parents=True)
     for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"):
         (corrupt / "cifar-10-batches-py" / name).write_bytes(b"\x80\x02}q\x00")
-    return {"file": str(a_file), "missing": str(tmp_path / "nowhere"), "corrupt": str(corrupt), "data": str(tiny_cifar)}
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(tiny_cifar, unreadable)
+    (unreadable / "cifar-10-batches-py" / "data_batch_2").unlink()
+    (unreadable / "cifar-10-batches-py" / "data_batch_2").mkdir()  # reading it fails with an OSError, even as root
+    labels2d = tmp_path / "labels2d"
+    shutil.copytree(tiny_cifar, labels2d)
+    batch = labels2d / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    raw[b"labels"] = [[label] for label in raw[b"labels"]]
+    with open(batch, "wb") as f:
+        pickle.dump(raw, f, protocol=2)
+    return {"file": str(a_file), "missing": str(tmp_path / "nowhere"), "corrupt": str(corrupt), "data": str(tiny_cifar),
+            "unreadable": str(unreadable), "labels2d": str(labels2d), **bad_checkpoints}
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Checkpoints of a run with the flags every case uses (width 4, batch 32, 2 epochs), each damaged one way."""
+    folder = tmp_path_factory.mktemp("bad-checkpoints")
+    config = Config(epochs=2, width=4, batch_size=32, no_cuda=True, log_dir=str(folder))
+
+    def good(width: int = 4) -> dict:
+        model = CifarResNet18(width=width)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        return TrainState(model, optimizer, None, config.to_dict(), 1).state_dict(steps_per_epoch=10)
+
+    damaged = {
+        "history": lambda s: s.update(history=[{"epoch": "one"}], epoch=1),
+        "model": lambda s: s.update(model={"stem.0.weight": "not a tensor"}),
+        "rng": lambda s: s.update(rng={"torch": "seed"}),
+        "noise": lambda s: s.update(noise=[1, 2]),
+        "past-the-end": lambda s: s.update(epoch_step=99, step=99),
+        "other-shapes": lambda s: s.update(model=good(width=8)["model"]),
+        "format-9": lambda s: s.update(format_version=9),
+    }
+    places = {}
+    for name, damage in damaged.items():
+        state = good()
+        damage(state)
+        torch.save(state, folder / f"{name}.pth.tar")
+        places[f"ckpt:{name}"] = str(folder / f"{name}.pth.tar")
+    return places
 
 
 @pytest.mark.parametrize("flags,message", CASES, ids=[" ".join(c[0]) for c in CASES])

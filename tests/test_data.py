@@ -135,7 +135,7 @@ def test_malicious_batch_is_refused_and_never_runs(tmp_path):
         (None, "truncated or corrupt"),  # a real batch cut in half
         (pickle.dumps([1, 2, 3]), "no dict inside"),
         (pickle.dumps({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}), "shape"),
-        (pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}), "labels must be integers 0-9"),
+        (pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}), "labels must be a flat list of integers 0-9"),
         (pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1]}), "list of 4"),
     ],
 )

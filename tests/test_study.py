@@ -41,7 +41,6 @@ def test_sweep_runs_every_point_with_simulated_workers(swept):
         assert summary["epochs_completed"] == 2 and summary["simulated_workers"] is True
         assert summary["world_size"] == 2 and summary["global_batch"] == 2 * batch
         assert summary["config"]["simulate_workers"] == 2
-        assert "noise_scale" in summary  # None while the |G|^2 estimate is not yet positive
         assert list(folder.glob("events.out.tfevents.*")) and (folder / "checkpoint-2.pth.tar").exists()
     assert any("epoch" in line and "left" in line for line in lines)  # the progress line
     scales = [json.loads((f / "summary.json").read_text())["noise_scale"] for f in folders]
@@ -151,3 +150,70 @@ def test_plan_reads_the_sweep_and_lands_in_the_report(swept, tiny_cifar, tmp_pat
     text = report(tmp_path / "sw").read_text()
     assert "## Scaling model" in text and "alpha-beta" in text
     assert math.isfinite(rows[2]["images_per_sec_overlap"])
+
+
+def _cli(*argv: str, capsys) -> tuple[int, str]:
+    from batchscale.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda run: (run / "summary.json").write_text('{"config": {"model"'), "summary.json is truncated or not JSON"),
+    (lambda run: (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text()[:-20]), "truncated or broken line 2"),
+    (lambda run: (run / "metrics.jsonl").write_text(""), "metrics.jsonl has no epochs"),
+    (lambda run: (run / "metrics.jsonl").unlink(), "metrics.jsonl is missing"),
+], ids=["truncated-summary", "truncated-metrics", "empty-metrics", "missing-metrics"])
+def test_report_on_damaged_runs_says_which_file_in_one_line(swept, tmp_path, capsys, damage, message):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(swept[0], copy)
+    damage(copy / swept[1][1].name)
+    code, err = _cli("report", str(copy), capsys=capsys)
+    assert code == 2
+    line = _one_line(err)
+    assert message in line and swept[1][1].name in line
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--bandwidth", "0"], "--bandwidth must be a positive number"),
+    (["--bandwidth", "-3"], "--bandwidth must be a positive number"),
+    (["--bandwidth", "nan"], "--bandwidth must be a positive number"),
+    (["--latency", "-1"], "--latency must be a number of microseconds >= 0"),
+    (["--latency", "nan"], "--latency must be a number of microseconds >= 0"),
+    (["--workers", "0"], "--workers must be integers >= 1"),
+    (["--workers", "2,-4"], "--workers must be integers >= 1"),
+])
+def test_plan_refuses_values_that_would_predict_nonsense(swept, capsys, flags, message):
+    code, err = _cli("plan", str(swept[0]), *flags, capsys=capsys)
+    assert code == 2 and message in _one_line(err)
+    assert not (swept[0] / "plan.json").exists()
+
+
+def test_sweep_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    code, err = _cli("sweep", "--out", str(tmp_path / "taken"), capsys=capsys)
+    assert code == 2 and "is a file, not a folder" in _one_line(err)
+
+
+def test_plan_with_one_run_at_the_target_uses_its_measured_noise_scale(tmp_path):
+    """With a single point on the S(B) curve, B_noise is taken from that run's B_simple, as the docs say."""
+    run = tmp_path / "b64-w1-linear-lr0.1-s42"
+    run.mkdir()
+    summary = {"config": {"batch_size": 64, "batches_per_allreduce": 1, "model": "resnet18"}, "global_batch": 64,
+               "world_size": 1, "final_val_acc": 0.5, "best_val_acc": 0.5, "train_seconds": 10.0, "images_per_sec": 640.0,
+               "steady_images_per_sec": 640.0, "epochs_completed": 1, "parameters": 1000, "noise_scale": 192.0,
+               "target": {"step": 400, "train_seconds": 9.0}, "simulated_workers": False}
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.5}) + "\n")
+    result = plan(tmp_path, Network(10.0, 5.0), workers=(1, 2))
+    s_min, b_noise = result["steps_curve"]
+    assert b_noise == 192.0 and s_min == pytest.approx(400 / (1 + 192 / 64))

@@ -64,6 +64,8 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raw = _BatchUnpickler(f, encoding="bytes").load()
     except _Refused as err:
         raise DataError(f"refusing to load {path}: {err}; {hint}") from None
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror or err}); check that it is a readable file, or {hint}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as err:
         raise DataError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}); {hint}") from None
     if not isinstance(raw, dict):
@@ -75,15 +77,18 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {shape}; {hint}")
     if not isinstance(labels, list) or len(labels) != data.shape[0]:
         raise DataError(f"{path}: 'labels' must be a list of {data.shape[0]} class numbers; {hint}")
-    label_array = np.asarray(labels)
-    if label_array.dtype.kind not in "iu" or (len(labels) and (label_array.min() < 0 or label_array.max() >= NUM_CLASSES)):
-        raise DataError(f"{path}: labels must be integers 0-{NUM_CLASSES - 1}; {hint}")
+    try:
+        label_array = np.asarray(labels)
+    except ValueError:  # a ragged list of lists
+        label_array = np.asarray([], dtype=object)
+    if label_array.ndim != 1 or label_array.dtype.kind not in "iu" or (len(labels) and (label_array.min() < 0 or label_array.max() >= NUM_CLASSES)):
+        raise DataError(f"{path}: labels must be a flat list of integers 0-{NUM_CLASSES - 1}; {hint}")
     return data, label_array.astype(np.int64)
 
 
 def has_split(root: str | Path, train: bool) -> bool:
     folder = Path(root) / FOLDER
-    return all((folder / name).is_file() for name in (TRAIN_FILES if train else TEST_FILES))
+    return all((folder / name).exists() for name in (TRAIN_FILES if train else TEST_FILES))
 
 
 def load_split(root: str | Path, train: bool) -> tuple[Tensor, Tensor]:

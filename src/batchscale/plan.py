@@ -33,6 +33,12 @@ class Network:
     bandwidth_gbs: float  # GB/s per link, each direction
     latency_us: float
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.bandwidth_gbs) or self.bandwidth_gbs == math.inf) or self.bandwidth_gbs <= 0:
+            raise ConfigError(f"--bandwidth must be a positive number of GB/s (got {self.bandwidth_gbs!r})")
+        if not math.isfinite(self.latency_us) or self.latency_us < 0:
+            raise ConfigError(f"--latency must be a number of microseconds >= 0 (got {self.latency_us!r})")
+
     def allreduce_seconds(self, nbytes: float, workers: int) -> float:
         if workers == 1:
             return 0.0
@@ -84,6 +90,15 @@ def measured_compute(sweep_dir: Path) -> tuple[dict[int, float], dict[tuple[int,
     return single, measured, int(runs[0].summary["parameters"]), sorted(reached)
 
 
+def measured_noise_scale(sweep_dir: Path, batch: int) -> float | None:
+    """The B_simple a run at global batch `batch` measured (the median over its seeds), for a one-point curve."""
+    from .report import load_runs
+
+    values = [r.summary["noise_scale"] for r in load_runs(sweep_dir)
+              if r.global_batch == batch and r.target and (r.summary.get("noise_scale") or 0) > 0]
+    return statistics.median(values) if values else None
+
+
 def plan(
     sweep_dir: str | Path,
     network: Network,
@@ -92,10 +107,14 @@ def plan(
     noise_scale: float | None = None,
 ) -> dict[str, Any]:
     sweep_dir = Path(sweep_dir)
+    if not workers or min(workers) < 1:
+        raise ConfigError(f"--workers must be integers >= 1, like 1,2,4,8 (got {','.join(map(str, workers)) or 'none'})")
     single, measured, parameters, reached = measured_compute(sweep_dir)
     if not single:
         raise ConfigError(f"{sweep_dir} has no real single-worker run to take compute times from; add --workers 1")
     nbytes = parameters * bytes_per_value
+    if noise_scale is None and len(reached) == 1:
+        noise_scale = measured_noise_scale(sweep_dir, reached[0][0])
     curve = fit_steps_to_target(reached, noise_scale)
     rows = []
     for n in workers:
@@ -120,7 +139,9 @@ def plan(
     if curve:
         best = min(rows, key=lambda r: r["seconds_to_target_overlap"])
     result = {"network": asdict(network), "gradient_bytes": nbytes, "steps_curve": curve, "rows": rows, "best": best}
-    (sweep_dir / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
+    from .metrics import write_json_atomic
+
+    write_json_atomic(sweep_dir / "plan.json", result)
     return result
 
 

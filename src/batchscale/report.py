@@ -36,12 +36,55 @@ class RunResult:
         return statistics.fmean(r["val_acc"] for r in self.records[-5:])
 
 
+SUMMARY_KEYS = ("config", "global_batch", "world_size", "final_val_acc", "best_val_acc", "train_seconds",
+                "images_per_sec", "epochs_completed")
+
+
+def _unreadable(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"{path} {why}; rerun that run (batchscale sweep resumes it) or move its folder out of the sweep")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise _unreadable(path, f"is truncated or not JSON ({err.msg} at line {err.lineno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise _unreadable(path, f"cannot be read ({err})") from None
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl: one JSON object per epoch; a truncated last line (a run killed mid-write) is an error here."""
+    if not path.is_file():
+        raise _unreadable(path, "is missing")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise _unreadable(path, f"cannot be read ({err})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise _unreadable(path, f"has a truncated or broken line {number}") from None
+        if not isinstance(record, dict) or not {"epoch", "val_acc"} <= record.keys():
+            raise _unreadable(path, f"line {number} is not an epoch record")
+        records.append(record)
+    if not records:
+        raise _unreadable(path, "has no epochs")
+    return records
+
+
 def load_runs(sweep_dir: Path) -> list[RunResult]:
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir} is not a folder; give the sweep's --out folder")
     runs = []
     for summary_path in sorted(sweep_dir.glob("*/summary.json")):
-        metrics = summary_path.parent / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-        runs.append(RunResult(summary_path.parent.name, json.loads(summary_path.read_text()), records))
+        summary = read_json(summary_path)
+        missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+        if missing:
+            raise _unreadable(summary_path, f"lacks {', '.join(missing)}")
+        runs.append(RunResult(summary_path.parent.name, summary, read_records(summary_path.parent / "metrics.jsonl")))
     if not runs:
         raise ConfigError(f"no finished runs (*/summary.json) in {sweep_dir}; run `batchscale sweep --out {sweep_dir}` first")
     return sorted(runs, key=lambda r: (r.global_batch, r.workers, r.name))
@@ -171,6 +214,12 @@ def report(sweep_dir: str | Path) -> Path:
             f"| {fmt(s['best_val_acc'])} | {fmt(r.mean_last)} | {fmt(s['train_seconds'], 1)} | {fmt(s['images_per_sec'], 1)} "
             f"| {t.get('step', '-')} | {fmt(t.get('train_seconds'), 1)} | {fmt(s.get('noise_scale'), 1)} |"
         )
+    changed = [r for r in runs if r.summary.get("changes")]
+    if changed:
+        lines += ["", "Settings changed on resume (each applies from the step shown; the row is not a clean run):"]
+        for r in changed:
+            listed = ", ".join(f"{c['setting']} {c['from']} -> {c['to']} from step {c['step']}" for c in r.summary["changes"])
+            lines.append(f"- {r.name}: {listed}")
     lines += ["", "## Diminishing returns", ""]
     if knee_batch:
         lines.append(f"Steps to target stop halving when the batch doubles at a global batch of about {knee_batch} "
@@ -183,7 +232,7 @@ def report(sweep_dir: str | Path) -> Path:
     if plan.is_file():
         from .plan import describe_plan
 
-        lines += ["", describe_plan(json.loads(plan.read_text()))]
+        lines += ["", describe_plan(read_json(plan))]
     path = sweep_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

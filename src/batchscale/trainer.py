@@ -336,7 +336,9 @@ class Trainer:
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             # Noise scale: a small batch (one worker's micro-batch) against the combined gradient.
-            measure = not config.use_adasum and (step + 1) % config.noise_every == 0
+            # Needs a large batch bigger than the small one: not on one worker without accumulation.
+            measure = (not config.use_adasum and self.batches.global_batch > config.batch_size
+                       and (step + 1) % config.noise_every == 0)
             measure = measure and (len(micro) > 1 or backend.noise_probe(norms))
             if measure:
                 norms.reset(self.device)
