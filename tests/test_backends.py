@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -59,8 +58,7 @@ def test_a_dead_rank_ends_the_job_in_bounded_time(launcher, tiny_cifar, tmp_path
     env = {**os.environ, "BATCHSCALE_FAULT": "step:3:1", "OMP_NUM_THREADS": "1"}  # rank 1 is SIGKILLed at step 3
     args = [str(ROOT / "train.py"), "--train-dir", str(tiny_cifar), "--val-dir", str(tiny_cifar), "--log-dir",
             str(tmp_path), "--epochs", "2", "--batch-size", "16", "--width", "4", "--no-download", "--no-progress"]
-    start = time.monotonic()
+    # launch()'s timeout is the bound: a job that hung would raise TimeoutExpired and fail the test.
     result = launch(launcher, args, env=env, timeout=120)
     assert result.returncode != 0
-    assert time.monotonic() - start < 120
     assert not (tmp_path / "summary.json").exists()

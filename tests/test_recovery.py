@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -145,12 +144,12 @@ def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tiny_cifar, tmp_p
 
 
 def test_hung_rank_ends_the_torchrun_job_after_the_collective_timeout(tiny_cifar, tmp_path):
-    start = time.monotonic()
+    # subprocess.run's timeout is the bound: a job that hung would raise TimeoutExpired and fail the test.
     result = run(tiny_cifar, tmp_path, "--collective-timeout", "5", ranks=2,
                  env={"BATCHSCALE_FAULT": "step:3:1", "BATCHSCALE_FAULT_ACTION": "stop"}, timeout=150)
     assert result.returncode != 0
-    assert time.monotonic() - start < 150
     assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "checkpoint-1.pth.tar").exists()  # it ended inside epoch 1, not after it
 
 
 def test_adasum_on_three_workers_is_refused_before_training(tiny_cifar, tmp_path):

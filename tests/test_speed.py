@@ -111,7 +111,7 @@ def compiled_pair():
     eager, compiled = copy.deepcopy(model), torch.compile(copy.deepcopy(model))
     before = {k: v.clone() for k, v in unwrap(compiled).state_dict().items()}
     rng = torch.get_rng_state()
-    seconds = warm_up(compiled, (x, y), x[:8], FP32)
+    seconds = warm_up(compiled, (x, y), [x[:8], x[:3]], FP32)
     return eager, compiled, (x, y), before, rng, seconds
 
 

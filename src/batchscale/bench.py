@@ -27,16 +27,18 @@ from .models import build_model
 from .precision import Precision, resolve
 from .trainer import train_step, warm_up
 
-# Dense peak TFLOP/s by GPU (bf16/fp16 tensor cores, and plain fp32), from the vendors' data sheets.
+# Dense peak TFLOP/s by GPU from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
+# More specific names first: "H100 NVL" and "H100 PCIe" before "H100".
 PEAK_TFLOPS = {
-    "H100 PCIe": (756.0, 51.0),
-    "H100": (989.0, 67.0),
-    "H200": (989.0, 67.0),
-    "GH200": (989.0, 67.0),
-    "A100": (312.0, 19.5),
-    "L40S": (362.0, 91.6),
-    "L4": (121.0, 30.3),
-    "A10": (125.0, 31.2),
+    "H100 NVL": (835.0, 417.5, 60.0),
+    "H100 PCIe": (756.0, 378.0, 51.0),
+    "H100": (989.0, 494.7, 67.0),
+    "H200": (989.0, 494.7, 67.0),
+    "GH200": (989.0, 494.7, 67.0),
+    "A100": (312.0, 156.0, 19.5),
+    "L40S": (362.0, 183.0, 91.6),
+    "L4": (121.0, 60.0, 30.3),
+    "A10": (125.0, 62.5, 31.2),
 }
 # The original's transforms normalized with the widespread (but not CIFAR-10's true) std.
 ORIGINAL_MEAN, ORIGINAL_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -84,12 +86,16 @@ def sync(device: torch.device) -> None:
 
 
 def peak_tflops(device: torch.device, precision: Precision) -> float | None:
+    """The peak of the arithmetic the step really uses: fp32 convolutions run on TF32 tensor cores when cuDNN
+    allows it (its default)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    for key, (tensor_core, fp32) in PEAK_TFLOPS.items():
+    for key, (half, tf32, fp32) in PEAK_TFLOPS.items():
         if key in name:
-            return tensor_core if precision.dtype is not None else fp32
+            if precision.dtype is not None:
+                return half
+            return tf32 if torch.backends.cudnn.allow_tf32 else fp32
     return None
 
 
@@ -149,7 +155,7 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     if bench.compile:
         model = torch.compile(model)  # type: ignore[assignment]
         first = next(stream)[0]
-        compile_seconds = warm_up(model, first, first[0], precision)
+        compile_seconds = warm_up(model, first, [], precision)  # the bench times training steps only
     fixed = next(stream)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)

@@ -196,8 +196,12 @@ class TrainBatches:
 
         def mine(t: Tensor) -> Tensor:
             if self.simulate:
-                return t[:used].view(shape).reshape(shape[0], -1, self.batch_size).to(self.device)
-            return t[:used].view(shape)[:, :, self.shard.rank].to(self.device)
+                t = t[:used].view(shape).reshape(shape[0], -1, self.batch_size)
+            else:
+                t = t[:used].view(shape)[:, :, self.shard.rank]
+            if self.device.type == "cuda":  # pinned, so the copy runs beside the GPU's work instead of blocking
+                return t.contiguous().pin_memory().to(self.device, non_blocking=True)
+            return t.contiguous()
 
         return mine(perm), mine(dx), mine(dy), mine(flip)
 
@@ -241,8 +245,15 @@ class EvalBatches:
     def __len__(self) -> int:
         return -(-self.images.shape[0] // self.batch_size)
 
+    def shapes(self) -> list[Tensor]:
+        """One batch of each size evaluation meets (full ones, and the smaller last one), for compiling up front."""
+        sizes = dict.fromkeys(min(self.batch_size, self.images.shape[0] - start)
+                              for start in range(0, self.images.shape[0], self.batch_size))
+        return [self.normalize(self.images[:size]) for size in sizes]
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, self.images.shape[0], self.batch_size):
-            x = self.images[start : start + self.batch_size]
-            x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-            yield x, self.labels[start : start + self.batch_size]
+            yield self.normalize(self.images[start : start + self.batch_size]), self.labels[start : start + self.batch_size]

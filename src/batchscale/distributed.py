@@ -8,6 +8,7 @@ import contextlib
 import gc
 import inspect
 import os
+import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -27,10 +28,30 @@ T = TypeVar("T")
 
 
 def pick_device(local_rank: int, no_cuda: bool) -> torch.device:
+    """This process's GPU (by local rank; with one visible GPU per process, that one), or the CPU."""
     if not no_cuda and torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def gpu_identity(device: torch.device) -> str:
+    return f"{socket.gethostname()}/{torch.cuda.get_device_properties(device).uuid}"
+
+
+def check_one_gpu_each(identities: list[str]) -> None:
+    """NCCL fails deep inside ("Duplicate GPU detected") when two ranks share a GPU: say so first, in one line."""
+    seen: dict[str, int] = {}
+    for rank, identity in enumerate(identities):
+        if identity in seen:
+            host = identity.split("/", 1)[0]
+            gpus = len({i for i in identities if i.startswith(host + "/")})
+            ranks = sum(i.startswith(host + "/") for i in identities)
+            raise ConfigError(
+                f"ranks {seen[identity]} and {rank} would share one GPU on {host}: {ranks} processes there but "
+                f"{gpus} GPU(s) visible to them; launch at most {gpus} per machine (--nproc-per-node / -np) or add --no-cuda"
+            )
+        seen[identity] = rank
 
 
 class Backend:
@@ -152,6 +173,10 @@ class TorchBackend(Backend):
             # torchrun keeps one store across --max-restarts; a prefix per attempt keeps a restarted group
             # from reading the dead workers' addresses (pytorch/pytorch#167288: "connection refused").
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            if self.device.type == "cuda":  # a gather through the store, before NCCL can fail on a shared GPU
+                gpus = dist.PrefixStore(f"batchscale/attempt-{attempt}/gpus", store)
+                gpus.set(str(self.rank), gpu_identity(self.device))
+                check_one_gpu_each([gpus.get(str(r)).decode() for r in range(self.world_size)])
             dist.init_process_group(
                 backend="nccl" if self.device.type == "cuda" else "gloo",
                 store=dist.PrefixStore(f"batchscale/attempt-{attempt}", store),

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config, ConfigError
-from .distributed import Backend, float_buffers, pick_device
+from .distributed import Backend, check_one_gpu_each, float_buffers, gpu_identity, pick_device
 
 
 class HorovodBackend(Backend):
@@ -39,6 +39,8 @@ class HorovodBackend(Backend):
         self.rank, self.world_size = hvd.rank(), hvd.size()
         self.local_rank, self.local_world_size = hvd.local_rank(), hvd.local_size()
         self.device = pick_device(self.local_rank, config.no_cuda)
+        if self.device.type == "cuda":
+            check_one_gpu_each(hvd.allgather_object(gpu_identity(self.device)))
         if config.use_adasum:
             if not hvd.mpi_enabled():
                 raise ConfigError(
@@ -50,9 +52,10 @@ class HorovodBackend(Backend):
             check_world_size(self.world_size)
             if self._gpu_adasum and self.local_world_size == self.world_size and self.world_size > 1 and self.rank == 0:
                 warnings.warn(
-                    "Horovod's GPU Adasum sums gradients within a node and applies Adasum only between nodes; "
-                    f"on this single node it sums {self.world_size} GPUs (the LR is scaled by {self.local_world_size} to "
-                    "match). Use torchrun for Adasum between these GPUs.",
+                    "Horovod's GPU Adasum averages gradients within a node (NCCL sum, then 1/local size) and applies "
+                    f"Adasum only between nodes; on this single node it averages {self.world_size} GPUs, and the LR is "
+                    f"scaled by {self.local_world_size} as for averaging (Horovod's advice). Use torchrun for Adasum "
+                    "between these GPUs.",
                     stacklevel=2,
                 )
 
@@ -61,7 +64,7 @@ class HorovodBackend(Backend):
         return self.config.use_adasum and self.device.type == "cuda" and self.hvd.nccl_built()
 
     def lr_replicas(self) -> int:
-        # Horovod's rule: GPU Adasum sums within the node, so the LR scales with the GPUs per node.
+        # Horovod's rule: GPU Adasum averages within the node, so the LR scales with the GPUs per node.
         if self._gpu_adasum:
             return self.local_world_size * self.config.batches_per_allreduce
         return super().lr_replicas()

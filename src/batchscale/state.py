@@ -88,6 +88,7 @@ class TrainState:
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"{source} does not fit this model ({reason}); move it away or use --no-resume") from None
+        match_layouts(self.optimizer)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.noise.load_state_dict(state["noise"])
@@ -96,6 +97,17 @@ class TrainState:
         self.changes = list(state.get("changes") or [])
         self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
         self.partial = state.get("partial") if state["epoch_step"] else None
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Momentum saved from contiguous weights (a CPU run) comes back contiguous; channels_last weights on a GPU
+    need it channels_last too, or the fused SGD kernel refuses the mismatched layouts."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p).copy_(value)
 
 
 def rng_state() -> dict[str, Any]:

@@ -92,8 +92,9 @@ def evaluate(model: nn.Module, batches: data.EvalBatches, backend: Backend, prec
     return loss / count, correct / count
 
 
-def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_x: Tensor, precision: Precision) -> float:
-    """Compiles the train and eval graphs before the clock starts; returns the seconds it took.
+def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_inputs: list[Tensor], precision: Precision) -> float:
+    """Compiles the graphs the run will use (the training step, and evaluation at each batch shape it meets)
+    before the clock starts; returns the seconds it took.
 
     Weights, batch-norm statistics and the RNG are restored afterwards, so the run is unchanged.
     """
@@ -105,8 +106,9 @@ def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_x: Tensor
         loss = F.cross_entropy(model(train_batch[0]), train_batch[1])
     precision.backward(loss)
     model.eval()
-    with torch.no_grad(), precision.autocast():
-        model(eval_x).float().sum().item()
+    for x in eval_inputs:
+        with torch.no_grad(), precision.autocast():
+            model(x).float().sum().item()
     seconds = time.perf_counter() - start
     unwrap(model).load_state_dict(saved)
     torch.set_rng_state(rng)
@@ -281,7 +283,7 @@ class Trainer:
         if config.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
             batch = next(iter(self.batches.epoch(1)))[0]
-            compile_seconds = warm_up(self.model, batch, next(iter(self.evals))[0], self.precision)
+            compile_seconds = warm_up(self.model, batch, self.evals.shapes(), self.precision)
         self.log = RunLog(config, self.backend.is_main, state.history, self.batches.global_batch)
         self.announce()
         while state.epoch < config.epochs:
