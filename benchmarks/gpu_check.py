@@ -1,0 +1,143 @@
+"""The GPU check: one device call, its parts in order of value, each in its own time box, each leaving its
+JSON in $OUT the moment it has it (a cut call still brings back every finished part).
+
+  part         box   what it leaves in OUT
+  env           40 s environment.json: GPU, versions, whether torch.compile works here, whether the data is whole
+  bench-b256   110 s bench-b256.json: the headline, ours against the original's pipeline at batch 256
+  fast         150 s fast/: the fast recipe on real data; summary.json's time_to_accuracy, metrics.jsonl per epoch
+  torchrun      60 s torchrun-*.json: one process under torchrun (NCCL, DDP comm hook, bf16 then fp16 wire, a resume)
+  rest          60 s bench-b128.json, bench-b512.json, fp16.json (the gradient scaler)
+
+Worst case 420 s plus start-up: with machine start and the three staging calls, a 15-minute lease keeps
+room to rerun one part (PARTS=fast). The boxes come from a compile measured on the CPU (a width-64
+ResNet-18 training step, benchmarks/results/cpu-compile.json), taken as twice as slow for Triton's first,
+cold compile on a GPU; the bench compiles only the step it times. status.json holds each part's exit code,
+seconds and whether it ran out of time. Checkpoints go to a scratch folder, never to OUT.
+
+    python3 benchmarks/gpu_check.py            # on the GPU machine, after staging data/ (see gpu_check.sh)
+    python3 benchmarks/gpu_check.py --dry-run  # every part in order on the CPU, tiny and synthetic (make test)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BOXES = {"env": 40, "bench-b256": 110, "fast": 150, "torchrun": 60, "rest": 60}
+
+
+class Check:
+    def __init__(self, out: Path, dry_run: bool) -> None:
+        self.out, self.dry = out, dry_run
+        self.py = os.environ.get("PYTHON", sys.executable)
+        self.scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+        self.data = Path(os.environ.get("GPU_CHECK_DATA") or (self.scratch / "data" if dry_run else ROOT / "data"))
+        self.status: dict[str, dict] = {}
+        self.env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        small = ["--width", "4", "--no-cuda"] if dry_run else ["--width", "64"]
+        self.train_flags = small
+        self.bench_flags = (["--steps", "2", "--rounds", "1", "--warmup", "1", "--baseline-steps", "2", *small] if dry_run
+                            else ["--steps", "30", "--rounds", "2", "--warmup", "5", "--baseline-steps", "15"])
+        self.epochs = 2 if dry_run else 15
+        self.compile: list[str] = []
+        self.real = dry_run
+
+    def run(self, name: str, steps: list[list[str] | tuple[list[str], Path, Path]]) -> int:
+        """Runs a part's commands one after another inside its time box. A step given as (command, source,
+        target) copies source into OUT as target when the command succeeds."""
+        start = time.monotonic()
+        deadline = start + BOXES[name]
+        code, timed_out = 0, False
+        print(f"== {name} (at most {BOXES[name]} s)", flush=True)
+        with open(self.out / f"{name}.log", "w") as log:
+            for step in steps:
+                command, copy = (step[0], step[1:]) if isinstance(step, tuple) else (step, ())
+                log.write(f"$ {' '.join(command)}\n")
+                log.flush()
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,
+                                           start_new_session=True)
+                try:
+                    code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)  # the whole group: torchrun's workers too
+                    process.wait()
+                    code, timed_out = 124, True
+                if code:
+                    break
+                if copy:
+                    shutil.copy(copy[0], copy[1])
+        self.status[name] = {"exit_code": code, "seconds": round(time.monotonic() - start, 1), "timed_out": timed_out}
+        (self.out / "status.json").write_text(json.dumps(self.status, indent=2) + "\n")
+        tail = (self.out / f"{name}.log").read_text().strip().splitlines()[-4:]
+        print("\n".join(tail), flush=True)
+        return code
+
+    def bench(self, name: str, batch: int, *extra: str) -> list[str]:
+        return [self.py, "-m", "batchscale.cli", "bench", "--batch-size", str(batch), "--data", "real" if self.real else
+                "synthetic", "--train-dir", str(self.data), *self.bench_flags, *self.compile,
+                "--output", str(self.out / f"{name}.json"), *extra]
+
+    def train(self, log_dir: Path, *extra: str) -> list[str]:
+        return [self.py, str(ROOT / "train.py"), "--train-dir", str(self.data), "--val-dir", str(self.data),
+                "--log-dir", str(log_dir), "--checkpoint-format", str(self.scratch / log_dir.name / "checkpoint-{epoch}.pth.tar"),
+                "--keep-checkpoints", "1", "--no-progress", "--no-download", *self.train_flags, *extra]
+
+    def main(self, parts: list[str]) -> int:
+        if self.dry and not self.data.exists():
+            subprocess.run([self.py, str(ROOT / "benchmarks" / "gpu_env.py"), "--synthetic", str(self.data)], check=True,
+                           env=self.env)
+        if "env" in parts:
+            code = self.run("env", [[self.py, str(ROOT / "benchmarks" / "gpu_env.py"), str(self.out), str(self.data),
+                                     *(["--dry-run"] if self.dry else [])]])
+            if code == 2:
+                return 2  # incomplete data: its one line is in env.log and was printed
+        facts = json.loads((self.out / "environment.json").read_text()) if (self.out / "environment.json").exists() else {}
+        self.real = self.real or str(facts.get("data", "")).startswith("real")
+        if facts.get("compile", {}).get("ok") and not self.dry:
+            self.compile = ["--compile"]
+        else:
+            print("note: eager steps (torch.compile unavailable here, or a dry run); see environment.json", flush=True)
+        if "bench-b256" in parts:
+            self.run("bench-b256", [self.bench("bench-b256", 256)])
+        if "fast" in parts and self.real:
+            # Compiled bf16 channels_last, batch 512, one-cycle LR 0.04 -> 0.4 over 2 epochs then down, label
+            # smoothing 0.1. Never run before: time_to_accuracy says which thresholds it reached, and when.
+            self.run("fast", [self.train(self.out / "fast", "--epochs", str(self.epochs), "--batch-size", "512",
+                                         "--base-lr", "0.4", "--warmup-epochs", "2", "--warmup-start-lr", "0.04",
+                                         "--lr-schedule", "onecycle", "--label-smoothing", "0.1", *self.compile)])
+        if "torchrun" in parts:
+            torchrun = [self.py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+            wire = self.scratch / "wire"
+            common = ("--batch-size", "512", "--lr-schedule", "step")
+            self.run("torchrun", [
+                [*torchrun, *self.bench("torchrun-bench", 256, "--no-baseline")[1:]],
+                ([*torchrun, *self.train(wire, "--epochs", "1", *common, "--bf16-allreduce")[1:]],
+                 wire / "summary.json", self.out / "torchrun-bf16.json"),
+                # A resume on this device: one more epoch from the checkpoint, now with the fp16 wire format.
+                ([*torchrun, *self.train(wire, "--epochs", "2", *common, "--fp16-allreduce")[1:]],
+                 wire / "summary.json", self.out / "torchrun-resumed-fp16.json"),
+            ])
+        if "rest" in parts:
+            fp16 = self.scratch / "fp16"
+            self.run("rest", [self.bench("bench-b128", 128, "--no-baseline"), self.bench("bench-b512", 512, "--no-baseline"),
+                              (self.train(fp16, "--epochs", "1", "--batch-size", "512", "--precision", "fp16"),
+                               fp16 / "summary.json", self.out / "fp16.json")])
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        print(json.dumps(self.status, indent=2))
+        return 0 if all(s["exit_code"] == 0 for s in self.status.values()) else 1
+
+
+if __name__ == "__main__":
+    dry = "--dry-run" in sys.argv
+    out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results" / f"gpu-{time.strftime('%Y%m%d')}")
+    out.mkdir(parents=True, exist_ok=True)
+    parts = os.environ.get("PARTS", " ".join(BOXES)).split()
+    sys.exit(Check(out.resolve(), dry).main(parts))

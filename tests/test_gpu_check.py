@@ -1,0 +1,49 @@
+"""The GPU check's dry run on the CPU: every part runs in order and leaves its JSON; partial data stops it at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def check(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHSCALE_")}, "OUT": str(out),
+            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args], capture_output=True, text=True,
+                          env=full, timeout=500)
+
+
+def test_dry_run_runs_every_part_and_leaves_each_parts_json(tmp_path):
+    result = check(tmp_path, "--dry-run")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert list(status) == ["env", "bench-b256", "fast", "torchrun", "rest"]  # in order of value
+    assert all(s["exit_code"] == 0 and not s["timed_out"] for s in status.values())
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["data"].startswith("real (1280 train") and "python_headers" in env and "compile" in env
+    bench = json.loads((tmp_path / "bench-b256.json").read_text())
+    assert bench["complete"] and bench["headline"]["model"] == "resnet18"
+    assert json.loads((tmp_path / "fast" / "summary.json").read_text())["epochs_completed"] == 2
+    bf16, resumed = (json.loads((tmp_path / f"torchrun-{n}.json").read_text()) for n in ("bf16", "resumed-fp16"))
+    assert bf16["backend"] == "torch" and bf16["config"]["bf16_allreduce"] and bf16["epochs_completed"] == 1
+    assert resumed["epochs_completed"] == 2 and sorted(c["setting"] for c in resumed["changes"]) == [
+        "--bf16-allreduce", "--epochs", "--fp16-allreduce"]
+    for name in ("bench-b128.json", "bench-b512.json", "fp16.json"):
+        assert (tmp_path / name).is_file(), name
+    assert not list(tmp_path.rglob("*.pth.tar*"))  # checkpoints stay out of what comes back
+
+
+def test_partial_data_stops_the_check_with_one_line(tmp_path, tiny_cifar):
+    partial = tmp_path / "partial"
+    (partial / "cifar-10-batches-py").mkdir(parents=True)
+    shutil.copy(tiny_cifar / "cifar-10-batches-py" / "test_batch", partial / "cifar-10-batches-py")
+    result = check(tmp_path / "out", GPU_CHECK_DATA=str(partial), PARTS="env bench-b256")
+    assert result.returncode == 2
+    assert "incomplete: missing data_batch_1, data_batch_2" in result.stdout + result.stderr
+    assert not (tmp_path / "out" / "bench-b256.json").exists()
