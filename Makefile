@@ -1,4 +1,4 @@
-# Two commands: `make train` and `make test`. Each sets up .venv once; a second run installs nothing.
+# Two commands: `make train` and `make test` (`make test-fast` for the inner loop). Each sets up .venv once; a second run installs nothing.
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 SHARED_CIFAR := ../shared/cifar10
 
-.PHONY: train test setup dev horovod data clean
+.PHONY: train test test-fast setup dev horovod data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ $(VENV)/.installed-horovod: $(VENV)/.installed scripts/install_horovod.sh
 	scripts/install_horovod.sh $(PY)
 	touch $@
 
-horovod: $(VENV)/.installed-horovod
+# HOROVOD_GPU=1 make horovod: with NCCL GPU operations (see scripts/install_horovod.sh); rebuilds a CPU-only one.
+horovod: $(VENV)/.installed
+	scripts/install_horovod.sh $(PY)
+	touch $(VENV)/.installed-horovod
 
 # Where this workplace's offline copy of CIFAR-10 sits beside the checkout, use it instead of downloading.
 data:
@@ -39,8 +42,13 @@ data:
 train: setup data
 	$(PY) train.py $(ARGS)
 
-test: dev horovod
+# The full gate (what CI runs): unit and integration tests, Horovod included.
+test: dev $(VENV)/.installed-horovod
 	$(PY) -m pytest $(ARGS)
+
+# The inner loop: unit tests only, no Horovod build, well under 2 minutes.
+test-fast: dev
+	$(PY) -m pytest tests/unit -q $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,13 +1,9 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from cifar_fixture import make_cifar, real_test_batch  # noqa: E402
+from cifar_fixture import make_cifar, real_test_batch
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
@@ -58,3 +59,11 @@ def one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert "Traceback" not in stderr and len(lines) == 1, stderr[-3000:]
     return lines[0]
+
+
+def cli(*argv: str, capsys) -> tuple[int, str]:
+    """`batchscale ARGV...` in this process: its exit code and what it printed on stderr."""
+    from batchscale.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err

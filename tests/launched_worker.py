@@ -13,8 +13,8 @@ from torch import nn
 
 from batchscale import data
 from batchscale.config import Config
-from batchscale.distributed import init_backend
 from batchscale.models import CifarResNet18
+from batchscale.parallel import init_backend
 from batchscale.trainer import train_step
 
 
@@ -33,7 +33,7 @@ def adasum(out: str) -> None:
         hvd = backend.hvd  # type: ignore[attr-defined]
         result = [hvd.allreduce(t, op=hvd.Adasum, name=f"t{i}") for i, t in enumerate(tensors)]
     else:
-        from batchscale.adasum import adasum_allreduce
+        from batchscale.parallel.adasum import adasum_allreduce
 
         adasum_allreduce(tensors, backend.rank, backend.world_size)
         result = tensors

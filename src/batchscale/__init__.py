@@ -1,6 +1,7 @@
 """batchscale: how per-worker batch size and worker count change CIFAR-10 ResNet-18 training."""
 
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError
 
 
 def train(config: Config) -> dict:

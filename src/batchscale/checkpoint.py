@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from . import faults
-from .config import Config
+from .config import Config, global_batch
 from .errors import ConfigError
 from .rundir import write_error
 from .state import problem
+from .testing import faults
 
 # Change what the saved weights are, which images come next, or how the LR is scaled: refused.
 MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum")
@@ -180,7 +180,7 @@ def settings_changes(state: dict[str, Any], config: Config, workers: int, path: 
     old = (saved["batch_size"], saved["batches_per_allreduce"], state["world_size"])
     new = (config.batch_size, config.batches_per_allreduce, workers)
     if old != new:
-        same = old[0] * old[1] * old[2] == new[0] * new[1] * new[2]
+        same = global_batch(*old) == global_batch(*new)
         raise ConfigError(
             f"{path} was trained with {_shape(*old)}, this run has {_shape(*new)}"
             + ("; the same global batch, but the peak LR and the batch-norm batches depend on how it is split"
@@ -202,7 +202,8 @@ def settings_changes(state: dict[str, Any], config: Config, workers: int, path: 
 
 
 def _shape(batch: int, micro: int, workers: int) -> str:
-    return f"{workers} worker(s) x --batch-size {batch} x --batches-per-allreduce {micro} (global batch {batch * micro * workers})"
+    return (f"{workers} worker(s) x --batch-size {batch} x --batches-per-allreduce {micro} "
+            f"(global batch {global_batch(batch, micro, workers)})")
 
 
 def _flag(name: str) -> str:

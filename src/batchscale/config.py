@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import string
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BatchscaleError, ConfigError, Diverged  # noqa: F401  (re-exported)
+from .errors import ConfigError
+from .flags import flag
 
 MODELS = ("resnet18", "resnet18-imagenet")
 LR_SCALINGS = ("linear", "sqrt", "none")
@@ -19,57 +21,84 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_TIMEOUT = 1e7
 
 
+def global_batch(batch_size: int, batches_per_allreduce: int, workers: int) -> int:
+    """Images per optimizer step: every worker's micro-batches together."""
+    return batch_size * batches_per_allreduce * workers
+
+
+def decay_epochs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 30,60,80, got {text!r}") from None
+
+
+DATA, OUTPUTS, SCHEDULE, OPTIMIZER = "data and outputs", "data and outputs", "schedule", "optimizer and learning rate"
+MODEL, DISTRIBUTED, MEASURE, REPRO = "model", "distributed", "measurement", "reproducibility and devices"
+
+
 @dataclass
 class Config:
-    # Data
-    train_dir: str = "./data"
-    val_dir: str = "./data"
-    download: bool = True
-    # Outputs
-    log_dir: str = "./logs"
-    checkpoint_format: str = "{log_dir}/checkpoint-{epoch}.pth.tar"
-    resume: bool = True
-    resume_from: str | None = None
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 0
-    progress: bool = True
-    # Schedule
-    epochs: int = 50
-    batch_size: int = 256
-    val_batch_size: int = 256
-    batches_per_allreduce: int = 1
-    # Optimizer and LR
-    base_lr: float = 0.1
-    lr_scaling: str = "linear"
-    lr_schedule: str = "cosine"
-    warmup_epochs: float = 5.0
-    warmup_start_lr: float | None = None
-    lr_decay_epochs: tuple[int, ...] = (30, 60, 80)
-    lr_decay_factor: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    wd: float = 5e-4
-    label_smoothing: float = 0.0
-    # Model and speed
-    model: str = "resnet18"
-    width: int = 64
-    precision: str = "auto"
-    compile: bool = False
-    # Distributed
-    backend: str = "auto"
-    fp16_allreduce: bool = False
-    bf16_allreduce: bool = False
-    use_adasum: bool = False
-    gradient_predivide_factor: float = 1.0
-    collective_timeout: float = 600.0
-    simulate_workers: int = 1
-    noise_every: int = 10
-    target_accuracy: float = 0.94
-    # Reproducibility and devices
-    seed: int = 42
-    deterministic: bool = False
-    no_cuda: bool = False
-    finite_check_every: int = 50
+    """Every training setting; each field is its own flag (flags.py), with its help beside it."""
+
+    train_dir: str = flag("./data", "folder holding cifar-10-batches-py/ for training", group=DATA)
+    val_dir: str = flag("./data", "folder holding cifar-10-batches-py/ for validation", group=DATA)
+    download: bool = flag(True, "never download CIFAR-10; stop if it is missing", group=DATA, name="--no-download")
+    log_dir: str = flag("./logs", "TensorBoard events, metrics.jsonl and summary.json", group=OUTPUTS)
+    checkpoint_format: str = flag("{log_dir}/checkpoint-{epoch}.pth.tar",
+                                  "checkpoint path with {epoch} (and optionally {log_dir})", group=OUTPUTS)
+    resume: bool = flag(True, "start afresh: remove this run's earlier checkpoints, events and summary",
+                        group=OUTPUTS, name="--no-resume")
+    resume_from: str | None = flag(None, "resume from this checkpoint (default: the newest of this run)", group=OUTPUTS,
+                                   name="--resume", metavar="PATH")
+    checkpoint_every_steps: int = flag(0, "also checkpoint every K steps inside an epoch, so a crash loses at most K "
+                                       "steps (default: 0, off)", group=OUTPUTS, metavar="K")
+    keep_checkpoints: int = flag(0, "keep only the newest N epoch checkpoints (default: 0, keep all, as the original)",
+                                 group=OUTPUTS, metavar="N")
+    progress: bool = flag(True, "no progress bars (epoch lines only)", group=OUTPUTS, name="--no-progress")
+    epochs: int = flag(50, "epochs to train", group=SCHEDULE)
+    batch_size: int = flag(256, "training batch per worker", group=SCHEDULE)
+    val_batch_size: int = flag(256, "validation batch per worker", group=SCHEDULE)
+    batches_per_allreduce: int = flag(1, "micro-batches accumulated locally per allreduce", group=SCHEDULE)
+    base_lr: float = flag(0.1, "LR of one worker's batch", group=OPTIMIZER)
+    lr_scaling: str = flag("linear", "peak LR = base LR x this rule of workers x batches-per-allreduce",
+                           group=OPTIMIZER, choices=LR_SCALINGS)
+    lr_schedule: str = flag("cosine", "decay after warmup", group=OPTIMIZER, choices=LR_SCHEDULES)
+    warmup_epochs: float = flag(5.0, "epochs of per-step ramp from base LR to peak LR", group=OPTIMIZER)
+    warmup_start_lr: float | None = flag(None, "LR at the first warmup step (default: --base-lr, Goyal et al.'s ramp; "
+                                         "set it lower to warm up one worker)", group=OPTIMIZER, parse=float)
+    lr_decay_epochs: tuple[int, ...] = flag((30, 60, 80), "epochs where --lr-schedule step multiplies the LR by "
+                                            "--lr-decay-factor (default: 30,60,80)", group=OPTIMIZER, parse=decay_epochs)
+    lr_decay_factor: float = flag(0.1, "what --lr-schedule step multiplies the LR by", group=OPTIMIZER)
+    momentum: float = flag(0.9, "SGD momentum", group=OPTIMIZER)
+    nesterov: bool = flag(True, "Nesterov momentum (default: on)", group=OPTIMIZER, toggle=True)
+    wd: float = flag(5e-4, "weight decay", group=OPTIMIZER)
+    label_smoothing: float = flag(0.0, "label smoothing of the training loss", group=OPTIMIZER)
+    model: str = flag("resnet18", "resnet18: CIFAR ResNet-18; resnet18-imagenet: torchvision's, as the original",
+                      group=MODEL, choices=MODELS)
+    width: int = flag(64, "channels of the first stage of --model resnet18", group=MODEL)
+    precision: str = flag("auto", "autocast dtype; fp16 adds a gradient scaler; auto = bf16 on GPUs, fp32 on CPUs",
+                          group=MODEL, choices=PRECISIONS)
+    compile: bool = flag(False, "torch.compile the model (compile time is reported apart)", group=MODEL)
+    backend: str = flag("auto", "auto: from the launcher's environment", group=DISTRIBUTED, choices=BACKENDS)
+    fp16_allreduce: bool = flag(False, "send gradients as fp16", group=DISTRIBUTED)
+    bf16_allreduce: bool = flag(False, "send gradients as bf16", group=DISTRIBUTED)
+    use_adasum: bool = flag(False, "combine gradients with Adasum instead of averaging", group=DISTRIBUTED)
+    gradient_predivide_factor: float = flag(1.0, "divide gradients by this before the sum and by world size / this "
+                                            "after, as Horovod", group=DISTRIBUTED)
+    collective_timeout: float = flag(600.0, "a rank waiting this long in a collective ends the job instead of hanging",
+                                     group=DISTRIBUTED, metavar="SECONDS")
+    simulate_workers: int = flag(1, "run N workers' arithmetic in this process: each worker's batch its own forward "
+                                 "pass (its own batch-norm statistics), gradients averaged, same data order and LR as "
+                                 "N real workers (default: 1)", group=DISTRIBUTED, metavar="N")
+    noise_every: int = flag(10, "estimate the gradient noise scale every N steps", group=MEASURE, metavar="N")
+    target_accuracy: float = flag(0.94, "summary.json records the steps and time to reach this test accuracy",
+                                  group=MEASURE)
+    seed: int = flag(42, "model init, data order and augmentation", group=REPRO)
+    deterministic: bool = flag(False, "deterministic kernels: bit-identical reruns on one machine", group=REPRO)
+    no_cuda: bool = flag(False, "train on the CPU even if a GPU is present", group=REPRO)
+    finite_check_every: int = flag(50, "check for a NaN/inf loss (and a stop signal, across ranks) every N steps "
+                                   "and at epoch end", group=REPRO, metavar="N")
 
     def validate(self) -> "Config":
         """Checks every value that can be judged without touching the disk or the network."""

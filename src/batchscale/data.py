@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ConfigError
+from .config import global_batch
+from .errors import ConfigError
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -163,7 +164,7 @@ class TrainBatches:
         self.simulate = simulate
         self.batch_size, self.micro_batches, self.shard, self.seed = batch_size, micro_batches, shard, seed
         self.augment = augment
-        self.global_batch = batch_size * micro_batches * shard.world_size
+        self.global_batch = global_batch(batch_size, micro_batches, shard.world_size)
         if self.n < self.global_batch:
             raise ConfigError(
                 f"the global batch ({self.global_batch} = batch size x batches-per-allreduce x world size) is larger "

@@ -14,8 +14,7 @@ from typing import Any
 from torch import Tensor
 from tqdm import tqdm
 
-from .config import Config
-from .errors import OutputError
+from .config import Config, global_batch
 from .rundir import write_error
 
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
@@ -194,7 +193,7 @@ def summarize(
         "config": config.to_dict(),
         "backend": backend_name,
         "world_size": world_size,
-        "global_batch": config.batch_size * config.batches_per_allreduce * world_size,
+        "global_batch": global_batch(config.batch_size, config.batches_per_allreduce, world_size),
         "simulated_workers": config.simulate_workers > 1,
         "parameters": parameters,
         "epochs_completed": len(history),

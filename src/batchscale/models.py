@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 class BasicBlock(nn.Module):

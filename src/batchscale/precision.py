@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 

@@ -16,18 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import checkpoint, data, faults
+from . import checkpoint, data
 from .config import Config
-from .distributed import Backend, init_backend, unwrap
 from .errors import ConfigError, Diverged, OutputError, Stopped
 from .metrics import RunLog, summarize
 from .models import build_model
 from .noise import GradNorms, squared_norm
+from .parallel import Backend, init_backend, unwrap
 from .precision import FP32, Precision, resolve
 from .rundir import RunLock, check_space
 from .schedule import LRSchedule
 from .state import EpochSums, TrainState
 from .stopping import StopRequest
+from .testing import faults
 
 
 def train_step(
@@ -177,6 +178,21 @@ def seed_everything(config: Config) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    # channels_last feeds tensor cores without layout transposes; on CPUs it rarely helps.
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def build_model_and_optimizer(config: Config, device: torch.device) -> tuple[nn.Module, torch.optim.SGD]:
+    """The model on its device and layout, and its SGD: what the trainer and the bench both time."""
+    model = build_model(config.model, config.width).to(device, memory_format=memory_format_for(device))
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
+        weight_decay=config.wd, fused=device.type == "cuda" or None,  # one kernel for the whole update on GPUs
+    )
+    return model, optimizer
+
+
 def train(config: Config) -> dict[str, Any]:
     """Trains as `config` says and returns the run's summary (also written to summary.json)."""
     config.validate()
@@ -208,8 +224,7 @@ class Trainer:
         device = self.device = backend.device
         train_x, train_y, val_x, val_y = prepare_data(config, backend)
         self.precision = resolve(config, device)
-        # channels_last feeds tensor cores without layout transposes; on CPUs it rarely helps.
-        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        memory_format = memory_format_for(device)
         self.simulated = config.simulate_workers
         if self.simulated > 1 and backend.world_size > 1:
             raise ConfigError("--simulate-workers runs in one process; launch it with python, not torchrun or horovodrun")
@@ -221,13 +236,9 @@ class Trainer:
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.evals = data.EvalBatches(val_x, val_y, config.val_batch_size, data.Shard(backend.rank, backend.world_size),
                                       device, memory_format)
-        model = build_model(config.model, config.width).to(device, memory_format=memory_format)
+        model, optimizer = build_model_and_optimizer(config, device)
         self.parameters = sum(p.numel() for p in model.parameters())
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
-            weight_decay=config.wd, fused=device.type == "cuda" or None,  # one kernel for the whole update on GPUs
-        )
-        self.schedule = LRSchedule.from_config(config, backend.lr_replicas() * self.simulated, self.steps_per_epoch)
+        self.schedule = LRSchedule.from_config(config, backend.averaged_batches() * self.simulated, self.steps_per_epoch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.state = TrainState(model, optimizer, self.precision.scaler, config.to_dict(), self.workers)
         self.model: nn.Module = model  # what the loop calls: wrapped by the backend and torch.compile in run()
@@ -341,13 +352,16 @@ class Trainer:
             # Needs a large batch bigger than the small one: not on one worker without accumulation.
             measure = (not config.use_adasum and self.batches.global_batch > config.batch_size
                        and (step + 1) % config.noise_every == 0)
-            measure = measure and (len(micro) > 1 or backend.noise_probe(norms))
+            measure = measure and (len(micro) > 1 or backend.can_probe)
             if measure:
                 norms.reset(self.device)
+                if len(micro) == 1:
+                    backend.probe(norms)
             loss, correct = train_step(self.model, state.optimizer, micro, backend, self.criterion, self.precision,
                                        norms if measure else None)
             if measure:
-                backend.noise_probe(None)
+                if len(micro) == 1:
+                    backend.probe(None)
                 state.noise.update(norms.small_sq, norms.big_sq, config.batch_size, self.batches.global_batch)
             state.epoch_step += 1
             bad_step.masked_fill_((bad_step == 0) & ~torch.isfinite(loss), step + 1)  # no host sync

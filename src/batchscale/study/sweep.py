@@ -12,12 +12,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, Stopped
+from ..config import global_batch
+from ..errors import ConfigError, Stopped
+from ..flags import flag
+from ..metrics import write_json_atomic
 
 LAUNCHERS = ("simulate", "torchrun", "horovodrun")
 PRESETS = ("paper", "critical-batch")
@@ -37,7 +40,7 @@ class Run:
 
     @property
     def global_batch(self) -> int:
-        return self.batch_size * self.batches_per_allreduce * self.workers
+        return global_batch(self.batch_size, self.batches_per_allreduce, self.workers)
 
     @property
     def name(self) -> str:
@@ -45,17 +48,45 @@ class Run:
         return f"b{self.batch_size}{accumulate}-w{self.workers}-{self.lr_scaling}-lr{self.base_lr:g}-s{self.seed}"
 
 
+def parse_list(text: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return parse_list(text, int)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return parse_list(text, float)
+
+
+def _strings(text: str) -> tuple[str, ...]:
+    return parse_list(text, str)
+
+
+GRID = "the grid (flags after -- go to every run)"
+
+
 @dataclass
 class SweepConfig:
-    out: str = "sweep"
-    batch_sizes: tuple[int, ...] = (64, 128, 256)
-    workers: tuple[int, ...] = (1,)
-    lr_scalings: tuple[str, ...] = ("linear",)
-    base_lrs: tuple[float, ...] = (0.1,)
-    seeds: tuple[int, ...] = (42,)
-    epochs: int = 50
-    launcher: str = "simulate"
-    preset: str | None = None
+    """A sweep; each field is a `batchscale sweep` flag. A preset fills the fields the command line left out."""
+
+    out: str = flag("sweep", "sweep folder", group=GRID)
+    preset: str | None = flag(None, "paper: the original's grid; critical-batch: global batch 32-8192", group=GRID,
+                              choices=PRESETS)
+    batch_sizes: tuple[int, ...] = flag((64, 128, 256), "per-worker batch sizes, comma-separated (critical-batch: "
+                                        "global)", group=GRID, parse=_ints)
+    workers: tuple[int, ...] = flag((1,), "worker counts", group=GRID, parse=_ints)
+    lr_scalings: tuple[str, ...] = flag(("linear",), "LR scaling rules (linear, sqrt, none)", group=GRID,
+                                        parse=_strings)
+    base_lrs: tuple[float, ...] = flag((0.1,), "base LRs", group=GRID, parse=_floats)
+    seeds: tuple[int, ...] = flag((42,), "seeds", group=GRID, parse=_ints)
+    epochs: int = flag(50, "epochs of every run", group=GRID)
+    launcher: str = flag("simulate", "simulate: N workers' arithmetic in one process; torchrun/horovodrun: N real "
+                         "processes", group=GRID, choices=LAUNCHERS)
     train_args: tuple[str, ...] = field(default_factory=tuple)
 
     def runs(self) -> list[Run]:
@@ -74,16 +105,20 @@ class SweepConfig:
         return self
 
 
-def preset(name: str, config: SweepConfig) -> SweepConfig:
-    """The paper's grid, or the critical-batch study (global batch 32-8192 on tuned LRs)."""
-    if name == "paper":
-        # Kim et al. 2023: 4 workers, per-worker batch 8-256, 50 epochs, LR = 0.1 x workers.
-        return SweepConfig(**{**asdict(config), "batch_sizes": (8, 16, 32, 64, 128, 256), "workers": (4,),
-                              "lr_scalings": ("linear",), "base_lrs": (0.1,), "preset": name})
-    if name == "critical-batch":
-        batches = tuple(2**i for i in range(5, 14))  # 32 ... 8192 global
-        return SweepConfig(**{**asdict(config), "batch_sizes": batches, "workers": (1,), "preset": name})
-    raise ConfigError(f"--preset must be one of {', '.join(PRESETS)} (got {name!r})")
+PRESET_GRIDS: dict[str, dict[str, Any]] = {
+    # Kim et al. 2023: 4 workers, per-worker batch 8-256, LR = 0.1 x workers.
+    "paper": {"batch_sizes": (8, 16, 32, 64, 128, 256), "workers": (4,), "lr_scalings": ("linear",), "base_lrs": (0.1,)},
+    # Global batch 32 ... 8192 on one device, LR from critical_batch_lr.
+    "critical-batch": {"batch_sizes": tuple(2**i for i in range(5, 14)), "workers": (1,)},
+}
+
+
+def preset(name: str, config: SweepConfig, given: set[str] = frozenset()) -> SweepConfig:  # type: ignore[assignment]
+    """`config` with preset `name`'s grid in every field not in `given` (what the command line set)."""
+    if name not in PRESET_GRIDS:
+        raise ConfigError(f"--preset must be one of {', '.join(PRESETS)} (got {name!r})")
+    chosen = {k: v for k, v in PRESET_GRIDS[name].items() if k not in given}
+    return SweepConfig(**{**asdict(config), **chosen, "preset": name})
 
 
 def critical_batch_lr(global_batch: int) -> float:
@@ -143,7 +178,7 @@ def sweep(config: SweepConfig, say=print) -> list[Path]:
         raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     runs = config.runs()
-    (out / "sweep.json").write_text(json.dumps({**asdict(config), "runs": [r.name for r in runs]}, indent=2) + "\n")
+    write_json_atomic(out / "sweep.json", {**asdict(config), "runs": [r.name for r in runs]})
     total_epochs = len(runs) * config.epochs
     start = time.monotonic()
     trained_epochs = 0
@@ -212,22 +247,3 @@ def _forwarding_signals() -> Iterator[_Child]:
             signal.signal(sig, handler)
 
 
-def parse_list(text: str, kind: type) -> tuple:
-    try:
-        return tuple(kind(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
-
-
-def from_args(args: Any, train_args: Sequence[str]) -> SweepConfig:
-    """The sweep's command line (parsed in cli.py) as a SweepConfig; a preset fills what was not given."""
-    config = SweepConfig(
-        out=args.out, batch_sizes=parse_list(args.batch_sizes or "64,128,256", int), workers=parse_list(args.workers, int),
-        lr_scalings=parse_list(args.lr_scalings, str), base_lrs=parse_list(args.base_lrs, float),
-        seeds=parse_list(args.seeds, int), epochs=args.epochs, launcher=args.launcher, train_args=tuple(train_args),
-    )
-    if args.preset:
-        config = preset(args.preset, config)
-        if args.batch_sizes:
-            config.batch_sizes = parse_list(args.batch_sizes, int)
-    return config

@@ -6,19 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-
-from batchscale import data
-from batchscale.config import Config
-from batchscale.distributed import check_one_gpu_each
-from batchscale.errors import ConfigError
-from batchscale.models import CifarResNet18
-from batchscale.precision import FP32
-from batchscale.trainer import warm_up
 from workers import run_workers
+
+from batchscale.config import Config
+from batchscale.errors import ConfigError
+from batchscale.parallel.base import check_one_gpu_each
 
 
 def _no_sync_under_compile() -> list[bool]:
-    from batchscale.distributed import TorchBackend
+    from batchscale.parallel.torchdist import TorchBackend
 
     backend = TorchBackend(Config(no_cuda=True))
     model, _ = backend.prepare(nn.Linear(4, 2), torch.optim.SGD(nn.Linear(4, 2).parameters(), lr=0.1))
@@ -41,31 +37,15 @@ def test_two_ranks_on_one_gpu_are_refused_naming_the_count():
         check_one_gpu_each(["node-a/GPU-0", "node-a/GPU-1", "node-a/GPU-0"])
 
 
-def test_warm_up_compiles_every_evaluation_shape_so_evaluation_compiles_nothing():
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (70, 3, 32, 32), generator=gen, dtype=torch.uint8)
-    evals = data.EvalBatches(images, torch.zeros(70, dtype=torch.long), 32, data.Shard(0, 1), torch.device("cpu"))
-    assert [x.shape[0] for x in evals.shapes()] == [32, 6]  # full batches, then the last, smaller one
-    model = torch.compile(CifarResNet18(width=2))
-    warm_up(model, (torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)), evals.shapes(), FP32)
-    compiled = counters["stats"]["unique_graphs"]
-    model.eval()
-    with torch.no_grad():
-        for x, _ in evals:
-            model(x)
-    assert counters["stats"]["unique_graphs"] == compiled > 0
-
-
 @pytest.mark.parametrize("name,precision,want", [
     ("NVIDIA H100 NVL", "bf16", 835.0), ("NVIDIA H100 80GB HBM3", "bf16", 989.0), ("NVIDIA H100 PCIe", "bf16", 756.0),
     ("NVIDIA H100 80GB HBM3", "fp32", 494.7),  # fp32 convolutions run on TF32 tensor cores by default
 ])
+
+
 def test_peak_flops_is_the_peak_of_the_arithmetic_used(monkeypatch, name, precision, want):
-    from batchscale import bench
     from batchscale.precision import Precision
+    from batchscale.study import bench
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]

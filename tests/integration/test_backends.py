@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from workers import free_port
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "tests"
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
 needs_horovod = pytest.mark.skipif(not HOROVODRUN.exists(), reason="Horovod not installed: run `make horovod`")
 
@@ -42,6 +41,8 @@ def trajectory(launcher: str, flags: dict, out: Path) -> dict:
     ],
     ids=["average", "fp16", "accumulate-2", "adasum"],
 )
+
+
 def test_horovod_and_torch_distributed_train_alike(flags, tol, tmp_path):
     ours = trajectory("torchrun", flags, tmp_path / "torch.pt")
     theirs = trajectory("horovodrun", flags, tmp_path / "horovod.pt")

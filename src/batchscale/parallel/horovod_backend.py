@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import Config, ConfigError
-from .distributed import Backend, check_one_gpu_each, float_buffers, gpu_identity, pick_device
+from ..config import Config
+from ..errors import ConfigError
+from .base import Backend, check_one_gpu_each, float_buffers, gpu_identity, pick_device
 
 
 class HorovodBackend(Backend):
@@ -63,11 +64,11 @@ class HorovodBackend(Backend):
     def _gpu_adasum(self) -> bool:
         return self.config.use_adasum and self.device.type == "cuda" and self.hvd.nccl_built()
 
-    def lr_replicas(self) -> int:
-        # Horovod's rule: GPU Adasum averages within the node, so the LR scales with the GPUs per node.
+    def averaged_batches(self) -> int:
+        # Horovod's GPU Adasum averages within the node, so the LR scales with the GPUs per node.
         if self._gpu_adasum:
             return self.local_world_size * self.config.batches_per_allreduce
-        return super().lr_replicas()
+        return super().averaged_batches()
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
         hvd = self.hvd

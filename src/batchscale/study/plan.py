@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 BACKWARD_SHARE = 2 / 3
 
@@ -45,6 +45,13 @@ class Network:
         return 2 * (workers - 1) / workers * nbytes / (self.bandwidth_gbs * 1e9) + 2 * (workers - 1) * self.latency_us * 1e-6
 
 
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares y = intercept + slope x; returns (intercept, slope)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
+
+
 def step_seconds(compute: float, comm: float, overlap: bool) -> float:
     return compute + (max(0.0, comm - BACKWARD_SHARE * compute) if overlap else comm)
 
@@ -54,9 +61,7 @@ def fit_steps_to_target(points: list[tuple[int, int]], fallback_noise: float | N
     if len(points) >= 2:
         xs = [1 / b for b, _ in points]
         ys = [float(s) for _, s in points]
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        s_min = my - slope * mx
+        s_min, slope = fit_line(xs, ys)
         if s_min > 0 and slope > 0:
             return s_min, slope / s_min
     if points and fallback_noise:
@@ -68,7 +73,7 @@ def fit_steps_to_target(points: list[tuple[int, int]], fallback_noise: float | N
 def measured_compute(sweep_dir: Path) -> tuple[dict[int, float], dict[tuple[int, int], float], int, list]:
     """From a sweep's runs: single-worker seconds per step by per-worker batch, measured step seconds
     by (workers, batch), parameter count, and (global batch, steps to target) pairs."""
-    from .report import load_runs
+    from .runs import load_runs
 
     runs = load_runs(sweep_dir)
     single: dict[int, float] = {}
@@ -92,7 +97,7 @@ def measured_compute(sweep_dir: Path) -> tuple[dict[int, float], dict[tuple[int,
 
 def measured_noise_scale(sweep_dir: Path, batch: int) -> float | None:
     """The B_simple a run at global batch `batch` measured (the median over its seeds), for a one-point curve."""
-    from .report import load_runs
+    from .runs import load_runs
 
     values = [r.summary["noise_scale"] for r in load_runs(sweep_dir)
               if r.global_batch == batch and r.target and (r.summary.get("noise_scale") or 0) > 0]
@@ -139,7 +144,7 @@ def plan(
     if curve:
         best = min(rows, key=lambda r: r["seconds_to_target_overlap"])
     result = {"network": asdict(network), "gradient_bytes": nbytes, "steps_curve": curve, "rows": rows, "best": best}
-    from .metrics import write_json_atomic
+    from ..metrics import write_json_atomic
 
     write_json_atomic(sweep_dir / "plan.json", result)
     return result
@@ -214,7 +219,7 @@ def measure_loopback(workers: int = 2) -> Network:
         port = s.getsockname()[1]
         s.close()
         out = Path(tmp) / "times.json"
-        code = f"from batchscale.plan import _allreduce_worker; _allreduce_worker({sizes}, 5, {str(out)!r})"
+        code = f"from batchscale.study.plan import _allreduce_worker; _allreduce_worker({sizes}, 5, {str(out)!r})"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(workers),
                         "--master-port", str(port), "--no-python", sys.executable, "-c", code],
@@ -222,7 +227,6 @@ def measure_loopback(workers: int = 2) -> Network:
         times = {int(k): v for k, v in json.loads(out.read_text()).items()}
     factor = 2 * (workers - 1) / workers
     xs, ys = [factor * b for b in times], list(times.values())
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    intercept = max(my - slope * mx, 0.0)
+    intercept, slope = fit_line(xs, ys)
+    intercept = max(intercept, 0.0)
     return Network(bandwidth_gbs=1 / slope / 1e9 if slope > 0 else math.inf, latency_us=intercept / (2 * (workers - 1)) * 1e6)

@@ -7,14 +7,13 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
+from launch import cli, one_line
 
-from batchscale.config import ConfigError
-from batchscale.noise import NoiseScale
-from batchscale.plan import Network, fit_steps_to_target, plan, step_seconds
-from batchscale.report import fmt, report
-from batchscale.sweep import SweepConfig, critical_batch_lr, preset, sweep
+from batchscale.errors import ConfigError
+from batchscale.study.plan import Network, plan
+from batchscale.study.report import fmt, report
+from batchscale.study.sweep import SweepConfig, sweep
 
 
 def tiny_sweep(out: Path, data: Path) -> SweepConfig:
@@ -91,50 +90,6 @@ def test_report_numbers_equal_the_summaries_and_every_plot_exists(swept):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 2000
 
 
-def test_presets():
-    paper = preset("paper", SweepConfig())
-    assert [r.batch_size for r in paper.runs()] == [8, 16, 32, 64, 128, 256]
-    assert {r.workers for r in paper.runs()} == {4} and {r.lr_scaling for r in paper.runs()} == {"linear"}
-    critical = preset("critical-batch", SweepConfig()).runs()
-    assert [r.global_batch for r in critical] == [2**i for i in range(5, 14)]
-    assert max(r.batch_size for r in critical) == 512  # accumulated beyond
-    assert critical_batch_lr(128) == pytest.approx(0.1) and critical_batch_lr(1024) == pytest.approx(0.8)
-    assert critical_batch_lr(4096) == pytest.approx(1.6)
-    assert {r.lr_scaling for r in critical} == {"none"}
-
-
-def test_noise_scale_estimate_within_ten_percent_of_the_truth():
-    rng = np.random.default_rng(0)
-    dim = 200
-    true_grad = rng.normal(size=dim) * 0.1
-    variances = rng.uniform(0.5, 2.0, size=dim)  # per-example gradient covariance, diagonal
-    truth = variances.sum() / (true_grad @ true_grad)
-    estimate = NoiseScale(decay=0.995)
-    b_small, b_big = 32, 256
-    for _ in range(3000):
-        examples = true_grad + rng.normal(size=(b_big, dim)) * np.sqrt(variances)
-        small, big = examples[:b_small].mean(0), examples.mean(0)
-        estimate.update(float(small @ small), float(big @ big), b_small, b_big)
-    assert estimate.b_simple == pytest.approx(truth, rel=0.10)
-
-
-def test_alpha_beta_ring_allreduce_and_overlap():
-    net = Network(bandwidth_gbs=10.0, latency_us=5.0)
-    assert net.allreduce_seconds(1e9, 1) == 0.0
-    # 4 workers: 2 * 3/4 * 1 GB / 10 GB/s + 6 * 5 us
-    assert net.allreduce_seconds(1e9, 4) == pytest.approx(0.15 + 30e-6)
-    assert step_seconds(0.3, 0.15, overlap=False) == pytest.approx(0.45)
-    assert step_seconds(0.3, 0.15, overlap=True) == pytest.approx(0.3)  # hidden behind 0.2 s of backward
-    assert step_seconds(0.03, 0.15, overlap=True) == pytest.approx(0.03 + 0.15 - 0.02)
-
-
-def test_steps_to_target_curve_is_recovered():
-    s_min, b_noise = 1000.0, 512.0
-    points = [(b, round(s_min * (1 + b_noise / b))) for b in (64, 128, 256, 1024)]
-    fitted = fit_steps_to_target(points, None)
-    assert fitted[0] == pytest.approx(s_min, rel=0.01) and fitted[1] == pytest.approx(b_noise, rel=0.01)
-
-
 def test_plan_reads_the_sweep_and_lands_in_the_report(swept, tiny_cifar, tmp_path):
     # A real single-worker run gives the compute time the plan starts from.
     config = tiny_sweep(tmp_path / "sw", tiny_cifar)
@@ -152,34 +107,23 @@ def test_plan_reads_the_sweep_and_lands_in_the_report(swept, tiny_cifar, tmp_pat
     assert math.isfinite(rows[2]["images_per_sec_overlap"])
 
 
-def _cli(*argv: str, capsys) -> tuple[int, str]:
-    from batchscale.cli import main
-
-    code = main(list(argv))
-    return code, capsys.readouterr().err
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.mark.parametrize("damage,message", [
     (lambda run: (run / "summary.json").write_text('{"config": {"model"'), "summary.json is truncated or not JSON"),
     (lambda run: (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text()[:-20]), "truncated or broken line 2"),
     (lambda run: (run / "metrics.jsonl").write_text(""), "metrics.jsonl has no epochs"),
     (lambda run: (run / "metrics.jsonl").unlink(), "metrics.jsonl is missing"),
 ], ids=["truncated-summary", "truncated-metrics", "empty-metrics", "missing-metrics"])
-def test_report_on_damaged_runs_says_which_file_in_one_line(swept, tmp_path, capsys, damage, message):
+
+
+def test_report_on_damaged_runs_says_which_file_inone_line(swept, tmp_path, capsys, damage, message):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(swept[0], copy)
     damage(copy / swept[1][1].name)
-    code, err = _cli("report", str(copy), capsys=capsys)
+    code, err = cli("report", str(copy), capsys=capsys)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert message in line and swept[1][1].name in line
 
 
@@ -192,28 +136,9 @@ def test_report_on_damaged_runs_says_which_file_in_one_line(swept, tmp_path, cap
     (["--workers", "0"], "--workers must be integers >= 1"),
     (["--workers", "2,-4"], "--workers must be integers >= 1"),
 ])
+
+
 def test_plan_refuses_values_that_would_predict_nonsense(swept, capsys, flags, message):
-    code, err = _cli("plan", str(swept[0]), *flags, capsys=capsys)
-    assert code == 2 and message in _one_line(err)
+    code, err = cli("plan", str(swept[0]), *flags, capsys=capsys)
+    assert code == 2 and message in one_line(err)
     assert not (swept[0] / "plan.json").exists()
-
-
-def test_sweep_out_that_is_a_file_is_refused(tmp_path, capsys):
-    (tmp_path / "taken").write_text("x")
-    code, err = _cli("sweep", "--out", str(tmp_path / "taken"), capsys=capsys)
-    assert code == 2 and "is a file, not a folder" in _one_line(err)
-
-
-def test_plan_with_one_run_at_the_target_uses_its_measured_noise_scale(tmp_path):
-    """With a single point on the S(B) curve, B_noise is taken from that run's B_simple, as the docs say."""
-    run = tmp_path / "b64-w1-linear-lr0.1-s42"
-    run.mkdir()
-    summary = {"config": {"batch_size": 64, "batches_per_allreduce": 1, "model": "resnet18"}, "global_batch": 64,
-               "world_size": 1, "final_val_acc": 0.5, "best_val_acc": 0.5, "train_seconds": 10.0, "images_per_sec": 640.0,
-               "steady_images_per_sec": 640.0, "epochs_completed": 1, "parameters": 1000, "noise_scale": 192.0,
-               "target": {"step": 400, "train_seconds": 9.0}, "simulated_workers": False}
-    (run / "summary.json").write_text(json.dumps(summary))
-    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.5}) + "\n")
-    result = plan(tmp_path, Network(10.0, 5.0), workers=(1, 2))
-    s_min, b_noise = result["steps_curve"]
-    assert b_noise == 192.0 and s_min == pytest.approx(400 / (1 + 192 / 64))

@@ -1,14 +1,13 @@
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cifar_fixture import write_batch
 
 from batchscale import data
-from batchscale.config import ConfigError
-from cifar_fixture import write_batch
+from batchscale.errors import ConfigError
 
 
 def synthetic(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +138,8 @@ def test_malicious_batch_is_refused_and_never_runs(tmp_path):
         (pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1]}), "list of 4"),
     ],
 )
+
+
 def test_bad_batches_are_reported_with_the_file(tmp_path, content, match):
     folder = tmp_path / data.FOLDER
     if content is None:

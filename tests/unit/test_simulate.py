@@ -2,13 +2,14 @@
 
 import torch
 from torch import nn
+from workers import run_workers
 
 from batchscale import data
 from batchscale.config import Config
-from batchscale.distributed import Backend, TorchBackend
 from batchscale.models import CifarResNet18
+from batchscale.parallel.base import Backend
+from batchscale.parallel.torchdist import TorchBackend
 from batchscale.trainer import train_step
-from workers import run_workers
 
 
 def images() -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import command, env_with, one_line, same_weights, start, train, train_args
 
 from batchscale import checkpoint
 from batchscale.config import Config
-from batchscale.distributed import Backend
 from batchscale.errors import Diverged
-from launch import command, env_with, one_line, same_weights, start, train, train_args
+from batchscale.parallel.base import Backend
 
 STOPPED, DIVERGED, NO_SPACE = 75, 3, 4
 
@@ -210,8 +210,8 @@ def test_a_non_finite_checkpoint_on_disk_is_skipped_for_the_one_before(tiny_cifa
 
 
 def _fail_on_rank_one() -> list[int]:
-    from batchscale.distributed import TorchBackend
     from batchscale.errors import BatchscaleError
+    from batchscale.parallel.torchdist import TorchBackend
 
     backend = TorchBackend(Config(no_cuda=True))
     codes = []

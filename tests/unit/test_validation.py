@@ -3,12 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from workers import run_workers
 
 from batchscale import data
 from batchscale.config import Config
-from batchscale.distributed import Backend, TorchBackend
+from batchscale.parallel.base import Backend
+from batchscale.parallel.torchdist import TorchBackend
 from batchscale.trainer import evaluate
-from workers import run_workers
 
 
 def model() -> torch.nn.Module:

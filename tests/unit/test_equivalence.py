@@ -3,11 +3,12 @@
 import pytest
 import torch
 from torch import nn
+from workers import run_workers
 
 from batchscale.config import Config
-from batchscale.distributed import Backend, TorchBackend
+from batchscale.parallel.base import Backend
+from batchscale.parallel.torchdist import TorchBackend
 from batchscale.trainer import train_step
-from workers import run_workers
 
 B = 8
 
@@ -71,6 +72,8 @@ def test_accumulated_micro_batches_equal_one_large_batch():
         ({"bf16_allreduce": True}, 1, 1e-2),
     ],
 )
+
+
 def test_two_ranks_average_to_the_single_process_gradient(flags, micro, tol):
     config = Config(no_cuda=True, **flags)
     grads = run_workers(rank_gradients, 2, config, micro)

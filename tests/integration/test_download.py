@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from batchscale import Config, data, train
-from batchscale.config import ConfigError
+from batchscale.errors import ConfigError
 
 
 @pytest.fixture

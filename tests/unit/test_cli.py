@@ -14,7 +14,7 @@ from batchscale.config import Config
 from batchscale.models import CifarResNet18
 from batchscale.state import TrainState
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CASES = [
     (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
@@ -195,3 +195,19 @@ def test_console_script_lists_commands(capsys):
     assert main(["--help"]) == 0
     assert "train" in capsys.readouterr().out
     assert main(["nonsense"]) == 2
+
+
+def test_readme_flag_table_lists_exactly_the_parsers_flags():
+    """The README's table and the parser (generated from Config) must agree: a flag added, renamed or dropped in
+    one place and not the other fails here."""
+    import re
+
+    from batchscale.cli import train_parser
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Flags"):].split("\n\n")[1]
+    documented = set()
+    for row in table.splitlines()[2:]:
+        documented |= set(re.findall(r"`(--[a-z0-9-]+)", row.split("|")[1]))
+    parsed = {o for action in train_parser("train.py")._actions for o in action.option_strings} - {"-h", "--help"}
+    assert documented == parsed, f"only in README: {documented - parsed}; only in the parser: {parsed - documented}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(data: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None, ranks: int = 1,

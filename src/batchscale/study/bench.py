@@ -6,7 +6,6 @@ sync per step, torchvision's ImageNet ResNet-18), measured side by side in the s
 from __future__ import annotations
 
 import contextlib
-import json
 import resource
 import statistics
 import time
@@ -20,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import data
-from .config import Config, ConfigError
-from .distributed import Backend, init_backend, unwrap
-from .metrics import write_json_atomic
-from .models import build_model
-from .precision import Precision, resolve
-from .trainer import train_step, warm_up
+from .. import data
+from ..config import Config
+from ..errors import ConfigError
+from ..flags import flag, same_as
+from ..metrics import write_json_atomic
+from ..models import build_model
+from ..parallel import Backend, init_backend
+from ..precision import Precision, resolve
+from ..trainer import build_model_and_optimizer, memory_format_for, train_step, warm_up
 
 # Dense peak TFLOP/s by GPU from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
 # More specific names first: "H100 NVL" and "H100 PCIe" before "H100".
@@ -47,22 +48,28 @@ ORIGINAL_WORKERS = 4
 ORIGINAL_MODEL = "resnet18-imagenet-1000"  # torchvision's, built as the original did: 1000 outputs
 
 
+BENCH = "what to time"
+
+
 @dataclass
 class BenchConfig:
-    model: str = "resnet18"
-    width: int = 64
-    batch_size: int = 256
-    precision: str = "auto"
-    compile: bool = False
-    steps: int = 20
-    warmup: int = 5
-    rounds: int = 3
-    data: str = "synthetic"
-    train_dir: str = "./data"
-    baseline: bool = True
-    baseline_steps: int = 10
-    output: str | None = "bench.json"
-    no_cuda: bool = False
+    """A bench run; each field is a `batchscale bench` flag, the training ones declared once in Config."""
+
+    model: str = same_as(Config, "model", group=BENCH)
+    width: int = same_as(Config, "width", group=BENCH)
+    batch_size: int = same_as(Config, "batch_size", group=BENCH)
+    precision: str = same_as(Config, "precision", group=BENCH)
+    compile: bool = same_as(Config, "compile", group=BENCH)
+    steps: int = flag(20, "timed steps per round", group=BENCH)
+    warmup: int = flag(5, "untimed steps first", group=BENCH)
+    rounds: int = flag(3, "interleaved rounds of ours and the bare loop", group=BENCH)
+    data: str = flag("synthetic", "synthetic images, or the real set from --train-dir", group=BENCH,
+                     choices=("synthetic", "real"))
+    train_dir: str = same_as(Config, "train_dir", group=BENCH)
+    baseline: bool = flag(True, "skip the original's pipeline", group=BENCH, name="--no-baseline")
+    baseline_steps: int = flag(10, "timed steps of the original's pipeline", group=BENCH)
+    output: str | None = flag("bench.json", "JSON results, rewritten as each part finishes", group=BENCH)
+    no_cuda: bool = same_as(Config, "no_cuda", group=BENCH)
 
     def validate(self) -> "BenchConfig":
         for name in ("width", "batch_size", "steps", "rounds", "baseline_steps"):
@@ -143,13 +150,10 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     config = bench.train_config()
     device = backend.device
     precision = resolve(config, device)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     batches = data.TrainBatches(images, labels, bench.batch_size, 1, data.Shard(backend.rank, backend.world_size), 0,
-                                device, memory_format=memory_format)
+                                device, memory_format=memory_format_for(device))
     torch.manual_seed(0)
-    model = build_model(bench.model, bench.width).to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                                fused=device.type == "cuda" or None)
+    model, optimizer = build_model_and_optimizer(config, device)
     flops = flops_per_step(model, *batches.gather(*(t[0, 0] for t in batches.epoch_plan(1))), precision)
     model, optimizer = backend.prepare(model, optimizer)
     criterion = nn.CrossEntropyLoss()
@@ -342,7 +346,7 @@ def measure_original(bench: BenchConfig, backend: Backend, images: Tensor, label
     with four_workers_allowed():
         time_steps(step, max(2, bench.warmup), device)  # also starts the 4 workers
     step_s = time_steps(step, bench.baseline_steps, device)
-    del stream, loader
+    stream.close()  # ends the DataLoader iterator, and with it the 4 worker processes
     return {
         "pipeline": f"torchvision DataLoader, PIL crop/flip/normalize, {ORIGINAL_WORKERS} workers, fp32, host sync per step",
         "model": "torchvision resnet18 (7x7 stem, max-pool, 1000 outputs)" if model_name == "original"

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 # Below this squared norm a vector counts as zero and keeps coefficient 1, as in Horovod.
 _TINY = math.sqrt(sys.float_info.min)

@@ -1,0 +1,80 @@
+"""Command-line flags generated from config dataclasses: each field's flag, help and choices live beside it.
+
+`flag(default, help, ...)` declares a field; `add_flags(parser, Config)` turns every field into its
+option (`--batch-size` for `batch_size`; booleans that default to on get a `--no-...` switch), under
+the field's group; `build(Config, args)` fills the dataclass back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def flag(default: Any, help: str, *, group: str, name: str | None = None, choices: tuple[str, ...] | None = None,
+         metavar: str | None = None, parse: Callable[[str], Any] | None = None, toggle: bool = False) -> Any:
+    """A config field and its flag. `name` overrides the flag spelled from the field (`--no-download` for
+    `download`); `toggle` gives both `--x` and `--no-x`; `parse` reads the text (default: the default's type)."""
+    meta = {"help": help, "group": group, "name": name, "choices": choices, "metavar": metavar, "parse": parse,
+            "toggle": toggle}
+    if isinstance(default, (list, tuple, dict)):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def same_as(cls: type, name: str, **changes: Any) -> Any:
+    """A field declared like `cls`'s field `name` (default, help, choices): one source for a flag two
+    commands share. `changes` overrides parts of it, e.g. another default."""
+    source = next(f for f in dataclasses.fields(cls) if f.name == name)
+    meta = {**source.metadata, **{k: v for k, v in changes.items() if k != "default"}}
+    default = changes.get("default", getattr(cls(), name))
+    return flag(default, **{k: meta[k] for k in ("help", "group", "name", "choices", "metavar", "parse", "toggle")})
+
+
+def option(field: dataclasses.Field) -> str:
+    return field.metadata.get("name") or "--" + field.name.replace("_", "-")
+
+
+def shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, only_given: bool = False) -> None:
+    """One option per field that has a `flag`. With `only_given`, options left out are absent from the parsed
+    namespace (not filled with defaults), so a caller can tell what the user gave."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    defaults = cls()
+    for field in dataclasses.fields(cls):
+        meta = field.metadata
+        if "help" not in meta:
+            continue
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        default = getattr(defaults, field.name)
+        help_text = meta["help"]
+        kwargs: dict[str, Any] = {"dest": field.name}
+        if isinstance(default, bool) and meta["parse"] is None:
+            if meta["toggle"]:
+                kwargs.update(action=argparse.BooleanOptionalAction)
+            else:
+                kwargs.update(action="store_false" if default else "store_true")
+        else:
+            kwargs.update(metavar=meta["metavar"], choices=meta["choices"])
+            if meta["parse"] is not None:
+                kwargs["type"] = meta["parse"]
+            elif default is not None and not isinstance(default, str):
+                kwargs["type"] = type(default)
+            if default is not None and "(default" not in help_text:
+                help_text = f"{help_text} (default: {shown(default)})"
+        kwargs["default"] = argparse.SUPPRESS if only_given else default
+        group.add_argument(option(field), help=help_text.replace("%", "%%"), **kwargs)
+
+
+def build(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in vars(args).items() if k in names}, **extra)

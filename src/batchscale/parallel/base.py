@@ -1,0 +1,159 @@
+"""The backend interface: everything the training loop needs from its workers, behind one small class.
+
+`Backend` itself is one process with no communication; `torchdist.TorchBackend` and
+`horovod_backend.HorovodBackend` override what communicates. The loop calls only these methods
+and never asks which one runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config
+from ..errors import BatchscaleError, ConfigError
+from ..noise import GradNorms
+
+T = TypeVar("T")
+
+
+def pick_device(local_rank: int, no_cuda: bool) -> torch.device:
+    """This process's GPU (by local rank; with one visible GPU per process, that one), or the CPU."""
+    if not no_cuda and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gpu_identity(device: torch.device) -> str:
+    return f"{socket.gethostname()}/{torch.cuda.get_device_properties(device).uuid}"
+
+
+def check_one_gpu_each(identities: list[str]) -> None:
+    """NCCL fails deep inside ("Duplicate GPU detected") when two ranks share a GPU: say so first, in one line."""
+    seen: dict[str, int] = {}
+    for rank, identity in enumerate(identities):
+        if identity in seen:
+            host = identity.split("/", 1)[0]
+            gpus = len({i for i in identities if i.startswith(host + "/")})
+            ranks = sum(i.startswith(host + "/") for i in identities)
+            raise ConfigError(
+                f"ranks {seen[identity]} and {rank} would share one GPU on {host}: {ranks} processes there but "
+                f"{gpus} GPU(s) visible to them; launch at most {gpus} per machine (--nproc-per-node / -np) or add --no-cuda"
+            )
+        seen[identity] = rank
+
+
+class Backend:
+    """One process, no communication. The base of the others."""
+
+    name = "single"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rank, self.world_size, self.local_rank, self.local_world_size = 0, 1, 0, 1
+        self.device = pick_device(0, config.no_cuda)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def averaged_batches(self) -> int:
+        """How many batches of --batch-size one update averages: what the LR rule (schedule.py) scales with.
+
+        A fact of the reduction, not a policy: Adasum combines workers without averaging them.
+        """
+        if self.config.use_adasum:
+            return 1
+        return self.world_size * self.config.batches_per_allreduce
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Returns the model to call and the optimizer to step; together they combine all workers' gradients."""
+        return model, optimizer
+
+    def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Context for a backward pass whose gradients must not be communicated yet."""
+        return contextlib.nullcontext()
+
+    @property
+    def can_probe(self) -> bool:
+        """Whether `probe` can see each worker's own gradient before the allreduce (for the noise scale)."""
+        return False
+
+    def probe(self, norms: GradNorms | None) -> None:
+        """During the following backward passes, add this worker's squared gradient norm, taken before the
+        allreduce, to `norms.small_sq`; None stops it."""
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+        """Applies the combined gradients (through the fp16 gradient scaler when there is one)."""
+        if scaler is None:
+            optimizer.step()
+            return
+        scaler.step(optimizer)
+        scaler.update()
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def all_reduce_max(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Makes batch-norm statistics identical on all ranks (each rank tracked its own shard's)."""
+
+    def barrier(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        """Leaves at once: the path for errors, where a peer may never arrive."""
+
+    def finish(self) -> None:
+        """Leaves together: gloo aborts a rank that tears down while a peer is still finishing its work,
+        or whose DDP reducer outlives the process group (hence the collection first)."""
+        gc.collect()
+        self.barrier()
+        self.shutdown()
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """Runs `fn` on every rank; if it raises a BatchscaleError on any rank, all ranks stop instead of
+        waiting forever in the next collective, with that error's exit code, and only the lowest failing
+        rank says why."""
+        error: BatchscaleError | None = None
+        result: Any = None
+        try:
+            result = fn()
+        except BatchscaleError as err:
+            error = err
+        codes = torch.zeros(self.world_size, device=self.device)
+        codes[self.rank] = float(error.exit_code) if error is not None else 0.0
+        codes = self.all_reduce_sum(codes)
+        failed_ranks = codes.nonzero().flatten().tolist()
+        if not failed_ranks:
+            return result
+        first = int(failed_ranks[0])
+        if error is not None and first == self.rank:
+            error.agreed = True
+            raise error
+        raise BatchscaleError(f"rank {first} stopped the job; see its message", quiet=True,
+                              exit_code=int(codes[first].item()))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside torch.compile's and DDP's wrappers: what checkpoints hold."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def float_buffers(model: nn.Module) -> Iterator[Tensor]:
+    return (b for b in unwrap(model).buffers() if b.is_floating_point())
+
+

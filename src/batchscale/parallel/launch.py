@@ -1,0 +1,24 @@
+"""Which launcher started this process, read from its environment before any backend exists."""
+
+from __future__ import annotations
+
+import os
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+HOROVOD_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it, before any backend exists (0 when not launched)."""
+    for var in ("RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def launched_by() -> str:
+    if any(v in os.environ for v in HOROVOD_VARS):
+        return "horovod"
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        return "torch"
+    return "single"

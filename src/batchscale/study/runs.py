@@ -1,0 +1,89 @@
+"""A sweep folder on disk: its finished runs, read and checked. What report and plan read, defined once."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+
+@dataclass
+class RunResult:
+    name: str
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def global_batch(self) -> int:
+        return int(self.summary["global_batch"])
+
+    @property
+    def workers(self) -> int:
+        return int(self.summary["world_size"])
+
+    @property
+    def target(self) -> dict[str, Any] | None:
+        return self.summary.get("target")
+
+    @property
+    def mean_last(self) -> float:
+        """Mean test accuracy over the last 5 epochs (or all, if fewer): less noisy than the final one."""
+        return statistics.fmean(r["val_acc"] for r in self.records[-5:])
+
+
+SUMMARY_KEYS = ("config", "global_batch", "world_size", "final_val_acc", "best_val_acc", "train_seconds",
+                "images_per_sec", "epochs_completed")
+
+
+def _unreadable(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"{path} {why}; rerun that run (batchscale sweep resumes it) or move its folder out of the sweep")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise _unreadable(path, f"is truncated or not JSON ({err.msg} at line {err.lineno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise _unreadable(path, f"cannot be read ({err})") from None
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl: one JSON object per epoch; a truncated last line (a run killed mid-write) is an error here."""
+    if not path.is_file():
+        raise _unreadable(path, "is missing")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise _unreadable(path, f"cannot be read ({err})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise _unreadable(path, f"has a truncated or broken line {number}") from None
+        if not isinstance(record, dict) or not {"epoch", "val_acc"} <= record.keys():
+            raise _unreadable(path, f"line {number} is not an epoch record")
+        records.append(record)
+    if not records:
+        raise _unreadable(path, "has no epochs")
+    return records
+
+
+def load_runs(sweep_dir: Path) -> list[RunResult]:
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir} is not a folder; give the sweep's --out folder")
+    runs = []
+    for summary_path in sorted(sweep_dir.glob("*/summary.json")):
+        summary = read_json(summary_path)
+        missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+        if missing:
+            raise _unreadable(summary_path, f"lacks {', '.join(missing)}")
+        runs.append(RunResult(summary_path.parent.name, summary, read_records(summary_path.parent / "metrics.jsonl")))
+    if not runs:
+        raise ConfigError(f"no finished runs (*/summary.json) in {sweep_dir}; run `batchscale sweep --out {sweep_dir}` first")
+    return sorted(runs, key=lambda r: (r.global_batch, r.workers, r.name))

@@ -1,0 +1,49 @@
+"""Checkpoint files and state, without training: one scan of the folder, layouts restored to match the weights."""
+
+from __future__ import annotations
+
+import glob
+
+import torch
+
+from batchscale import checkpoint
+from batchscale.config import Config
+
+
+def test_start_up_scans_the_checkpoint_folder_once_whatever_the_epoch_count(tmp_path, monkeypatch):
+    for name in ("checkpoint-1.pth.tar", "checkpoint-7.pth.tar", "checkpoint-7.pth.tar.partial", "checkpoint-8.pth.tar.partial",
+                 "checkpoint-x.pth.tar", ".checkpoint-8.pth.tar.partial.abc123.tmp", ".unrelated.tmp"):
+        (tmp_path / name).touch()
+    calls = []
+    real_glob = glob.glob
+    monkeypatch.setattr(glob, "glob", lambda pattern, **kw: calls.append(pattern) or real_glob(pattern, **kw))
+    config = Config(log_dir=str(tmp_path), epochs=10**12)
+    assert [p.name for p in checkpoint.candidates(config)] == [
+        "checkpoint-8.pth.tar.partial", "checkpoint-7.pth.tar", "checkpoint-7.pth.tar.partial", "checkpoint-1.pth.tar"]
+    assert len(calls) == 2  # the epoch files and the .partial ones
+    checkpoint.remove_stale_temporaries(config)
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".unrelated.tmp"]
+    assert [p.name for p in checkpoint.candidates(Config(log_dir=str(tmp_path), epochs=7))][0] == "checkpoint-7.pth.tar"
+
+
+def test_restored_momentum_takes_the_layout_of_its_weights():
+    """A checkpoint from contiguous weights (a CPU run) restored into channels_last ones (a GPU run)."""
+    from batchscale.models import CifarResNet18
+    from batchscale.state import TrainState
+
+    def state(memory_format: torch.memory_format) -> TrainState:
+        torch.manual_seed(0)
+        model = CifarResNet18(width=4).to(memory_format=memory_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        optimizer.step()
+        return TrainState(model, optimizer, None, Config().to_dict(), 1)
+
+    saved = state(torch.contiguous_format).state_dict(steps_per_epoch=10)
+    target = state(torch.channels_last)
+    target.load_state_dict(saved, steps_per_epoch=10, source="test")
+    conv = target.model.stem[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    momentum = target.optimizer.state[conv]["momentum_buffer"]
+    assert momentum.stride() == conv.stride()
+    assert torch.equal(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
