@@ -7,8 +7,11 @@ JSON in $OUT the moment it has it (a cut call still brings back every finished p
   fast         150 s fast/: the fast recipe on real data; summary.json's time_to_accuracy, metrics.jsonl per epoch
   torchrun      60 s torchrun-*.json: one process under torchrun (NCCL, DDP comm hook, bf16 then fp16 wire, a resume)
   rest          60 s bench-b128.json, bench-b512.json, fp16.json (the gradient scaler)
+  horovod       60 s horovod.json: the original's own path, horovodrun --gloo -np 1 with NCCL operations, from
+                     wheels carried in .horovod-wheels/ (built here: scripts/install_horovod.sh PY --gpu --no-mpi
+                     --wheel .horovod-wheels, with PY a Python 3.12 venv holding the GPU machine's torch)
 
-Worst case 420 s plus start-up: with machine start and the three staging calls, a 15-minute lease keeps
+Worst case 480 s plus start-up: with machine start and the three staging calls, a 15-minute lease keeps
 room to rerun one part (PARTS=fast). The boxes come from a compile measured on the CPU (a width-64
 ResNet-18 training step, benchmarks/results/cpu-compile.json), taken as twice as slow for Triton's first,
 cold compile on a GPU; the bench compiles only the step it times. status.json holds each part's exit code,
@@ -31,7 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BOXES = {"env": 40, "bench-b256": 110, "fast": 150, "torchrun": 60, "rest": 60}
+BOXES = {"env": 40, "bench-b256": 110, "fast": 150, "torchrun": 60, "rest": 60, "horovod": 60}
+WHEELS = ROOT / ".horovod-wheels"
 
 
 class Check:
@@ -79,6 +83,22 @@ class Check:
         tail = (self.out / f"{name}.log").read_text().strip().splitlines()[-4:]
         print("\n".join(tail), flush=True)
         return code
+
+    def horovod(self) -> None:
+        """The original's launcher on this device: Horovod from carried wheels (or the one installed, dry run)."""
+        horovodrun = Path(self.py).parent / "horovodrun"
+        steps: list = []
+        if WHEELS.is_dir():
+            steps.append([self.py, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(WHEELS), "horovod"])
+        elif not horovodrun.exists():
+            print("== horovod: skipped (no .horovod-wheels/ carried and no Horovod installed)", flush=True)
+            return
+        run = self.scratch / "horovod"
+        steps += [[str(horovodrun), "--check-build"],
+                  ([str(horovodrun), "--gloo", "-np", "1", "-H", "localhost:1", self.py,
+                    *self.train(run, "--epochs", "1", "--batch-size", "512", "--fp16-allreduce")[1:]],
+                   run / "summary.json", self.out / "horovod.json")]
+        self.run("horovod", steps)
 
     def bench(self, name: str, batch: int, *extra: str) -> list[str]:
         return [self.py, "-m", "batchscale.cli", "bench", "--batch-size", str(batch), "--data", "real" if self.real else
@@ -130,6 +150,8 @@ class Check:
             self.run("rest", [self.bench("bench-b128", 128, "--no-baseline"), self.bench("bench-b512", 512, "--no-baseline"),
                               (self.train(fp16, "--epochs", "1", "--batch-size", "512", "--precision", "fp16"),
                                fp16 / "summary.json", self.out / "fp16.json")])
+        if "horovod" in parts:
+            self.horovod()
         shutil.rmtree(self.scratch, ignore_errors=True)
         print(json.dumps(self.status, indent=2))
         return 0 if all(s["exit_code"] == 0 for s in self.status.values()) else 1

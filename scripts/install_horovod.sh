@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs Horovod into a venv, built against the torch already there, with MPI and Gloo, and with NCCL GPU
 # operations when asked (--gpu, or HOROVOD_GPU=1).
-# Usage: scripts/install_horovod.sh [PYTHON] [--gpu]   (default .venv/bin/python; `make horovod` runs it)
+# Usage: scripts/install_horovod.sh [PYTHON] [--gpu] [--no-mpi] [--wheel DIR]
+#   (default .venv/bin/python; `make horovod` runs it)
+# --no-mpi builds with Gloo only (for a machine without MPI: run it with `horovodrun --gloo`).
+# --wheel DIR builds a wheel into DIR, beside the wheels of its dependencies, instead of installing: to carry
+#   to a machine without network and install there with `pip install --no-index --find-links DIR horovod`.
 # A second run with the same request is a no-op; a CPU-only install is rebuilt when GPUs are asked for.
 #
 # --gpu needs nvcc of torch's CUDA major version (torch.version.cuda) on PATH. NCCL: Horovod reads
@@ -12,11 +16,16 @@
 set -euo pipefail
 PY=.venv/bin/python
 WANT_GPU="${HOROVOD_GPU:-0}"
-for arg in "$@"; do
-  case "$arg" in
+MPI=1
+WHEEL_DIR=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --gpu) WANT_GPU=1 ;;
-    *) PY="$arg" ;;
+    --no-mpi) MPI=0 ;;
+    --wheel) WHEEL_DIR="$2"; shift ;;
+    *) PY="$1" ;;
   esac
+  shift
 done
 VERSION=0.28.1
 BIN="$(dirname "$PY")"
@@ -24,7 +33,7 @@ say() { echo "install_horovod: $*"; }
 die() { echo "install_horovod: $*" >&2; exit 1; }
 
 built="$("$BIN/horovodrun" --check-build 2>/dev/null || true)"
-if grep -q '\[X\] MPI' <<<"$built" && "$PY" -c "import horovod.torch" 2>/dev/null; then
+if [ -z "$WHEEL_DIR" ] && grep -q '\[X\] MPI' <<<"$built" && "$PY" -c "import horovod.torch" 2>/dev/null; then
   if [ "$WANT_GPU" = 0 ] || grep -q '\[X\] NCCL' <<<"$built"; then
     say "Horovod $VERSION already installed ($(grep -q '\[X\] NCCL' <<<"$built" && echo "with NCCL GPU operations" || echo CPU-only))"
     exit 0
@@ -32,7 +41,7 @@ if grep -q '\[X\] MPI' <<<"$built" && "$PY" -c "import horovod.torch" 2>/dev/nul
   say "the installed Horovod has no NCCL GPU operations and --gpu asks for them: rebuilding"
 fi
 
-if ! command -v mpicxx >/dev/null || ! command -v mpirun >/dev/null; then
+if [ "$MPI" = 1 ] && { ! command -v mpicxx >/dev/null || ! command -v mpirun >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openmpi-bin libopenmpi-dev
   else
@@ -81,10 +90,19 @@ if [ "$WANT_GPU" = 0 ]; then
   unset HOROVOD_GPU_OPERATIONS
 fi
 what=$([ "$WANT_GPU" = 1 ] && echo "CUDA $TORCH_CUDA + NCCL, sm_${HOROVOD_BUILD_CUDA_CC_LIST}" || echo CPU)
+what="$what, $([ "$MPI" = 1 ] && echo "MPI + Gloo" || echo "Gloo only")"
 say "building Horovod $VERSION for torch $TORCH_VERSION (C++$STD, $what); about 5 minutes, more for CUDA"
-HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-  MAKEFLAGS="-j$(nproc)" "$PY" -m pip install --quiet --no-build-isolation --no-cache-dir "$src" \
-  2>&1 | { grep -v "is ignored" || true; }
+if [ "$MPI" = 1 ]; then export HOROVOD_WITH_MPI=1; else export HOROVOD_WITHOUT_MPI=1; fi
+export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)"
+if [ -n "$WHEEL_DIR" ]; then
+  mkdir -p "$WHEEL_DIR"
+  "$PY" -m pip wheel --quiet --no-build-isolation --no-cache-dir --no-deps "$src" -w "$WHEEL_DIR" 2>&1 | { grep -v "is ignored" || true; }
+  "$PY" -m pip download --quiet --only-binary :all: -d "$WHEEL_DIR" cloudpickle psutil pyyaml packaging "cffi>=1.4" \
+    2>&1 | { grep -v "is ignored" || true; }
+  say "wheels for $what in $WHEEL_DIR ($(du -sh "$WHEEL_DIR" | cut -f1)); install with: pip install --no-index --find-links $WHEEL_DIR horovod"
+  exit 0
+fi
+"$PY" -m pip install --quiet --no-build-isolation --no-cache-dir "$src" 2>&1 | { grep -v "is ignored" || true; }
 built="$("$BIN/horovodrun" --check-build)"
 echo "$built"
 grep -q '\[X\] PyTorch' <<<"$built" || die "Horovod built without PyTorch support; see the build output above"

@@ -280,8 +280,12 @@ class Trainer:
         self.state.noise.to(self.device)
         for group in self.state.optimizer.param_groups:  # the current flags are what trains from here on
             group.update(momentum=self.config.momentum, nesterov=self.config.nesterov, weight_decay=self.config.wd)
-        self.state.changes += changes
         self.state.config = self.config.to_dict()
+        if saved["epoch"] >= self.config.epochs:  # finished: nothing trains, so no flag changes what it ran
+            ran = {k: v for k, v in saved["config"].items() if k not in checkpoint.NOT_RECORDED and k in self.state.config}
+            self.state.config.update(ran)
+        else:
+            self.state.changes += changes
         self.resumed_from = path
         if not self.backend.is_main:
             self.state.partial = None  # rank 0 carries the job's sums of a part-done epoch
@@ -301,7 +305,7 @@ class Trainer:
             self.train_epoch()
         summary = summarize(config, self.backend.name, self.workers, state.history, self.parameters)
         summary.update(precision=self.precision.name, device=device_name(self.device), compile_seconds=compile_seconds,
-                       changes=state.changes)
+                       changes=state.changes, config={**summary["config"], **state.config})
         self.backend.agree(lambda: self.log.finish(summary))  # type: ignore[union-attr]
         return summary
 

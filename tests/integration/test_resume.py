@@ -81,3 +81,11 @@ def test_no_resume_in_a_finished_folder_leaves_nothing_of_the_old_run(tiny_cifar
     again = train(tiny_cifar, tmp_path, "--width", "4", epochs=2)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "checkpoint-1.pth.tar after epoch 1" in again.stdout
+
+
+def test_rerunning_a_finished_run_with_other_flags_reports_what_ran(tiny_cifar, tmp_path):
+    assert train(tiny_cifar, tmp_path, "--lr-schedule", "step", epochs=1).returncode == 0
+    again = train(tiny_cifar, tmp_path, "--lr-schedule", "step", "--wd", "0.01", epochs=1)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["wd"] == 0.0005 and summary["changes"] == []  # nothing trained with 0.01

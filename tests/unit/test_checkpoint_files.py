@@ -47,3 +47,26 @@ def test_restored_momentum_takes_the_layout_of_its_weights():
     momentum = target.optimizer.state[conv]["momentum_buffer"]
     assert momentum.stride() == conv.stride()
     assert torch.equal(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
+
+
+def test_a_format_1_checkpoint_still_loads_and_others_are_refused_by_version(tmp_path):
+    """Format 1 (before settings changes were recorded) has every entry format 2 has but `changes`."""
+    import pytest
+
+    from batchscale.errors import ConfigError
+    from batchscale.models import CifarResNet18
+    from batchscale.state import TrainState
+
+    model = CifarResNet18(width=4)
+    state = TrainState(model, torch.optim.SGD(model.parameters(), lr=0.1), None, Config().to_dict(), 1)
+    old = state.state_dict(steps_per_epoch=10)
+    old["format_version"] = 1
+    del old["changes"]
+    torch.save(old, tmp_path / "v1.pth.tar")
+    restored = TrainState(CifarResNet18(width=4), torch.optim.SGD(model.parameters(), lr=0.1), None, {}, 1)
+    restored.load_state_dict(checkpoint.load(tmp_path / "v1.pth.tar"), steps_per_epoch=10, source="v1")
+    assert restored.changes == [] and restored.epoch == 0
+    old["format_version"] = 3
+    torch.save(old, tmp_path / "v3.pth.tar")
+    with pytest.raises(ConfigError, match="checkpoint format 3, this batchscale reads formats 1, 2"):
+        checkpoint.load(tmp_path / "v3.pth.tar")
