@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,16 +28,27 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
-def command(args: list[str], ranks: int = 1) -> list[str]:
+HOROVODRUN = Path(sys.executable).parent / "horovodrun"
+needs_horovod = pytest.mark.skipif(not HOROVODRUN.exists(), reason="Horovod not installed: run `make horovod`")
+
+
+def command(args: list[str], ranks: int = 1, launcher: str = "torchrun", torchrun_flags: tuple[str, ...] = ()) -> list[str]:
+    """python train.py for one rank; torchrun (a c10d rendezvous on a free port, fresh keys per restart) or
+    horovodrun for more."""
+    if launcher == "horovodrun" and ranks > 1:
+        return [str(HOROVODRUN), "-np", str(ranks), "-H", f"localhost:{ranks}", sys.executable, str(ROOT / "train.py"), *args]
     if ranks > 1:
-        return [*TORCHRUN, "--standalone", "--nproc-per-node", str(ranks), str(ROOT / "train.py"), *args]
+        return [*TORCHRUN, "--standalone", "--nproc-per-node", str(ranks), *torchrun_flags, str(ROOT / "train.py"), *args]
     return [sys.executable, str(ROOT / "train.py"), *args]
 
 
 def train(data: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None, ranks: int = 1,
-          epochs: int = 2, batch: int | None = None) -> subprocess.CompletedProcess:
+          epochs: int = 2, batch: int | None = None, launcher: str = "torchrun", torchrun_flags: tuple[str, ...] = (),
+          timeout: float = 400) -> subprocess.CompletedProcess:
+    """A whole training as a user starts it; the global batch is 32 however many ranks share it."""
     args = train_args(data, log_dir, *extra, batch=batch or 32 // ranks, epochs=epochs)
-    return subprocess.run(command(args, ranks), capture_output=True, text=True, env=env_with(**(env or {})), timeout=400)
+    return subprocess.run(command(args, ranks, launcher, torchrun_flags), capture_output=True, text=True,
+                          env=env_with(**(env or {})), timeout=timeout)
 
 
 def start(data: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None, epochs: int = 2) -> subprocess.Popen:

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import TESTS
+from launch import HOROVODRUN, TESTS, needs_horovod
 from workers import free_port
 
-HOROVODRUN = Path(sys.executable).parent / "horovodrun"
 
-
-@pytest.mark.skipif(not HOROVODRUN.exists(), reason="Horovod not installed: run `make horovod`")
+@needs_horovod
 @pytest.mark.parametrize("world", [2, 4])
 def test_matches_horovods_adasum(world, tmp_path):
     ours = launched("torchrun", world, tmp_path / "torch.pt")

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import HOROVODRUN, ROOT, needs_horovod
+from launch import TESTS as HERE
 from workers import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-HERE = ROOT / "tests"
-HOROVODRUN = Path(sys.executable).parent / "horovodrun"
-needs_horovod = pytest.mark.skipif(not HOROVODRUN.exists(), reason="Horovod not installed: run `make horovod`")
 
 
 def launch(launcher: str, args: list[str], **kw) -> subprocess.CompletedProcess:

@@ -5,43 +5,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import ROOT, TORCHRUN, needs_horovod, train, weights
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from workers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-HOROVODRUN = Path(sys.executable).parent / "horovodrun"
-needs_horovod = pytest.mark.skipif(not HOROVODRUN.exists(), reason="Horovod not installed: run `make horovod`")
 LAUNCHERS = ["python", "torchrun", pytest.param("horovodrun", marks=needs_horovod)]
 
 
-def command(launcher: str, script: Path, args: list[str]) -> list[str]:
-    if launcher == "torchrun":
-        return [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script), *args]
-    if launcher == "horovodrun":
-        return [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", sys.executable, str(script), *args]
-    return [sys.executable, str(script), *args]
-
-
-def launch(launcher: str, data: Path, log_dir: Path, fault: str | None = None, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    args = ["--train-dir", str(data), "--val-dir", str(data), "--log-dir", str(log_dir), "--epochs", "2",
-            "--batch-size", "32" if launcher == "python" else "16", "--width", "8", "--warmup-epochs", "1",
-            "--no-download", "--no-progress", "--deterministic", "--no-cuda", *extra]
-    cmd = command(launcher, ROOT / "train.py", args)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCALE_")}
-    env["OMP_NUM_THREADS"] = "1"
-    if fault:
-        env["BATCHSCALE_FAULT"] = fault
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["model"]
+def launch(launcher: str, data: Path, log_dir: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    """2 epochs at global batch 32: python on one rank, torchrun or horovodrun on two."""
+    ranks = 1 if launcher == "python" else 2
+    return train(data, log_dir, ranks=ranks, launcher=launcher, env={"BATCHSCALE_FAULT": fault} if fault else None)
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)

@@ -4,55 +4,28 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(data: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None, ranks: int = 1,
-        torchrun_flags: tuple[str, ...] = (), timeout: float = 300) -> subprocess.CompletedProcess:
-    args = ["--train-dir", str(data), "--val-dir", str(data), "--log-dir", str(log_dir), "--epochs", "2",
-            "--batch-size", str(32 // ranks), "--width", "8", "--warmup-epochs", "1", "--no-download",
-            "--no-progress", "--deterministic", "--no-cuda", *extra]
-    cmd = [sys.executable, str(ROOT / "train.py"), *args]
-    if ranks > 1:
-        # --standalone: a c10d rendezvous on a free port, with a fresh round (and store keys) per restart.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
-               *torchrun_flags, str(ROOT / "train.py"), *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCALE_")}
-    full_env.update(OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["model"]
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    wa, wb = weights(a), weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+from launch import same_weights, train, weights
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_cifar, tmp_path_factory) -> Path:
     """An uninterrupted deterministic run that also checkpoints every 3 steps."""
     out = tmp_path_factory.mktemp("reference")
-    result = run(tiny_cifar, out, "--checkpoint-every-steps", "3")
+    result = train(tiny_cifar, out, "--checkpoint-every-steps", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
 
 def test_killed_mid_epoch_resumes_at_that_step_with_identical_weights(tiny_cifar, reference, tmp_path):
     # Epoch 2 is global steps 11-20; its checkpoint at epoch step 6 is global step 16; the kill comes at 18.
-    killed = run(tiny_cifar, tmp_path, "--checkpoint-every-steps", "3", env={"BATCHSCALE_FAULT": "step:18"})
+    killed = train(tiny_cifar, tmp_path, "--checkpoint-every-steps", "3", env={"BATCHSCALE_FAULT": "step:18"})
     assert killed.returncode != 0
     assert (tmp_path / "checkpoint-2.pth.tar.partial").exists() and not (tmp_path / "checkpoint-2.pth.tar").exists()
-    again = run(tiny_cifar, tmp_path, "--checkpoint-every-steps", "3")
+    again = train(tiny_cifar, tmp_path, "--checkpoint-every-steps", "3")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "after epoch 1, step 6" in again.stdout
     assert same_weights(reference / "checkpoint-2.pth.tar", tmp_path / "checkpoint-2.pth.tar")
@@ -65,12 +38,12 @@ def test_killed_mid_epoch_resumes_at_that_step_with_identical_weights(tiny_cifar
 
 
 def test_kill_during_save_leaves_the_previous_checkpoint_usable(tiny_cifar, reference, tmp_path):
-    killed = run(tiny_cifar, tmp_path, "--checkpoint-every-steps", "3", env={"BATCHSCALE_FAULT": "during-save:20"})
+    killed = train(tiny_cifar, tmp_path, "--checkpoint-every-steps", "3", env={"BATCHSCALE_FAULT": "during-save:20"})
     assert killed.returncode != 0
     assert not (tmp_path / "checkpoint-2.pth.tar").exists()
     assert list(tmp_path.glob(".checkpoint-2.pth.tar.*.tmp"))  # the half-done save, never renamed
     assert weights(tmp_path / "checkpoint-2.pth.tar.partial")  # the previous one loads
-    again = run(tiny_cifar, tmp_path, "--checkpoint-every-steps", "3")
+    again = train(tiny_cifar, tmp_path, "--checkpoint-every-steps", "3")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "after epoch 1, step 9" in again.stdout
     assert not list(tmp_path.glob(".*.tmp"))
@@ -78,10 +51,10 @@ def test_kill_during_save_leaves_the_previous_checkpoint_usable(tiny_cifar, refe
 
 
 def test_corrupt_newest_checkpoint_is_reported_and_the_one_before_used(tiny_cifar, tmp_path):
-    assert run(tiny_cifar, tmp_path).returncode == 0
+    assert train(tiny_cifar, tmp_path).returncode == 0
     newest = tmp_path / "checkpoint-2.pth.tar"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])
-    again = run(tiny_cifar, tmp_path)
+    again = train(tiny_cifar, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "cannot load checkpoint" in again.stdout and "checkpoint-2.pth.tar" in again.stdout
     assert "resumed from" in again.stdout and "checkpoint-1.pth.tar after epoch 1" in again.stdout
@@ -89,13 +62,13 @@ def test_corrupt_newest_checkpoint_is_reported_and_the_one_before_used(tiny_cifa
 
 
 def test_checkpoint_of_other_settings_is_refused_naming_the_difference(tiny_cifar, tmp_path):
-    assert run(tiny_cifar, tmp_path, "--epochs", "1").returncode == 0
-    wider = run(tiny_cifar, tmp_path, "--epochs", "1", "--width", "16")
+    assert train(tiny_cifar, tmp_path, "--epochs", "1").returncode == 0
+    wider = train(tiny_cifar, tmp_path, "--epochs", "1", "--width", "16")
     assert wider.returncode == 2
     assert "--width 8" in wider.stderr and "16" in wider.stderr and "--no-resume" in wider.stderr
-    bigger = run(tiny_cifar, tmp_path, "--epochs", "1", "--batch-size", "64")
+    bigger = train(tiny_cifar, tmp_path, "--epochs", "1", "--batch-size", "64")
     assert bigger.returncode == 2 and "global batch 32" in bigger.stderr and "64" in bigger.stderr
-    fresh = run(tiny_cifar, tmp_path, "--epochs", "1", "--width", "16", "--no-resume")
+    fresh = train(tiny_cifar, tmp_path, "--epochs", "1", "--width", "16", "--no-resume")
     assert fresh.returncode == 0
 
 
@@ -112,17 +85,17 @@ def test_malicious_checkpoint_never_runs_its_payload(tiny_cifar, tmp_path):
     evil = tmp_path / "logs" / "checkpoint-1.pth.tar"
     evil.parent.mkdir()
     torch.save({"format_version": 1, "model": Payload(str(marker))}, evil)
-    explicit = run(tiny_cifar, tmp_path / "logs", "--resume", str(evil))
+    explicit = train(tiny_cifar, tmp_path / "logs", "--resume", str(evil))
     assert explicit.returncode == 2 and "cannot load checkpoint" in explicit.stderr
     assert len(explicit.stderr.strip().splitlines()) == 1
-    automatic = run(tiny_cifar, tmp_path / "logs", "--epochs", "1")
+    automatic = train(tiny_cifar, tmp_path / "logs", "--epochs", "1")
     assert "cannot load checkpoint" in automatic.stdout  # reported, skipped, training starts afresh
     assert automatic.returncode == 0, automatic.stderr[-2000:]
     assert not marker.exists()
 
 
 def test_non_finite_loss_stops_naming_step_and_lr_and_keeps_good_checkpoints(tiny_cifar, tmp_path):
-    result = run(tiny_cifar, tmp_path, "--finite-check-every", "4",
+    result = train(tiny_cifar, tmp_path, "--finite-check-every", "4",
                  env={"BATCHSCALE_FAULT": "step:13", "BATCHSCALE_FAULT_ACTION": "nan"})
     assert result.returncode == 3
     line = result.stderr.strip().splitlines()[-1]
@@ -134,7 +107,7 @@ def test_non_finite_loss_stops_naming_step_and_lr_and_keeps_good_checkpoints(tin
 
 def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tiny_cifar, tmp_path):
     once = tmp_path / "fault-fired"
-    result = run(tiny_cifar, tmp_path / "logs", ranks=2, torchrun_flags=("--max-restarts", "1"),
+    result = train(tiny_cifar, tmp_path / "logs", ranks=2, torchrun_flags=("--max-restarts", "1"),
                  env={"BATCHSCALE_FAULT": "step:15:1", "BATCHSCALE_FAULT_ONCE": str(once)})
     assert once.exists()  # rank 1 really was killed during epoch 2
     assert result.returncode == 0, result.stderr[-3000:]
@@ -145,7 +118,7 @@ def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tiny_cifar, tmp_p
 
 def test_hung_rank_ends_the_torchrun_job_after_the_collective_timeout(tiny_cifar, tmp_path):
     # subprocess.run's timeout is the bound: a job that hung would raise TimeoutExpired and fail the test.
-    result = run(tiny_cifar, tmp_path, "--collective-timeout", "5", ranks=2,
+    result = train(tiny_cifar, tmp_path, "--collective-timeout", "5", ranks=2,
                  env={"BATCHSCALE_FAULT": "step:3:1", "BATCHSCALE_FAULT_ACTION": "stop"}, timeout=150)
     assert result.returncode != 0
     assert not (tmp_path / "summary.json").exists()
@@ -153,7 +126,7 @@ def test_hung_rank_ends_the_torchrun_job_after_the_collective_timeout(tiny_cifar
 
 
 def test_adasum_on_three_workers_is_refused_before_training(tiny_cifar, tmp_path):
-    result = run(tiny_cifar, tmp_path, "--use-adasum", ranks=3, torchrun_flags=())
+    result = train(tiny_cifar, tmp_path, "--use-adasum", ranks=3, torchrun_flags=())
     assert result.returncode != 0
     assert result.stderr.count("power-of-two") == 1  # said once, by rank 0, not by every rank
     assert not (tmp_path / "summary.json").exists()
