@@ -4,6 +4,11 @@ Each measurement pairs the squared norm of a small-batch gradient (one worker's,
 micro-batch's) with that of the large-batch gradient (after the allreduce). Their unbiased
 estimators (the paper's appendix A) are smoothed separately by an exponential moving average,
 and the ratio of the averages is the estimate: the ratio of noisy single estimates is biased.
+
+The average forgets by training examples, not by measurements: a pair taken after E more examples
+weighs the past by exp(-E / window). Runs at different batch sizes then average over the same
+stretch of training, so their estimates can be compared (a per-measurement decay would let a large
+batch's estimate still carry its first measurements long after a small batch's had forgotten them).
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from torch import Tensor
 
 @dataclass
 class NoiseScale:
-    decay: float = 0.95
+    window: float = 200_000.0  # training examples over which the average forgets by a factor e (4 CIFAR epochs)
     trace_sigma: Tensor | None = None  # EMA of the tr(Sigma) estimates (float64, on the device)
     grad_sq: Tensor | None = None  # EMA of the |G|^2 estimates
     count: Tensor | None = None  # how many pairs were finite and taken
 
-    def update(self, small_sq: Tensor | float, big_sq: Tensor | float, b_small: float, b_big: float) -> None:
-        """One pair: |g_small|^2 over batches of b_small examples and |g_big|^2 over b_big examples.
+    def update(self, small_sq: Tensor | float, big_sq: Tensor | float, b_small: float, b_big: float,
+               examples: float) -> None:
+        """One pair: |g_small|^2 over batches of b_small examples and |g_big|^2 over b_big examples, taken
+        `examples` training examples after the previous pair.
 
         A pair with a non-finite norm (an fp16 overflow step the scaler skips) is left out, without a
         host sync, so one bad step cannot poison the averages.
@@ -39,9 +46,10 @@ class NoiseScale:
             nan = torch.full_like(trace, math.nan)
             self.trace_sigma, self.grad_sq, self.count = nan, nan.clone(), torch.zeros_like(trace)
         fresh = self.count == 0
+        decay = math.exp(-examples / self.window)
         for name, value in (("trace_sigma", trace), ("grad_sq", grad_sq)):
             current = getattr(self, name)
-            averaged = torch.where(fresh, value, self.decay * current + (1 - self.decay) * value)
+            averaged = torch.where(fresh, value, decay * current + (1 - decay) * value)
             setattr(self, name, torch.where(ok, averaged, current))
         self.count = self.count + ok.to(self.count.dtype)
 

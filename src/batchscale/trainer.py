@@ -366,7 +366,8 @@ class Trainer:
             if measure:
                 if len(micro) == 1:
                     backend.probe(None)
-                state.noise.update(norms.small_sq, norms.big_sq, config.batch_size, self.batches.global_batch)
+                state.noise.update(norms.small_sq, norms.big_sq, config.batch_size, self.batches.global_batch,
+                                   examples=config.noise_every * self.batches.global_batch)
             state.epoch_step += 1
             bad_step.masked_fill_((bad_step == 0) & ~torch.isfinite(loss), step + 1)  # no host sync
             sums.loss_sum += loss

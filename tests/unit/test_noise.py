@@ -18,13 +18,30 @@ def test_a_non_finite_pair_is_left_out_of_the_averages():
     clean, hit = NoiseScale(), NoiseScale()
     pairs = [(4.0, 1.5), (5.0, 1.6), (3.5, 1.2)]
     for small, big in pairs:
-        clean.update(small, big, 32, 128)
-    hit.update(math.inf, math.inf, 32, 128)  # an fp16 overflow step, skipped by the scaler
+        clean.update(small, big, 32, 128, examples=1280)
+    hit.update(math.inf, math.inf, 32, 128, examples=1280)  # an fp16 overflow step, skipped by the scaler
     for i, (small, big) in enumerate(pairs):
-        hit.update(small, big, 32, 128)
+        hit.update(small, big, 32, 128, examples=1280)
         if i == 0:
-            hit.update(math.nan, 1.0, 32, 128)
+            hit.update(math.nan, 1.0, 32, 128, examples=1280)
     assert hit.b_simple == pytest.approx(clean.b_simple, rel=1e-12) and hit.updates == clean.updates == 3
+
+
+def test_the_average_forgets_by_examples_so_batch_sizes_compare():
+    """A batch-256 run measuring every 2,560 examples and a batch-1024 run every 10,240 forget a change in the
+    noise at the same rate per example: after the same examples their averages agree."""
+    small, large = NoiseScale(window=50_000), NoiseScale(window=50_000)
+
+    def feed(scale: NoiseScale, b_big: int, examples: int, trace: float) -> None:
+        # Exact norms for |G|^2 = 1 and tr(Sigma) = trace: |g_b|^2 = |G|^2 + trace / b.
+        for _ in range(examples // (10 * b_big)):
+            scale.update(1 + trace / 32, 1 + trace / b_big, 32, b_big, examples=10 * b_big)
+
+    for scale, b_big in ((small, 256), (large, 1024)):
+        feed(scale, b_big, 10_240, trace=100.0)
+        feed(scale, b_big, 40_960, trace=400.0)
+    assert float(small.trace_sigma) == pytest.approx(float(large.trace_sigma), rel=1e-9)
+    assert float(small.trace_sigma) == pytest.approx(400 - 300 * math.exp(-40_960 / 50_000), rel=1e-9)
 
 
 def _small_batch_norm(precision_name: str) -> float:

@@ -31,12 +31,12 @@ def test_noise_scale_estimate_within_ten_percent_of_the_truth():
     true_grad = rng.normal(size=dim) * 0.1
     variances = rng.uniform(0.5, 2.0, size=dim)  # per-example gradient covariance, diagonal
     truth = variances.sum() / (true_grad @ true_grad)
-    estimate = NoiseScale(decay=0.995)
+    estimate = NoiseScale(window=51_000)  # about 200 pairs
     b_small, b_big = 32, 256
     for _ in range(3000):
         examples = true_grad + rng.normal(size=(b_big, dim)) * np.sqrt(variances)
         small, big = examples[:b_small].mean(0), examples.mean(0)
-        estimate.update(float(small @ small), float(big @ big), b_small, b_big)
+        estimate.update(float(small @ small), float(big @ big), b_small, b_big, examples=b_big)
     assert estimate.b_simple == pytest.approx(truth, rel=0.10)
 
 
