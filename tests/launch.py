@@ -24,7 +24,8 @@ def train_args(data: Path, log_dir: Path, *extra: str, batch: int = 32, epochs: 
 
 def env_with(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCALE_")}
-    env.update(OMP_NUM_THREADS="1", **extra)
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
     return env
 
 

@@ -71,7 +71,7 @@ def run_bench(argv: Sequence[str]) -> int:
 
 
 def run_sweep(argv: Sequence[str]) -> int:
-    from .study.sweep import SweepConfig, preset, sweep
+    from .study.sweep import SweepConfig, preset, status, sweep
 
     argv = list(argv)
     train_args: list[str] = []
@@ -84,9 +84,14 @@ def run_sweep(argv: Sequence[str]) -> int:
 
     def work() -> str:
         config = SweepConfig(**given, train_args=tuple(train_args))
+        if config.status:
+            status(config)
+            return ""
         if config.preset:
             config = preset(config.preset, config, set(given))
         folders = sweep(config)
+        if not config.wait:
+            return f"submitted; look again with: batchscale sweep --status --out {config.out}"
         return f"{len(folders)} runs done; next: batchscale report {folders[0].parent}"
 
     return guarded("batchscale sweep", work)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from launch import cli, one_line
 
-from batchscale.errors import ConfigError
+from batchscale.errors import BatchscaleError
 from batchscale.study.plan import Network, plan
 from batchscale.study.report import fmt, report
 from batchscale.study.sweep import SweepConfig, sweep
@@ -51,7 +51,8 @@ def test_rerun_skips_finished_runs(swept, tiny_cifar):
     stamps = [(f / "summary.json").stat().st_mtime_ns for f in folders]
     lines: list[str] = []
     sweep(tiny_sweep(out, tiny_cifar), say=lambda text, **kw: lines.append(text))
-    assert sum("done, skipped" in line for line in lines) == 2
+    assert "2 of 2 runs already done, skipped" in lines
+    assert lines[-1].startswith("[sweep] 2 done, 0 running, 0 queued, 0 failed")
     assert [(f / "summary.json").stat().st_mtime_ns for f in folders] == stamps
 
 
@@ -60,7 +61,7 @@ def test_interrupted_sweep_resumes_the_run_from_its_checkpoint(tiny_cifar, tmp_p
     config.batch_sizes = (32,)
     monkeypatch.setenv("BATCHSCALE_FAULT", "after-checkpoint:1")
     monkeypatch.setenv("BATCHSCALE_FAULT_ONCE", str(tmp_path / "fired"))
-    with pytest.raises(ConfigError, match="failed"):
+    with pytest.raises(BatchscaleError, match="1 of 1 runs failed"):
         sweep(config, say=lambda *a, **k: None)
     folders = sweep(config, say=lambda *a, **k: None)
     log = (folders[0] / "train.log").read_text()

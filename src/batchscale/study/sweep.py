@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import global_batch
-from ..errors import ConfigError, Stopped
+from ..errors import BatchscaleError, ConfigError, Stopped
 from ..flags import flag
 from ..metrics import write_json_atomic
+from .executors import Job, LocalPool, Outcome, SlurmQueue, forwarding_signals
 
 LAUNCHERS = ("simulate", "torchrun", "horovodrun")
 PRESETS = ("paper", "critical-batch")
@@ -68,6 +64,8 @@ def _strings(text: str) -> tuple[str, ...]:
 
 
 GRID = "the grid (flags after -- go to every run)"
+EXECUTION = "where the trainings run"
+EXECUTORS = ("local", "slurm")
 
 
 @dataclass
@@ -87,6 +85,22 @@ class SweepConfig:
     epochs: int = flag(50, "epochs of every run", group=GRID)
     launcher: str = flag("simulate", "simulate: N workers' arithmetic in one process; torchrun/horovodrun: N real "
                          "processes", group=GRID, choices=LAUNCHERS)
+    executor: str = flag("local", "local: on this machine, --slots at a time; slurm: a job array on a SLURM cluster",
+                         group=EXECUTION, choices=EXECUTORS)
+    slots: int = flag(1, "local: trainings at once (each gets its GPUs, or an equal share of the CPU cores)",
+                      group=EXECUTION)
+    partition: str | None = flag(None, "slurm: the partition (default: the cluster's)", group=EXECUTION)
+    time: int = flag(60, "slurm: minutes each job may run (a longer training is requeued and resumes)",
+                     group=EXECUTION)
+    gpus_per_run: int = flag(0, "slurm: GPUs per training (default: 0; give the workers of GPU runs)", group=EXECUTION)
+    cpus_per_run: int = flag(2, "slurm: CPU cores per training (per node)", group=EXECUTION)
+    nodes_per_run: int = flag(1, "slurm: nodes per training; with --launcher torchrun its workers are split evenly "
+                              "across them", group=EXECUTION)
+    sbatch: tuple[str, ...] = flag((), "slurm: more sbatch options, comma-separated key=value (e.g. account=me,qos=low)",
+                                   group=EXECUTION, parse=_strings)
+    wait: bool = flag(True, "submit and return; look again with batchscale sweep --status --out DIR", group=EXECUTION,
+                      name="--no-wait")
+    status: bool = flag(False, "print where each run of --out stands, and return", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
 
     def runs(self) -> list[Run]:
@@ -102,6 +116,16 @@ class SweepConfig:
             raise ConfigError("--batch-sizes and --workers must be comma-separated integers >= 1, like 64,128")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
+        if self.slots < 1 or self.time < 1 or self.cpus_per_run < 1 or self.gpus_per_run < 0:
+            raise ConfigError("--slots, --time and --cpus-per-run must be >= 1 and --gpus-per-run >= 0")
+        if not self.wait and self.executor != "slurm":
+            raise ConfigError("--no-wait needs --executor slurm: local trainings end with the sweep")
+        if self.nodes_per_run > 1 and (self.executor != "slurm" or self.launcher != "torchrun"
+                                       or any(w % self.nodes_per_run for w in self.workers)):
+            raise ConfigError("--nodes-per-run > 1 needs --executor slurm, --launcher torchrun and worker counts that "
+                              "split evenly across the nodes")
+        if any("=" not in option for option in self.sbatch):
+            raise ConfigError(f"--sbatch takes key=value options, like account=me,qos=low (got {','.join(self.sbatch)})")
         return self
 
 
@@ -153,6 +177,12 @@ def command(config: SweepConfig, run: Run, run_dir: Path) -> list[str]:
         return [*train, *args]
     if config.launcher == "simulate":
         return [*train, *args, "--simulate-workers", str(run.workers)]
+    if config.launcher == "torchrun" and config.nodes_per_run > 1:
+        # One torchrun per node (SLURM starts one task on each); they meet at the job's first node, which the
+        # job fills in for {head} when it starts (executors.TrainingJob).
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(config.nodes_per_run),
+                "--nproc-per-node", str(run.workers // config.nodes_per_run), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", "{head}:29500", "--rdzv-id", run.name, "-m", "batchscale.cli", "train", *args]
     if config.launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(run.workers),
                 "-m", "batchscale.cli", "train", *args]
@@ -170,8 +200,9 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def sweep(config: SweepConfig, say=print) -> list[Path]:
-    """Runs every run not yet finished; returns the run folders. A failed run stops the sweep."""
+def sweep(config: SweepConfig, say: Callable[..., None] = print) -> list[Path]:
+    """Runs every run not yet finished (skips the done, resumes the interrupted, retries the failed); returns
+    the run folders. A failed run does not stop the others; the sweep names each failure's log at the end."""
     config.validate()
     out = Path(config.out)
     if out.exists() and not out.is_dir():
@@ -179,71 +210,126 @@ def sweep(config: SweepConfig, say=print) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     runs = config.runs()
     write_json_atomic(out / "sweep.json", {**asdict(config), "runs": [r.name for r in runs]})
-    total_epochs = len(runs) * config.epochs
-    start = time.monotonic()
-    trained_epochs = 0
-    folders = []
-    for i, run in enumerate(runs, 1):
-        run_dir = out / run.name
-        folders.append(run_dir)
-        if is_done(run_dir, config.epochs):
-            say(f"[{i}/{len(runs)}] {run.name}: done, skipped")
-            total_epochs -= config.epochs
-            continue
-        before = epochs_done(run_dir)
-        total_epochs -= before
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "train.log", "a") as log, _forwarding_signals() as child:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            process = child.process = subprocess.Popen(command(config, run, run_dir), stdout=log, stderr=subprocess.STDOUT,
-                                                       env=env)
-            while process.poll() is None:
-                done = epochs_done(run_dir) - before
-                rate = (time.monotonic() - start) / max(1, trained_epochs + done)
-                left = "estimating" if trained_epochs + done == 0 else clock(rate * (total_epochs - trained_epochs - done))
-                say(f"[{i}/{len(runs)}] {run.name}: epoch {before + done}/{config.epochs}, ~{left} left", end="\r")
-                try:
-                    process.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    pass
-        trained_epochs += epochs_done(run_dir) - before
-        if process.returncode == Stopped.exit_code or child.signal_name:
-            raise Stopped(f"the sweep was stopped by {child.signal_name or 'a signal'}; run "
-                          f"{run.name} saved its progress (see {run_dir / 'train.log'}); rerun the same command to resume")
-        if process.returncode != 0:
-            tail = (run_dir / "train.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
-            raise ConfigError(f"run {run.name} failed (exit {process.returncode}): {tail[0]}; see {run_dir / 'train.log'}, "
-                              "then rerun the sweep to resume")
-        say(f"[{i}/{len(runs)}] {run.name}: finished in {clock(time.monotonic() - start)} total          ")
+    folders = [out / r.name for r in runs]
+    pending = [Job(r.name, command(config, r, out / r.name), out / r.name, gpus=r.workers if config.gpus_per_run else 0)
+               for r in runs if not is_done(out / r.name, config.epochs)]
+    if len(pending) < len(runs):
+        say(f"{len(runs) - len(pending)} of {len(runs)} runs already done, skipped")
+    progress = Progress(config, runs, say)
+    if config.executor == "slurm":
+        queue = SlurmQueue(out / ".slurm", config.partition, config.time, config.gpus_per_run, config.cpus_per_run,
+                           dict(option.split("=", 1) for option in config.sbatch), nodes=config.nodes_per_run)
+        jobs = {**read_jobs(out), **queue.submit(pending)} if pending else read_jobs(out)
+        write_json_atomic(out / "jobs.json", jobs)
+        say(f"submitted {len(pending)} training(s) to SLURM ({', '.join(sorted(set(j.split('_')[0] for j in jobs.values())))})")
+        if not config.wait:
+            return folders
+        wait_for_slurm(config, runs, jobs, progress)
+    else:
+        progress.outcomes = {job.name: Outcome() for job in pending}
+
+        def tick(running: set[str]) -> None:
+            progress.running = running
+            progress.show()
+
+        LocalPool(config.slots, gpu_count()).run(pending, progress.outcomes, tick)
+    progress.show(final=True)
+    failed = [f"{name} ({progress.states[name]}; see {out / name / 'train.log'})" for name in progress.failed()]
+    if failed:
+        raise BatchscaleError(f"{len(failed)} of {len(runs)} runs failed: {'; '.join(failed)}; fix and rerun the sweep "
+                              "to retry them (finished runs are kept)")
     return folders
 
 
-@dataclass
-class _Child:
-    process: subprocess.Popen | None = None
-    signal_name: str | None = None
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-@contextlib.contextmanager
-def _forwarding_signals() -> Iterator[_Child]:
-    """While a training runs, SIGTERM/SIGINT/SIGUSR1 to the sweep go on to it as SIGTERM (its graceful stop), so it
-    saves and ends with the sweep instead of living on as an orphan."""
-    child = _Child()
+def read_jobs(out: Path) -> dict[str, str]:
+    path = out / "jobs.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
-    def forward(signum: int, frame: Any) -> None:
-        child.signal_name = child.signal_name or signal.Signals(signum).name
-        if child.process is not None:
-            child.process.send_signal(signal.SIGTERM)
-            child.process.send_signal(signal.SIGCONT)  # a stopped child must run to act on it
 
-    if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
-        yield child
-        return
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
-    try:
-        yield child
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def wait_for_slurm(config: SweepConfig, runs: list[Run], jobs: dict[str, str], progress: Progress) -> None:
+    """Polls the run folders (and squeue for what is still alive) until every run is done or failed. A
+    signal to the sweep stops the waiting only: the jobs go on, and --status looks again."""
+    with forwarding_signals(lambda: []) as stop:
+        progress.jobs = jobs
+        while not stop.signal_name:
+            progress.alive = SlurmQueue.alive(list(jobs.values()))
+            progress.show()
+            if all(state in ("done", "failed") for state in progress.states.values()):
+                return
+            time.sleep(POLL_SECONDS)  # a cluster has no event to wait on; squeue is cheap at this rate
+    say_line = f"stopped waiting ({stop.signal_name}); the jobs keep running: batchscale sweep --status --out {config.out}"
+    raise Stopped(say_line)
+
+
+POLL_SECONDS = 5.0
+
+
+class Progress:
+    """One line for the whole study: runs done / running / queued / failed, and the time left. What it knows
+    comes from the run folders, and from whoever runs them: the local pool (running, exit codes) or squeue."""
+
+    def __init__(self, config: SweepConfig, runs: list[Run], say: Callable[..., None]) -> None:
+        self.config, self.runs, self.say = config, runs, say
+        self.out = Path(config.out)
+        self.started = time.monotonic()
+        self.epochs_at_start = sum(epochs_done(self.out / r.name) for r in runs)
+        self.states: dict[str, str] = {}
+        self.running: set[str] = set()
+        self.outcomes: dict[str, Outcome] = {}
+        self.alive: set[str] | None = None  # SLURM job ids still queued or running
+        self.jobs: dict[str, str] = {}
+
+    def state(self, name: str) -> str:
+        if is_done(self.out / name, self.config.epochs):
+            return "done"
+        if self.alive is not None:
+            if self.jobs.get(name) not in self.alive:
+                return "failed"
+            return "running" if (self.out / name / "train.log").is_file() else "queued"
+        outcome = self.outcomes.get(name)
+        if outcome is not None and outcome.exit_code is not None:
+            return "failed"  # ended without a complete summary
+        return "running" if name in self.running else "queued"
+
+    def failed(self) -> list[str]:
+        return [name for name, state in self.states.items() if state == "failed"]
+
+    def show(self, final: bool = False) -> None:
+        self.states = {run.name: self.state(run.name) for run in self.runs}
+        counts = {k: sum(v == k for v in self.states.values()) for k in ("done", "running", "queued", "failed")}
+        total = len(self.runs) * self.config.epochs
+        done = sum(epochs_done(self.out / r.name) for r in self.runs)
+        trained = done - self.epochs_at_start
+        seconds_per_epoch = (time.monotonic() - self.started) / trained if trained else None
+        left = ("estimating" if seconds_per_epoch is None
+                else clock(seconds_per_epoch * (total - done)))  # the rate already counts runs side by side
+        line = (f"[sweep] {counts['done']} done, {counts['running']} running, {counts['queued']} queued, "
+                f"{counts['failed']} failed; epoch {done}/{total}, ~{left} left")
+        self.say(line if final else line + "   ", end="\n" if final else "\r")
+
+
+def status(config: SweepConfig, say: Callable[..., None] = print) -> None:
+    """`batchscale sweep --status`: where each run of a sweep folder stands, from the folder (and squeue)."""
+    out = Path(config.out)
+    if not (out / "sweep.json").is_file():
+        raise ConfigError(f"{out} holds no sweep (no sweep.json); give the --out of a sweep")
+    saved = json.loads((out / "sweep.json").read_text())
+    recorded = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "runs"})
+    jobs = read_jobs(out)
+    progress = Progress(recorded, recorded.runs(), say)
+    if jobs:
+        progress.jobs, progress.alive = jobs, SlurmQueue.alive(list(jobs.values()))
+    progress.show(final=True)
+    for run in recorded.runs():
+        say(f"  {run.name}: {progress.states[run.name]}, epoch {epochs_done(out / run.name)}/{recorded.epochs}"
+            + (f", job {jobs[run.name]}" if run.name in jobs else ""))
+
+
 
 

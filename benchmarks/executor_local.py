@@ -1,0 +1,49 @@
+"""A 4-run sweep on this machine one at a time, then 2 at a time: wall time of each and whether every run
+ended with the same weights (one thread per run in both, so the float sums are the same).
+
+    python benchmarks/executor_local.py DATA_DIR [OUT_JSON]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def sweep(out: Path, data: str, slots: int) -> float:
+    command = [sys.executable, "-m", "batchscale.cli", "sweep", "--out", str(out), "--batch-sizes", "32,64",
+               "--seeds", "1,2", "--epochs", "2", "--slots", str(slots), "--", "--train-dir", data, "--val-dir", data,
+               "--width", "8", "--deterministic", "--no-download"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return time.perf_counter() - start
+
+
+def same(a: Path, b: Path) -> bool:
+    wa, wb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def main(data: str, output: str | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        one, two = Path(tmp) / "one", Path(tmp) / "two"
+        seconds = {"slots_1": sweep(one, data, 1), "slots_2": sweep(two, data, 2)}
+        runs = sorted(p.name for p in one.iterdir() if p.is_dir())
+        identical = all(same(one / r / "checkpoint-2.pth.tar", two / r / "checkpoint-2.pth.tar") for r in runs)
+    result = {"runs": runs, "cores": os.cpu_count(), "wall_seconds": seconds,
+              "speedup": seconds["slots_1"] / seconds["slots_2"], "identical_weights": identical,
+              "torch": torch.__version__}
+    print(json.dumps(result, indent=2))
+    if output:
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

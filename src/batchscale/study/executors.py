@@ -1,0 +1,223 @@
+"""Where a sweep's trainings run: here, several at once (`LocalPool`), or on a SLURM cluster (`SlurmQueue`,
+through submitit). Either way each run writes only into its own folder, so the sweep folder stays the one
+source of truth: a run is done when its summary.json says so, whoever ran it.
+
+Local runs are child processes this sweep supervises, not submitit's LocalExecutor: that one starts every
+job at once in a detached controller, so it could neither cap how many run together nor pass a Ctrl-C on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, Stopped
+
+REQUEUE = Stopped.exit_code  # a training stopped by a signal saved its step: run it again and it resumes
+
+
+@dataclass
+class Job:
+    name: str
+    command: list[str]
+    run_dir: Path
+    gpus: int = 0  # GPUs the run needs on its node
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None = None  # None while queued or running
+    requeues: int = 0
+
+
+# -- on this machine -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalPool:
+    """Up to `slots` trainings at once. On a GPU machine each run gets its own GPUs (CUDA_VISIBLE_DEVICES);
+    on a CPU each gets an equal share of the cores (OMP_NUM_THREADS, unless already set), so runs do not fight
+    over them. Bit-identical results across slot counts need the same threads per run: set OMP_NUM_THREADS."""
+
+    slots: int
+    gpus: int = 0
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def env(self, slot: int, job: Job) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.gpus:
+            per_run = max(1, job.gpus)
+            first = slot * per_run % self.gpus
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str((first + i) % self.gpus) for i in range(per_run))
+        elif "OMP_NUM_THREADS" not in os.environ:  # the user's own setting wins (same threads, same float sums)
+            env["OMP_NUM_THREADS"] = str(max(1, self.cores // self.slots))
+        return env
+
+    def run(self, jobs: list[Job], outcomes: dict[str, Outcome], progress: Callable[[set[str]], None]) -> None:
+        """Runs every job, `slots` at a time; a failed one does not stop the others. A job that exits with the
+        requeue code (it was sent a signal and saved) goes back in the queue and resumes."""
+        queue = list(jobs)
+        running: dict[int, tuple[Job, subprocess.Popen, Any]] = {}
+        with forwarding_signals(lambda: [p for _, p, _ in running.values()]) as stop:
+            while queue or running:
+                for slot in range(self.slots):
+                    if slot not in running and queue and not stop.signal_name:
+                        job = queue.pop(0)
+                        job.run_dir.mkdir(parents=True, exist_ok=True)
+                        log = open(job.run_dir / "train.log", "a")  # noqa: SIM115 (closed when the job ends)
+                        process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT,
+                                                   env=self.env(slot, job))
+                        running[slot] = (job, process, log)
+                for slot, (job, process, log) in list(running.items()):
+                    code = process.poll()
+                    if code is None:
+                        continue
+                    log.close()
+                    del running[slot]
+                    if code == REQUEUE and not stop.signal_name:
+                        outcomes[job.name].requeues += 1
+                        queue.append(job)
+                    else:
+                        outcomes[job.name].exit_code = code
+                progress({job.name for job, _, _ in running.values()})
+                if running:
+                    wait_any([p for _, p, _ in running.values()], timeout=2.0)
+            if stop.signal_name:
+                raise Stopped(f"the sweep was stopped by {stop.signal_name}; its running trainings saved their "
+                              "progress; rerun the same command to resume them")
+
+
+def wait_any(processes: list[subprocess.Popen], timeout: float) -> None:
+    """Returns when one of `processes` ends, or after `timeout` seconds (for the progress line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            return
+        try:
+            processes[0].wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@dataclass
+class _Stop:
+    signal_name: str | None = None
+
+
+@contextmanager
+def forwarding_signals(children: Callable[[], list[subprocess.Popen]]) -> Iterator[_Stop]:
+    """While trainings run, SIGTERM/SIGINT/SIGUSR1 to the sweep go on to each as SIGTERM (its graceful stop), so
+    they save and end with the sweep instead of living on as orphans."""
+    stop = _Stop()
+
+    def forward(signum: int, frame: Any) -> None:
+        stop.signal_name = stop.signal_name or signal.Signals(signum).name
+        for process in children():
+            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)  # a stopped child must run to act on it
+
+    if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- on a SLURM cluster --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SlurmQueue:
+    """One job array, one training per array task; each job runs its training's launcher (python, torchrun or
+    horovodrun) inside the allocation, and requeues itself when the training was stopped by SLURM's signal."""
+
+    folder: Path
+    partition: str | None = None
+    time_minutes: int = 60
+    gpus_per_run: int = 0
+    cpus_per_run: int = 1
+    sbatch: dict[str, str] = field(default_factory=dict)
+    max_parallel: int = 64
+    nodes: int = 1
+
+    def submit(self, jobs: list[Job]) -> dict[str, str]:
+        try:
+            import submitit
+        except ImportError:
+            raise ConfigError("--executor slurm needs submitit: pip install submitit") from None
+        executor = submitit.SlurmExecutor(folder=str(self.folder / "%j"), max_num_timeout=0)
+        params: dict[str, Any] = {"time": self.time_minutes, "ntasks_per_node": 1, "nodes": self.nodes,
+                                  "cpus_per_task": self.cpus_per_run, "array_parallelism": self.max_parallel,
+                                  "signal_delay_s": 120, "additional_parameters": {"requeue": True, **self.sbatch}}
+        if self.partition:
+            params["partition"] = self.partition
+        if self.gpus_per_run:
+            params["gpus_per_node"] = self.gpus_per_run
+        executor.update_parameters(**params)
+        with executor.batch():
+            submitted = [executor.submit(TrainingJob(job.command, str(job.run_dir))) for job in jobs]
+        return {job.name: str(s.job_id) for job, s in zip(jobs, submitted)}
+
+    @staticmethod
+    def alive(job_ids: list[str]) -> set[str]:
+        """The jobs SLURM still has queued or running (squeue; no accounting database needed)."""
+        if not job_ids:
+            return set()
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True)
+        return set(out.stdout.split()) & set(job_ids)
+
+
+class TrainingJob:
+    """What an array task runs (pickled by submitit): the training, with its output in the run's train.log.
+
+    SLURM's warning signal (scancel --signal, or a preemption) reaches the training, which saves a step
+    checkpoint and exits with the requeue code; the job then requeues itself and resumes there."""
+
+    def __init__(self, command: list[str], run_dir: str) -> None:
+        self.command, self.run_dir = command, run_dir
+
+    def __call__(self) -> int:
+        run_dir = Path(self.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        head = head_node() if any("{head}" in part for part in self.command) else ""
+        command = [part.replace("{head}", head) for part in self.command]
+        with open(run_dir / "train.log", "a") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+            def forward(signum: int, frame: Any) -> None:
+                process.send_signal(signal.SIGTERM)
+
+            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(sig, forward)
+            code = process.wait()
+        if os.environ.get("SLURM_NODEID", "0") != "0":
+            return code  # the first node's task speaks for the job
+        record = {"exit_code": code, "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()}
+        (run_dir / "job.json").write_text(json.dumps(record) + "\n")
+        if code == REQUEUE and "SLURM_JOB_ID" in os.environ:
+            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
+            return code
+        if code != 0:
+            raise RuntimeError(f"training exited {code}; see {run_dir / 'train.log'}")
+        return code
+
+
+def head_node() -> str:
+    """The first node of this SLURM job: where a multi-node torchrun meets."""
+    nodes = os.environ.get("SLURM_JOB_NODELIST", "localhost")
+    names = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True).stdout.split()
+    return names[0] if names else "localhost"
