@@ -44,7 +44,7 @@ class OutputError(BatchscaleError):
 
 
 class Stopped(BatchscaleError):
-    """SIGTERM/SIGUSR1/SIGINT arrived; a step checkpoint was saved: exit code 75 (EX_TEMPFAIL, "try again")."""
+    """SIGTERM/SIGUSR1/SIGUSR2/SIGINT arrived; a step checkpoint was saved: exit code 75 (EX_TEMPFAIL, "try again")."""
 
     exit_code = 75
 

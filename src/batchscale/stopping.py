@@ -1,5 +1,5 @@
-"""A graceful stop: SIGTERM and SIGUSR1 (what schedulers send before a kill or a requeue) and a first
-Ctrl-C only raise a flag; the loop saves a step checkpoint at its next check and exits with code 75.
+"""A graceful stop: SIGTERM, SIGUSR1 and SIGUSR2 (what schedulers send before a kill or a requeue; submitit
+asks SLURM for USR2 before a time limit) and a first Ctrl-C only raise a flag; the loop saves a step checkpoint at its next check and exits with code 75.
 A second Ctrl-C interrupts at once."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import signal
 import threading
 from types import FrameType
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class StopRequest:

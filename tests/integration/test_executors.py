@@ -115,6 +115,8 @@ def test_a_slurm_job_array_survives_preemption_and_ends_like_a_local_sweep(slurm
     log = (out / stopped / "train.log").read_text()
     assert "stopped by SIGUSR1 after step 3" in log
     assert "after epoch 0, step 3" in log  # the requeued job resumed from the step checkpoint
+    other = next(run for run in RUNS if run != stopped)
+    assert (out / other / "train.log").read_text().count("batchscale:") == 1  # only the preempted task requeued
     for run in RUNS:
         assert same_weights(one_at_a_time / run / "checkpoint-2.pth.tar", out / run / "checkpoint-2.pth.tar")
     status = subprocess.run([sys.executable, "-m", "batchscale.cli", "sweep", "--status", "--out", str(out)],

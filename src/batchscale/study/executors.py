@@ -206,10 +206,10 @@ class TrainingJob:
             code = process.wait()
         if os.environ.get("SLURM_NODEID", "0") != "0":
             return code  # the first node's task speaks for the job
-        record = {"exit_code": code, "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()}
+        record = {"exit_code": code, "slurm_job": this_job(), "time": time.time()}
         (run_dir / "job.json").write_text(json.dumps(record) + "\n")
         if code == REQUEUE and "SLURM_JOB_ID" in os.environ:
-            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
+            subprocess.run(["scontrol", "requeue", this_job()], check=False)
             return code
         if code != 0:
             raise RuntimeError(f"training exited {code}; see {run_dir / 'train.log'}")
@@ -221,3 +221,11 @@ def head_node() -> str:
     nodes = os.environ.get("SLURM_JOB_NODELIST", "localhost")
     names = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True).stdout.split()
     return names[0] if names else "localhost"
+
+
+def this_job() -> str:
+    """This array task's own id, ARRAY_TASK. Not SLURM_JOB_ID: for an array's first task it equals the array's
+    id, and requeueing that requeues every task of the array."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID", "")
