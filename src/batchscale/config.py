@@ -33,7 +33,8 @@ def decay_epochs(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 30,60,80, got {text!r}") from None
 
 
-DATA, OUTPUTS, SCHEDULE, OPTIMIZER = "data and outputs", "data and outputs", "schedule", "optimizer and learning rate"
+DATA = OUTPUTS = "data and outputs"
+SCHEDULE, OPTIMIZER = "schedule", "optimizer and learning rate"
 MODEL, DISTRIBUTED, MEASURE, REPRO = "model", "distributed", "measurement", "reproducibility and devices"
 
 

@@ -21,14 +21,19 @@ THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """A reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise write_error(path, err, "", "--log-dir") from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -69,11 +74,8 @@ class RunLog:
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(self.dir))
-            # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
-            lines = "".join(json.dumps(record) + "\n" for record in history)
-            tmp = self.dir / ".metrics.jsonl.tmp"
-            tmp.write_text(lines)
-            os.replace(tmp, self.dir / "metrics.jsonl")
+        # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
+        write_text_atomic(self.dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
 
     def say(self, message: str) -> None:
         if self.enabled:

@@ -1,4 +1,5 @@
-"""One run per folder: an advisory lock held for the life of the training process (rank 0).
+"""A run's output folders: one run per folder (an advisory lock held for the life of the training process,
+rank 0), checked writable and roomy before training, and one line when a write fails.
 
 flock, not a pid file: the kernel drops the lock when its process dies however it dies,
 so a stale lock from a killed run never blocks the rerun.
@@ -69,6 +70,31 @@ class RunLock:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         self.created = []
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Fails before training, not after the first epoch, when an output folder cannot be written.
+
+    It writes and syncs real bytes: on a full disk creating an empty file still succeeds.
+    """
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; choose another {flag}")
+    probe = existing / f".batchscale-write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.errno == 28:
+            raise OutputError(f"{flag} {path}: no space left on {existing}'s disk; free some space or write elsewhere") from None
+        raise ConfigError(f"{flag} {path} is not writable ({err.strerror}); choose a folder you can write to") from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def check_space(folder: Path, needed: int, what: str) -> None:

@@ -18,13 +18,13 @@ from torch import Tensor, nn
 
 from . import checkpoint, data
 from .config import Config
-from .errors import ConfigError, Diverged, OutputError, Stopped
+from .errors import ConfigError, Diverged, Stopped
 from .metrics import RunLog, summarize
 from .models import build_model
 from .noise import GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
 from .precision import FP32, Precision, resolve
-from .rundir import RunLock, check_space
+from .rundir import RunLock, check_space, check_writable
 from .schedule import LRSchedule
 from .state import EpochSums, TrainState
 from .stopping import StopRequest
@@ -120,31 +120,6 @@ def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_inputs: l
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def check_writable(path: str | Path, flag: str) -> None:
-    """Fails before training, not after the first epoch, when an output folder cannot be written.
-
-    It writes and syncs real bytes: on a full disk creating an empty file still succeeds.
-    """
-    target = Path(path).absolute()
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; choose another {flag}")
-    probe = existing / f".batchscale-write-test-{os.getpid()}"
-    try:
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as err:
-        if err.errno == 28:
-            raise OutputError(f"{flag} {path}: no space left on {existing}'s disk; free some space or write elsewhere") from None
-        raise ConfigError(f"{flag} {path} is not writable ({err.strerror}); choose a folder you can write to") from None
-    finally:
-        probe.unlink(missing_ok=True)
 
 
 def prepare_data(config: Config, backend: Backend) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -30,13 +30,12 @@ class Job:
     name: str
     command: list[str]
     run_dir: Path
-    gpus: int = 0  # GPUs the run needs on its node
+    gpus: int = 1  # GPUs the run needs on its node, when there are GPUs
 
 
 @dataclass
 class Outcome:
     exit_code: int | None = None  # None while queued or running
-    requeues: int = 0
 
 
 # -- on this machine -----------------------------------------------------------------------------------------
@@ -55,7 +54,7 @@ class LocalPool:
     def env(self, slot: int, job: Job) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.gpus:
-            per_run = max(1, job.gpus)
+            per_run = job.gpus
             first = slot * per_run % self.gpus
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str((first + i) % self.gpus) for i in range(per_run))
         elif "OMP_NUM_THREADS" not in os.environ:  # the user's own setting wins (same threads, same float sums)
@@ -84,7 +83,6 @@ class LocalPool:
                     log.close()
                     del running[slot]
                     if code == REQUEUE and not stop.signal_name:
-                        outcomes[job.name].requeues += 1
                         queue.append(job)
                     else:
                         outcomes[job.name].exit_code = code

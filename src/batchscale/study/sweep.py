@@ -211,7 +211,9 @@ def sweep(config: SweepConfig, say: Callable[..., None] = print) -> list[Path]:
     runs = config.runs()
     write_json_atomic(out / "sweep.json", {**asdict(config), "runs": [r.name for r in runs]})
     folders = [out / r.name for r in runs]
-    pending = [Job(r.name, command(config, r, out / r.name), out / r.name, gpus=r.workers if config.gpus_per_run else 0)
+    # Real workers each need a GPU of their own; simulated ones share one.
+    pending = [Job(r.name, command(config, r, out / r.name), out / r.name,
+                   gpus=r.workers if config.launcher != "simulate" else 1)
                for r in runs if not is_done(out / r.name, config.epochs)]
     if len(pending) < len(runs):
         say(f"{len(runs) - len(pending)} of {len(runs)} runs already done, skipped")
@@ -263,8 +265,7 @@ def wait_for_slurm(config: SweepConfig, runs: list[Run], jobs: dict[str, str], p
             if all(state in ("done", "failed") for state in progress.states.values()):
                 return
             time.sleep(POLL_SECONDS)  # a cluster has no event to wait on; squeue is cheap at this rate
-    say_line = f"stopped waiting ({stop.signal_name}); the jobs keep running: batchscale sweep --status --out {config.out}"
-    raise Stopped(say_line)
+    raise Stopped(f"stopped waiting ({stop.signal_name}); the jobs keep running: batchscale sweep --status --out {config.out}")
 
 
 POLL_SECONDS = 5.0
