@@ -23,7 +23,7 @@ from .state import problem
 from .testing import faults
 
 # Change what the saved weights are, which images come next, or how the LR is scaled: refused.
-MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum")
+MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum", "holdout")
 # Where outputs go and how often they are checked or kept: never part of what trained.
 NOT_RECORDED = ("train_dir", "val_dir", "download", "log_dir", "checkpoint_format", "resume", "resume_from", "progress",
                 "checkpoint_every_steps", "keep_checkpoints", "finite_check_every", "collective_timeout",

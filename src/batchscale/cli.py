@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from .config import Config
@@ -70,14 +71,19 @@ def run_bench(argv: Sequence[str]) -> int:
     return guarded("batchscale bench", lambda: describe(run(build(BenchConfig, args))))
 
 
+def split_train_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the command's own flags, the flags after -- that go to every training)."""
+    argv = list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
 def run_sweep(argv: Sequence[str]) -> int:
     from .study.sweep import SweepConfig, preset, status, sweep
 
-    argv = list(argv)
-    train_args: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, train_args = argv[:cut], argv[cut + 1 :]
+    argv, train_args = split_train_args(argv)
     p = _Parser(prog="batchscale sweep", description="Run a grid of trainings; flags after -- go to every run.")
     add_flags(p, SweepConfig, only_given=True)
     given = vars(p.parse_args(argv))
@@ -97,13 +103,51 @@ def run_sweep(argv: Sequence[str]) -> int:
     return guarded("batchscale sweep", work)
 
 
+def run_study(argv: Sequence[str]) -> int:
+    from .study.critical import StudyConfig, study, study_preset
+    from .study.study_report import write_report
+
+    argv, train_args = split_train_args(argv)
+    p = _Parser(prog="batchscale study", description="Measure the critical batch size (an LR grid per batch, trials "
+                "that stop at a held-out target) and test the paper's grid; flags after -- go to every training.")
+    add_flags(p, StudyConfig, only_given=True)
+    given = vars(p.parse_args(argv))
+
+    def work() -> str:
+        config = StudyConfig(**given, train_args=tuple(train_args))
+        if config.preset:
+            config = study_preset(config.preset, config, set(given))
+        failed = study(config)
+        if config.dry_run:
+            return ""
+        if not config.wait:
+            return f"submitted; rerun the same command to wait for it and write the report in {config.out}"
+        report = write_report(Path(config.out), config)
+        if failed:
+            raise BatchscaleError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see each folder's train.log, "
+                                  f"fix, and rerun the same command (finished trials are kept). The report so far: {report}")
+        return f"wrote {report}"
+
+    return guarded("batchscale study", work)
+
+
 def run_report(argv: Sequence[str]) -> int:
     from .study.report import report
 
-    p = _Parser(prog="batchscale report", description="Write report.md and PNG plots for a sweep folder.")
+    p = _Parser(prog="batchscale report", description="Write report.md and PNG plots for a sweep or study folder.")
     p.add_argument("sweep_dir")
     args = p.parse_args(argv)
-    return guarded("batchscale report", lambda: f"wrote {report(args.sweep_dir)}")
+
+    def work() -> str:
+        folder = Path(args.sweep_dir)
+        if (folder / "study.json").is_file():
+            from .study.critical import read_study
+            from .study.study_report import write_report
+
+            return f"wrote {write_report(folder, read_study(folder))}"
+        return f"wrote {report(args.sweep_dir)}"
+
+    return guarded("batchscale report", work)
 
 
 def run_plan(argv: Sequence[str]) -> int:
@@ -133,14 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": "train ResNet-18 on CIFAR-10 (see batchscale train --help)",
         "bench": "time training steps against the original's pipeline (see batchscale bench --help)",
         "sweep": "run a grid of trainings over batch sizes and workers (see batchscale sweep --help)",
-        "report": "turn a sweep folder into report.md and plots",
+        "study": "measure the critical batch size and test the paper's grid (see batchscale study --help)",
+        "report": "turn a sweep or study folder into report.md and plots",
         "plan": "predict step time and time to target for N workers from a sweep",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         listing = "\n".join(f"  {name:8s} {text}" for name, text in commands.items())
         print(f"usage: batchscale COMMAND [FLAGS]\n\ncommands:\n{listing}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    runners = {"bench": run_bench, "sweep": run_sweep, "report": run_report, "plan": run_plan}
+    runners = {"bench": run_bench, "sweep": run_sweep, "study": run_study, "report": run_report, "plan": run_plan}
     if argv[0] in runners:
         return runners[argv[0]](argv[1:])
     return run_train(argv[1:], "batchscale train")

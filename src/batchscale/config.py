@@ -14,7 +14,7 @@ from .flags import flag
 
 MODELS = ("resnet18", "resnet18-imagenet")
 LR_SCALINGS = ("linear", "sqrt", "none")
-LR_SCHEDULES = ("cosine", "step", "onecycle")
+LR_SCHEDULES = ("cosine", "step", "onecycle", "constant")
 BACKENDS = ("auto", "single", "torch", "horovod")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # torch.distributed keeps timeouts as int64 milliseconds; 1e7 s (115 days) is far beyond any real wait.
@@ -66,6 +66,8 @@ class Config:
                            group=OPTIMIZER, choices=LR_SCALINGS)
     lr_schedule: str = flag("cosine", "decay after warmup", group=OPTIMIZER, choices=LR_SCHEDULES)
     warmup_epochs: float = flag(5.0, "epochs of per-step ramp from base LR to peak LR", group=OPTIMIZER)
+    warmup_steps: int = flag(0, "warm up over K optimizer steps instead of --warmup-epochs (default: 0, use epochs)",
+                             group=OPTIMIZER, metavar="K")
     warmup_start_lr: float | None = flag(None, "LR at the first warmup step (default: --base-lr, Goyal et al.'s ramp; "
                                          "set it lower to warm up one worker)", group=OPTIMIZER, parse=float)
     lr_decay_epochs: tuple[int, ...] = flag((30, 60, 80), "epochs where --lr-schedule step multiplies the LR by "
@@ -93,8 +95,18 @@ class Config:
                                  "pass (its own batch-norm statistics), gradients averaged, same data order and LR as "
                                  "N real workers (default: 1)", group=DISTRIBUTED, metavar="N")
     noise_every: int = flag(10, "estimate the gradient noise scale every N steps", group=MEASURE, metavar="N")
-    target_accuracy: float = flag(0.94, "summary.json records the steps and time to reach this test accuracy",
-                                  group=MEASURE)
+    target_accuracy: float = flag(0.94, "summary.json records the steps and time to reach this accuracy (on the "
+                                  "--holdout split if there is one, else the test set)", group=MEASURE)
+    holdout: int = flag(0, "hold out N training images, never trained on, for the --target-accuracy check; the same "
+                        "images for every seed; the test set stays for final accuracy (default: 0, none)",
+                        group=MEASURE, metavar="N")
+    eval_growth: float = flag(0.0, "also evaluate the target split inside epochs, at steps growing by this factor "
+                              "once within 5 points of the target (1.05: steps to target known within 5%), by 1.25 "
+                              "before (default: 0, at epoch ends only)", group=MEASURE, metavar="R")
+    stop_at_target: bool = flag(False, "end the run at the first evaluation that reaches --target-accuracy",
+                                group=MEASURE)
+    max_steps: int = flag(0, "end the run after K optimizer steps, even inside an epoch (a trial's budget; "
+                          "default: 0, --epochs alone)", group=MEASURE, metavar="K")
     seed: int = flag(42, "model init, data order and augmentation", group=REPRO)
     deterministic: bool = flag(False, "deterministic kernels: bit-identical reruns on one machine", group=REPRO)
     no_cuda: bool = flag(False, "train on the CPU even if a GPU is present", group=REPRO)
@@ -111,7 +123,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 1 (got {value!r})")
-        for name in ("checkpoint_every_steps", "keep_checkpoints"):
+        for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 0, 0 meaning off (got {value!r})")
@@ -135,6 +147,10 @@ class Config:
             raise ConfigError("Nesterov momentum needs --momentum > 0; pass --no-nesterov or set --momentum")
         if not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"--target-accuracy must be in (0, 1], e.g. 0.94 (got {self.target_accuracy!r})")
+        if 0 < self.holdout < 8:
+            raise ConfigError(f"--holdout must be 0 (none) or at least 8 images; 5000 is a good size (got {self.holdout})")
+        if self.eval_growth != 0 and not (math.isfinite(self.eval_growth) and 1 < self.eval_growth <= 2):
+            raise ConfigError(f"--eval-growth must be in (1, 2], e.g. 1.05, or 0 for off (got {self.eval_growth!r})")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing!r})")
         _choice("model", self.model, MODELS)

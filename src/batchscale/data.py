@@ -126,6 +126,21 @@ def download(root: str | Path) -> None:
             os.replace(Path(tmp) / FOLDER, target)
 
 
+HOLDOUT_SEED = 20190808  # fixed, not --seed: every trial of a study validates on the same images
+
+
+def split_holdout(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train images, train labels, held-out images, held-out labels): `n` training images chosen by a fixed
+    seed are set aside, and the rest keep their order. The two parts share no image index."""
+    if n == 0:
+        return images, labels, images[:0], labels[:0]
+    held = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(HOLDOUT_SEED))[:n]
+    keep = torch.ones(images.shape[0], dtype=torch.bool)
+    keep[held] = False
+    held = held.sort().values
+    return images[keep], labels[keep], images[held], labels[held]
+
+
 @dataclass(frozen=True)
 class Shard:
     rank: int

@@ -1,4 +1,4 @@
-"""The learning-rate rule: peak LR from the number of workers, per-step warmup, then the decay schedule."""
+"""The learning-rate rule: peak LR from the number of workers, per-step warmup, then the decay schedule (or none)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ class LRSchedule:
             base_lr=config.base_lr,
             peak_lr=config.base_lr * lr_scale(config.lr_scaling, replicas),
             steps_per_epoch=steps_per_epoch,
-            total_steps=steps_per_epoch * config.epochs,
-            warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+            total_steps=min(steps_per_epoch * config.epochs, config.max_steps or steps_per_epoch * config.epochs),
+            warmup_steps=config.warmup_steps or round(config.warmup_epochs * steps_per_epoch),
             kind=config.lr_schedule,
             decay_epochs=tuple(config.lr_decay_epochs),
             decay_factor=config.lr_decay_factor,
@@ -50,6 +50,8 @@ class LRSchedule:
             # Goyal et al.: ramp from the single-worker LR to the scaled one, per step.
             start = self.base_lr if self.warmup_start_lr is None else self.warmup_start_lr
             return start + (self.peak_lr - start) * step / self.warmup_steps
+        if self.kind == "constant":  # a trial that ends at its target: no decay tied to a budget
+            return self.peak_lr
         if self.kind == "step":
             epoch = step / self.steps_per_epoch
             return self.peak_lr * self.decay_factor ** sum(epoch >= e for e in self.decay_epochs)

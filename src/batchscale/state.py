@@ -1,7 +1,7 @@
 """Everything a checkpoint holds, defined once: `TrainState.state_dict()` writes it, `load_state_dict()` reads it.
 
 Format 2 added `changes` (settings changed on resume) to format 1; a format-1 checkpoint loads
-with no recorded changes. Anything else is refused with a message naming the version.
+with no recorded changes. `trial` (the target split's evaluations, and why the run ended) is optional. Anything else is refused with a message naming the version.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .noise import NoiseScale
+from .target import TargetWatch
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -47,6 +48,7 @@ class TrainState:
     config: dict[str, Any]
     workers: int
     noise: NoiseScale = field(default_factory=NoiseScale)
+    trial: TargetWatch = field(default_factory=lambda: TargetWatch(target=1.0))  # evaluations of the target split
     history: list[dict[str, Any]] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
@@ -73,6 +75,7 @@ class TrainState:
             "noise": self.noise.state_dict(),
             "partial": self.partial,
             "changes": self.changes,
+            "trial": self.trial.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], steps_per_epoch: int, source: str) -> None:
@@ -95,6 +98,7 @@ class TrainState:
         set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.changes = list(state.get("changes") or [])
+        self.trial.load_state_dict(state.get("trial"))  # absent before target checks existed
         self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
         self.partial = state.get("partial") if state["epoch_step"] else None
 
@@ -146,10 +150,12 @@ def problem(state: Any) -> str | None:
         ("partial", lambda v: v is None or (isinstance(v, dict) and all(
             _number(v.get(k)) for k in ("loss_sum", "correct", "images", "seconds")))),
         ("changes", lambda v: v is None or isinstance(v, list)),
+        ("trial", lambda v: v is None or (isinstance(v, dict) and isinstance(v["evals"], list) and _int(v["next_eval"])
+                                          and v["ended"] in (None, "target", "budget"))),
     )
     for key, ok in checks:
-        if key == "changes" and key not in state:
-            continue  # format 1
+        if key in ("changes", "trial") and key not in state:
+            continue  # written before these existed
         if key not in state:
             return f"its {key!r} entry is missing"
         try:

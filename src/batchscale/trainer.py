@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from . import checkpoint, data
 from .config import Config
 from .errors import ConfigError, Diverged, Stopped
-from .metrics import RunLog, summarize
+from .metrics import RunLog, summarize, write_json_atomic
 from .models import build_model
 from .noise import GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
@@ -28,6 +28,7 @@ from .rundir import RunLock, check_space, check_writable
 from .schedule import LRSchedule
 from .state import EpochSums, TrainState
 from .stopping import StopRequest
+from .target import QUICK_PART, TargetWatch
 from .testing import faults
 
 
@@ -198,6 +199,10 @@ class Trainer:
         seed_everything(config)
         device = self.device = backend.device
         train_x, train_y, val_x, val_y = prepare_data(config, backend)
+        if config.holdout >= train_x.shape[0] // 2:
+            raise ConfigError(f"--holdout {config.holdout} is half or more of the {train_x.shape[0]} training images; "
+                              "hold out fewer")
+        train_x, train_y, held_x, held_y = data.split_holdout(train_x, train_y, config.holdout)
         self.precision = resolve(config, device)
         memory_format = memory_format_for(device)
         self.simulated = config.simulate_workers
@@ -209,13 +214,21 @@ class Trainer:
             config.seed, device, memory_format=memory_format, simulate=self.simulated > 1,
         )
         self.steps_per_epoch = self.batches.steps_per_epoch
-        self.evals = data.EvalBatches(val_x, val_y, config.val_batch_size, data.Shard(backend.rank, backend.world_size),
-                                      device, memory_format)
+        shard = data.Shard(backend.rank, backend.world_size)
+        self.evals = data.EvalBatches(val_x, val_y, config.val_batch_size, shard, device, memory_format)
+        self.holdout = (data.EvalBatches(held_x, held_y, config.val_batch_size, shard, device, memory_format)
+                        if config.holdout else None)
+        # The target split (held-out images, else the test set), and the quarter of it that quick looks see.
+        target_x, target_y = (held_x, held_y) if config.holdout else (val_x, val_y)
+        part = target_x.shape[0] // QUICK_PART
+        self.quick = data.EvalBatches(target_x[:part], target_y[:part], config.val_batch_size, shard, device,
+                                      memory_format)
         model, optimizer = build_model_and_optimizer(config, device)
         self.parameters = sum(p.numel() for p in model.parameters())
         self.schedule = LRSchedule.from_config(config, backend.averaged_batches() * self.simulated, self.steps_per_epoch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.state = TrainState(model, optimizer, self.precision.scaler, config.to_dict(), self.workers)
+        self.state.trial = TargetWatch(config.target_accuracy, config.eval_growth, config.stop_at_target, config.max_steps)
         self.model: nn.Module = model  # what the loop calls: wrapped by the backend and torch.compile in run()
         self.resumed_from: Path | None = None
         self.log: RunLog | None = None
@@ -237,6 +250,7 @@ class Trainer:
             opened = path, state, checkpoint.settings_changes(state, config, self.workers, path)
         # Nothing is removed before every check has passed.
         (Path(config.log_dir) / "summary.json").unlink(missing_ok=True)  # a run in progress has no summary
+        (Path(config.log_dir) / "diverged.json").unlink(missing_ok=True)
         if not config.resume:
             removed = checkpoint.clear(config)
             for old in Path(config.log_dir).glob("events.out.tfevents.*"):
@@ -256,7 +270,7 @@ class Trainer:
         for group in self.state.optimizer.param_groups:  # the current flags are what trains from here on
             group.update(momentum=self.config.momentum, nesterov=self.config.nesterov, weight_decay=self.config.wd)
         self.state.config = self.config.to_dict()
-        if saved["epoch"] >= self.config.epochs:  # finished: nothing trains, so no flag changes what it ran
+        if self.finished():  # nothing trains, so no flag changes what it ran
             ran = {k: v for k, v in saved["config"].items() if k not in checkpoint.NOT_RECORDED and k in self.state.config}
             self.state.config.update(ran)
         else:
@@ -273,16 +287,28 @@ class Trainer:
         if config.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
             batch = next(iter(self.batches.epoch(1)))[0]
-            compile_seconds = warm_up(self.model, batch, self.evals.shapes(), self.precision)
+            shapes = self.evals.shapes() + self.quick.shapes() + (self.holdout.shapes() if self.holdout else [])
+            compile_seconds = warm_up(self.model, batch, shapes, self.precision)
         self.log = RunLog(config, self.backend.is_main, state.history, self.batches.global_batch)
         self.announce()
-        while state.epoch < config.epochs:
-            self.train_epoch()
+        try:
+            while not self.finished():
+                self.train_epoch()
+        except Diverged as err:  # a study counts a diverged trial as a result (it missed its target), not a crash
+            if self.backend.is_main:
+                write_json_atomic(Path(config.log_dir) / "diverged.json", {
+                    "message": str(err), "step": state.step(self.steps_per_epoch),
+                    "trial": {**state.trial.summary(), "ended": "diverged"}, "config": config.to_dict()})
+            raise
         summary = summarize(config, self.backend.name, self.workers, state.history, self.parameters)
         summary.update(precision=self.precision.name, device=device_name(self.device), compile_seconds=compile_seconds,
-                       changes=state.changes, config={**summary["config"], **state.config})
+                       changes=state.changes, config={**summary["config"], **state.config},
+                       trial={**state.trial.summary(), "split": "holdout" if self.holdout else "test"})
         self.backend.agree(lambda: self.log.finish(summary))  # type: ignore[union-attr]
         return summary
+
+    def finished(self) -> bool:
+        return self.state.epoch >= self.config.epochs or self.state.trial.ended is not None
 
     def announce(self) -> None:
         assert self.log is not None
@@ -297,6 +323,11 @@ class Trainer:
             f"{self.device.type} ({backend.name}{simulating}), global batch {self.batches.global_batch}, "
             f"{self.steps_per_epoch} steps/epoch, peak lr {self.schedule.peak_lr:.4g}{resumed}"
         )
+        split = f"{config.holdout} held-out images" if config.holdout else "the test set"
+        ends = ([f"at {100 * config.target_accuracy:g}% accuracy on {split}"] if config.stop_at_target else []) + \
+               ([f"after {config.max_steps} steps"] if config.max_steps else [])
+        if ends:
+            self.log.say(f"trial: ends {' or '.join(ends)}")
         new = [c for c in state.changes if c["step"] == state.step(self.steps_per_epoch)]
         if new and self.resumed_from is not None:
             listed = ", ".join(f"{c['setting']} {c['from']!r} -> {c['to']!r}" for c in new)
@@ -325,24 +356,7 @@ class Trainer:
         for micro in self.batches.epoch(epoch, state.epoch_step):
             step = state.step(self.steps_per_epoch)  # 0-based index of this update
             lr = self.schedule(step)
-            for group in state.optimizer.param_groups:
-                group["lr"] = lr
-            # Noise scale: a small batch (one worker's micro-batch) against the combined gradient.
-            # Needs a large batch bigger than the small one: not on one worker without accumulation.
-            measure = (not config.use_adasum and self.batches.global_batch > config.batch_size
-                       and (step + 1) % config.noise_every == 0)
-            measure = measure and (len(micro) > 1 or backend.can_probe)
-            if measure:
-                norms.reset(self.device)
-                if len(micro) == 1:
-                    backend.probe(norms)
-            loss, correct = train_step(self.model, state.optimizer, micro, backend, self.criterion, self.precision,
-                                       norms if measure else None)
-            if measure:
-                if len(micro) == 1:
-                    backend.probe(None)
-                state.noise.update(norms.small_sq, norms.big_sq, config.batch_size, self.batches.global_batch,
-                                   examples=config.noise_every * self.batches.global_batch)
+            loss, correct = self.update(micro, step, lr, norms)
             state.epoch_step += 1
             bad_step.masked_fill_((bad_step == 0) & ~torch.isfinite(loss), step + 1)  # no host sync
             sums.loss_sum += loss
@@ -350,7 +364,12 @@ class Trainer:
             sums.images += local_images
             self.log.step(bar, step + 1, lr, sums.images, sums.loss_sum, sums.correct)  # type: ignore[union-attr]
             faults.point("step", step + 1, backend.rank, self.model)
-            if state.epoch_step == self.steps_per_epoch:
+            state.trial.after_step(step + 1)
+            if state.trial.due(step + 1) and state.epoch_step < self.steps_per_epoch:  # an epoch's end evaluates anyway
+                sums.seconds += time.perf_counter() - clock
+                self.check_target(step + 1, sums.seconds)
+                clock = time.perf_counter()
+            if state.epoch_step == self.steps_per_epoch or state.trial.ended:
                 break
             every = config.checkpoint_every_steps
             due = bool(every) and state.epoch_step % every == 0
@@ -368,6 +387,29 @@ class Trainer:
         sums.seconds += time.perf_counter() - clock
         self.end_epoch(sums, bad_step)
 
+    def update(self, micro: list[tuple[Tensor, Tensor]], step: int, lr: float, norms: GradNorms) -> tuple[Tensor, Tensor]:
+        """One optimizer step at `lr`; every --noise-every steps it also measures the noise scale: a small batch
+        (one worker's, or one micro-batch) against the combined gradient, which needs a larger combined batch
+        (not one worker without accumulation, nor Adasum, which has no averaged gradient)."""
+        state, config, backend = self.state, self.config, self.backend
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        measure = (not config.use_adasum and self.batches.global_batch > config.batch_size
+                   and (step + 1) % config.noise_every == 0)
+        measure = measure and (len(micro) > 1 or backend.can_probe)
+        if measure:
+            norms.reset(self.device)
+            if len(micro) == 1:
+                backend.probe(norms)
+        loss, correct = train_step(self.model, state.optimizer, micro, backend, self.criterion, self.precision,
+                                   norms if measure else None)
+        if measure:
+            if len(micro) == 1:
+                backend.probe(None)
+            state.noise.update(norms.small_sq, norms.big_sq, config.batch_size, self.batches.global_batch,
+                               examples=config.noise_every * self.batches.global_batch)
+        return loss, correct
+
     def end_epoch(self, sums: EpochSums, bad_step: Tensor) -> None:
         state, backend = self.state, self.backend
         stopping = self.sync_point(bad_step)
@@ -376,6 +418,7 @@ class Trainer:
         train_loss, train_correct, images = backend.all_reduce_sum(totals).tolist()  # .tolist() waits for the device
         backend.average_buffers(self.model)
         val_loss, val_acc = evaluate(self.model, self.evals, backend, self.precision)
+        held = evaluate(self.model, self.holdout, backend, self.precision) if self.holdout else None
         step = state.step(self.steps_per_epoch)
         epoch = state.epoch + 1
         if not (self.weights_finite() and torch.isfinite(torch.tensor([val_loss, train_loss])).all()):
@@ -399,6 +442,11 @@ class Trainer:
             "wall_seconds": before["wall_seconds"] + time.perf_counter() - self.started,
             "noise_scale": state.noise.b_simple,
         }
+        if held is not None:
+            record.update(holdout_loss=held[0], holdout_acc=held[1])
+        state.trial.record(step, held[1] if held else val_acc, loss=held[0] if held else val_loss,
+                           examples=step * self.batches.global_batch, b_simple=record["noise_scale"],
+                           train_seconds=record["train_seconds"])
         self.started = time.perf_counter()  # wall time is counted per epoch from here on
         state.history.append(record)
         state.epoch, state.epoch_step = epoch, 0
@@ -408,6 +456,20 @@ class Trainer:
         backend.agree(lambda: self.log.epoch(record))  # type: ignore[union-attr]
         if stopping:
             self.stopped(path)
+
+    def check_target(self, step: int, epoch_seconds: float) -> None:
+        """Evaluates the target split (or its quick part) inside an epoch; the trial may end here (the caller
+        then ends the epoch)."""
+        state = self.state
+        self.backend.average_buffers(self.model)
+        before = state.history[-1]["train_seconds"] if state.history else 0.0
+        while state.trial.due(step):  # a quick look that comes near the target is followed by a whole one
+            full = state.trial.fine
+            loss, acc = evaluate(self.model, (self.holdout or self.evals) if full else self.quick, self.backend,
+                                 self.precision)
+            state.trial.record(step, acc, full, loss=loss, examples=step * self.batches.global_batch,
+                               b_simple=state.noise.b_simple, train_seconds=before + epoch_seconds)
+        self.model.train()
 
     # -- checks and saves --------------------------------------------------------------------------------------
 

@@ -89,3 +89,25 @@ def test_rerunning_a_finished_run_with_other_flags_reports_what_ran(tiny_cifar, 
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["wd"] == 0.0005 and summary["changes"] == []  # nothing trained with 0.01
+
+
+def test_a_trial_killed_mid_epoch_resumes_its_evaluations_and_budget(tiny_cifar, tmp_path):
+    # A study trial: held-out split (280 images left: 17 steps per epoch), evaluations inside epochs, and a
+    # 25-step budget that ends inside epoch 2.
+    trial = ("--holdout", "40", "--eval-growth", "1.05", "--target-accuracy", "0.99", "--stop-at-target",
+             "--max-steps", "25", "--lr-schedule", "constant", "--checkpoint-every-steps", "4", "--batch-size", "16")
+    whole = train(tiny_cifar, tmp_path / "whole", *trial, epochs=5)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = train(tiny_cifar, tmp_path / "cut", *trial, epochs=5, env={"BATCHSCALE_FAULT": "step:23"})
+    assert killed.returncode != 0
+    again = train(tiny_cifar, tmp_path / "cut", *trial, epochs=5)
+    assert again.returncode == 0, again.stderr[-3000:]
+    first, second = (json.loads((tmp_path / d / "summary.json").read_text())["trial"] for d in ("whole", "cut"))
+    assert first["ended"] == second["ended"] == "budget" and first["reached"] is None
+    drop = ("train_seconds",)
+    assert [{k: v for k, v in e.items() if k not in drop} for e in first["evals"]] == \
+           [{k: v for k, v in e.items() if k not in drop} for e in second["evals"]]
+    assert first["evals"][-1]["step"] == 25
+    assert [r["step"] for r in records(tmp_path / "cut")] == [17, 25]
+    assert [r["images"] for r in records(tmp_path / "cut")] == [272, 128]
+    assert same_weights(tmp_path / "whole" / "checkpoint-2.pth.tar", tmp_path / "cut" / "checkpoint-2.pth.tar")

@@ -10,19 +10,17 @@ from launch import cli, one_line
 
 from batchscale.noise import NoiseScale
 from batchscale.study.plan import Network, fit_steps_to_target, plan, step_seconds
-from batchscale.study.sweep import SweepConfig, critical_batch_lr, preset
+from batchscale.study.sweep import SweepConfig, preset
 
 
-def test_presets():
+def test_presets(capsys):
     paper = preset("paper", SweepConfig())
     assert [r.batch_size for r in paper.runs()] == [8, 16, 32, 64, 128, 256]
     assert {r.workers for r in paper.runs()} == {4} and {r.lr_scaling for r in paper.runs()} == {"linear"}
-    critical = preset("critical-batch", SweepConfig()).runs()
-    assert [r.global_batch for r in critical] == [2**i for i in range(5, 14)]
-    assert max(r.batch_size for r in critical) == 512  # accumulated beyond
-    assert critical_batch_lr(128) == pytest.approx(0.1) and critical_batch_lr(1024) == pytest.approx(0.8)
-    assert critical_batch_lr(4096) == pytest.approx(1.6)
-    assert {r.lr_scaling for r in critical} == {"none"}
+    # The critical batch is `batchscale study`'s (its LR grid per batch), not a sweep preset with one LR rule.
+    with pytest.raises(SystemExit) as exit_code:
+        cli("sweep", "--preset", "critical-batch", "--out", "x", capsys=capsys)
+    assert exit_code.value.code == 2 and "critical-batch" in capsys.readouterr().err
 
 
 def test_noise_scale_estimate_within_ten_percent_of_the_truth():

@@ -67,7 +67,7 @@ class LocalPool:
         queue = list(jobs)
         running: dict[int, tuple[Job, subprocess.Popen, Any]] = {}
         with forwarding_signals(lambda: [p for _, p, _ in running.values()]) as stop:
-            while queue or running:
+            while running or (queue and not stop.signal_name):  # once stopped, the queued jobs wait for a rerun
                 for slot in range(self.slots):
                     if slot not in running and queue and not stop.signal_name:
                         job = queue.pop(0)

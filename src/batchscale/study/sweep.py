@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from ..metrics import write_json_atomic
 from .executors import Job, LocalPool, Outcome, SlurmQueue, forwarding_signals
 
 LAUNCHERS = ("simulate", "torchrun", "horovodrun")
-PRESETS = ("paper", "critical-batch")
+PRESETS = ("paper",)  # the critical batch is measured by `batchscale study` (study/critical.py)
 MAX_MICRO_BATCH = 512  # larger global batches are accumulated, so 8192 fits one GPU
 
 
@@ -73,10 +72,10 @@ class SweepConfig:
     """A sweep; each field is a `batchscale sweep` flag. A preset fills the fields the command line left out."""
 
     out: str = flag("sweep", "sweep folder", group=GRID)
-    preset: str | None = flag(None, "paper: the original's grid; critical-batch: global batch 32-8192", group=GRID,
-                              choices=PRESETS)
-    batch_sizes: tuple[int, ...] = flag((64, 128, 256), "per-worker batch sizes, comma-separated (critical-batch: "
-                                        "global)", group=GRID, parse=_ints)
+    preset: str | None = flag(None, "paper: the original's grid (for the critical batch, see batchscale study)",
+                              group=GRID, choices=PRESETS)
+    batch_sizes: tuple[int, ...] = flag((64, 128, 256), "per-worker batch sizes, comma-separated", group=GRID,
+                                        parse=_ints)
     workers: tuple[int, ...] = flag((1,), "worker counts", group=GRID, parse=_ints)
     lr_scalings: tuple[str, ...] = flag(("linear",), "LR scaling rules (linear, sqrt, none)", group=GRID,
                                         parse=_strings)
@@ -104,8 +103,6 @@ class SweepConfig:
     train_args: tuple[str, ...] = field(default_factory=tuple)
 
     def runs(self) -> list[Run]:
-        if self.preset == "critical-batch":
-            return [critical_batch_run(b, seed) for b in self.batch_sizes for seed in self.seeds]
         grid = itertools.product(self.batch_sizes, self.workers, self.lr_scalings, self.base_lrs, self.seeds)
         return [Run(b, w, s, lr, seed) for b, w, s, lr, seed in grid]
 
@@ -132,8 +129,6 @@ class SweepConfig:
 PRESET_GRIDS: dict[str, dict[str, Any]] = {
     # Kim et al. 2023: 4 workers, per-worker batch 8-256, LR = 0.1 x workers.
     "paper": {"batch_sizes": (8, 16, 32, 64, 128, 256), "workers": (4,), "lr_scalings": ("linear",), "base_lrs": (0.1,)},
-    # Global batch 32 ... 8192 on one device, LR from critical_batch_lr.
-    "critical-batch": {"batch_sizes": tuple(2**i for i in range(5, 14)), "workers": (1,)},
 }
 
 
@@ -145,27 +140,19 @@ def preset(name: str, config: SweepConfig, given: set[str] = frozenset()) -> Swe
     return SweepConfig(**{**asdict(config), **chosen, "preset": name})
 
 
-def critical_batch_lr(global_batch: int) -> float:
-    """0.1 per 128 images up to batch 1024 (Goyal et al.), then square-root growth (Hoffer et al.),
-    because linear scaling past the critical batch diverges."""
-    if global_batch <= 1024:
-        return 0.1 * global_batch / 128
-    return 0.8 * math.sqrt(global_batch / 1024)
-
-
-def critical_batch_run(global_batch: int, seed: int) -> Run:
-    micro = min(global_batch, MAX_MICRO_BATCH)
-    return Run(micro, 1, "none", critical_batch_lr(global_batch), seed, global_batch // micro)
-
-
 def is_done(run_dir: Path, epochs: int) -> bool:
+    """Finished its epochs, or ended as a trial (at its target or its step budget), or diverged: a rerun
+    would only repeat it."""
+    if (run_dir / "diverged.json").is_file():
+        return True
     summary = run_dir / "summary.json"
     if not summary.is_file():
         return False
     try:
-        return json.loads(summary.read_text()).get("epochs_completed") == epochs
+        saved = json.loads(summary.read_text())
     except json.JSONDecodeError:
         return False
+    return saved.get("epochs_completed") == epochs or saved.get("trial", {}).get("ended") in ("target", "budget")
 
 
 def command(config: SweepConfig, run: Run, run_dir: Path) -> list[str]:
@@ -217,7 +204,21 @@ def sweep(config: SweepConfig, say: Callable[..., None] = print) -> list[Path]:
                for r in runs if not is_done(out / r.name, config.epochs)]
     if len(pending) < len(runs):
         say(f"{len(runs) - len(pending)} of {len(runs)} runs already done, skipped")
-    progress = Progress(config, runs, say)
+    progress = Progress(out, {r.name: float(config.epochs) for r in runs}, lambda d: is_done(d, config.epochs),
+                        epochs_done, say)
+    execute(config, out, pending, progress, say)
+    if not config.wait:
+        return folders
+    progress.show(final=True)
+    failed = [f"{name} ({progress.states[name]}; see {out / name / 'train.log'})" for name in progress.failed()]
+    if failed:
+        raise BatchscaleError(f"{len(failed)} of {len(runs)} runs failed: {'; '.join(failed)}; fix and rerun the sweep "
+                              "to retry them (finished runs are kept)")
+    return folders
+
+
+def execute(config: Any, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
+    """Runs `pending` where `config`'s execution fields say (a sweep's or a study's), showing `progress`."""
     if config.executor == "slurm":
         queue = SlurmQueue(out / ".slurm", config.partition, config.time, config.gpus_per_run, config.cpus_per_run,
                            dict(option.split("=", 1) for option in config.sbatch), nodes=config.nodes_per_run)
@@ -225,8 +226,8 @@ def sweep(config: SweepConfig, say: Callable[..., None] = print) -> list[Path]:
         write_json_atomic(out / "jobs.json", jobs)
         say(f"submitted {len(pending)} training(s) to SLURM ({', '.join(sorted(set(j.split('_')[0] for j in jobs.values())))})")
         if not config.wait:
-            return folders
-        wait_for_slurm(config, runs, jobs, progress)
+            return
+        wait_for_slurm(config, jobs, progress)
     else:
         progress.outcomes = {job.name: Outcome() for job in pending}
 
@@ -235,12 +236,6 @@ def sweep(config: SweepConfig, say: Callable[..., None] = print) -> list[Path]:
             progress.show()
 
         LocalPool(config.slots, gpu_count()).run(pending, progress.outcomes, tick)
-    progress.show(final=True)
-    failed = [f"{name} ({progress.states[name]}; see {out / name / 'train.log'})" for name in progress.failed()]
-    if failed:
-        raise BatchscaleError(f"{len(failed)} of {len(runs)} runs failed: {'; '.join(failed)}; fix and rerun the sweep "
-                              "to retry them (finished runs are kept)")
-    return folders
 
 
 def gpu_count() -> int:
@@ -254,7 +249,7 @@ def read_jobs(out: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def wait_for_slurm(config: SweepConfig, runs: list[Run], jobs: dict[str, str], progress: Progress) -> None:
+def wait_for_slurm(config: Any, jobs: dict[str, str], progress: Progress) -> None:
     """Polls the run folders (and squeue for what is still alive) until every run is done or failed. A
     signal to the sweep stops the waiting only: the jobs go on, and --status looks again."""
     with forwarding_signals(lambda: []) as stop:
@@ -272,14 +267,20 @@ POLL_SECONDS = 5.0
 
 
 class Progress:
-    """One line for the whole study: runs done / running / queued / failed, and the time left. What it knows
-    comes from the run folders, and from whoever runs them: the local pool (running, exit codes) or squeue."""
+    """One line for the whole sweep or study: runs done / running / queued / failed, and the time left. What it
+    knows comes from the run folders, and from whoever runs them: the local pool (running, exit codes) or squeue.
 
-    def __init__(self, config: SweepConfig, runs: list[Run], say: Callable[..., None]) -> None:
-        self.config, self.runs, self.say = config, runs, say
-        self.out = Path(config.out)
+    `budget` is each run's work at most (epochs, or a trial's images) and `trained(folder)` how much it has
+    done. A trial that ends at its target stops short of its budget, so the time left assumes the remaining
+    runs use the share of their budget the finished ones did."""
+
+    def __init__(self, out: Path, budget: dict[str, float], finished: Callable[[Path], bool],
+                 trained: Callable[[Path], float], say: Callable[..., None], label: str = "sweep",
+                 unit: str = "epoch") -> None:
+        self.out, self.budget, self.finished, self.trained, self.say = out, budget, finished, trained, say
+        self.label, self.unit = label, unit
         self.started = time.monotonic()
-        self.epochs_at_start = sum(epochs_done(self.out / r.name) for r in runs)
+        self.at_start = sum(trained(out / name) for name in budget)
         self.states: dict[str, str] = {}
         self.running: set[str] = set()
         self.outcomes: dict[str, Outcome] = {}
@@ -287,7 +288,7 @@ class Progress:
         self.jobs: dict[str, str] = {}
 
     def state(self, name: str) -> str:
-        if is_done(self.out / name, self.config.epochs):
+        if self.finished(self.out / name):
             return "done"
         if self.alive is not None:
             if self.jobs.get(name) not in self.alive:
@@ -302,16 +303,21 @@ class Progress:
         return [name for name, state in self.states.items() if state == "failed"]
 
     def show(self, final: bool = False) -> None:
-        self.states = {run.name: self.state(run.name) for run in self.runs}
+        self.states = {name: self.state(name) for name in self.budget}
         counts = {k: sum(v == k for v in self.states.values()) for k in ("done", "running", "queued", "failed")}
-        total = len(self.runs) * self.config.epochs
-        done = sum(epochs_done(self.out / r.name) for r in self.runs)
-        trained = done - self.epochs_at_start
-        seconds_per_epoch = (time.monotonic() - self.started) / trained if trained else None
-        left = ("estimating" if seconds_per_epoch is None
-                else clock(seconds_per_epoch * (total - done)))  # the rate already counts runs side by side
-        line = (f"[sweep] {counts['done']} done, {counts['running']} running, {counts['queued']} queued, "
-                f"{counts['failed']} failed; epoch {done}/{total}, ~{left} left")
+        trained = {name: min(self.trained(self.out / name), budget) for name, budget in self.budget.items()}
+        done = [name for name, state in self.states.items() if state == "done"]
+        used = sum(trained[n] for n in done) / sum(self.budget[n] for n in done) if done else 1.0
+        # A run past the share the finished ones used is not about to end: count a share of what it has left.
+        left_work = sum(max(used * self.budget[n] - trained[n], used * (self.budget[n] - trained[n]))
+                        for n, s in self.states.items() if s in ("running", "queued"))
+        rate = (sum(trained.values()) - self.at_start) / (time.monotonic() - self.started)
+        left = clock(left_work / rate) if rate > 0 else "estimating"  # the rate already counts runs side by side
+        total = sum(self.budget.values())
+        amount = (f"epoch {sum(trained.values()):.0f}/{total:.0f}" if self.unit == "epoch" else
+                  f"{sum(trained.values()) / 1e6:.2f}M of at most {total / 1e6:.2f}M {self.unit}s")
+        line = (f"[{self.label}] {counts['done']} done, {counts['running']} running, {counts['queued']} queued, "
+                f"{counts['failed']} failed; {amount}, ~{left} left")
         self.say(line if final else line + "   ", end="\n" if final else "\r")
 
 
@@ -323,7 +329,8 @@ def status(config: SweepConfig, say: Callable[..., None] = print) -> None:
     saved = json.loads((out / "sweep.json").read_text())
     recorded = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "runs"})
     jobs = read_jobs(out)
-    progress = Progress(recorded, recorded.runs(), say)
+    progress = Progress(out, {r.name: float(recorded.epochs) for r in recorded.runs()},
+                        lambda d: is_done(d, recorded.epochs), epochs_done, say)
     if jobs:
         progress.jobs, progress.alive = jobs, SlurmQueue.alive(list(jobs.values()))
     progress.show(final=True)

@@ -1,0 +1,232 @@
+"""A study's report: report.md, results.json and plots, every number read from the trial folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..metrics import write_json_atomic, write_text_atomic
+from .critical import PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name
+from .protocol import MISSED, REACHED, Analysis, Trial, analyze
+
+
+def paper_results(out: Path, tuned: dict[int, float]) -> list[dict[str, Any]]:
+    """The paper grid's runs: at the paper's LR, and at the tuned LR stage 1 names now (an older tuned run, from
+    before more trials moved the best LR, is left out)."""
+    rows = []
+    for b in PAPER_BATCHES:
+        row: dict[str, Any] = {"per_worker_batch": b, "global_batch": b * PAPER_WORKERS,
+                               "published": PAPER_ACCURACY[b]}
+        lr = tuned.get(b * PAPER_WORKERS)
+        folders = {"paper": out / f"paper/b{b}-paper-lr", "tuned": out / tuned_name(b, lr) if lr else None}
+        for kind, folder in folders.items():
+            if folder is not None and (folder / "diverged.json").is_file():
+                row[kind] = {"diverged": True}
+            if folder is None or not (folder / "summary.json").is_file():
+                continue
+            summary = json.loads((folder / "summary.json").read_text())
+            records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+            row[kind] = {"peak_lr": summary["config"]["base_lr"] * (PAPER_WORKERS if kind == "paper" else 1),
+                         "final_test_acc": summary["final_val_acc"],
+                         "mean_test_acc": sum(r["val_acc"] for r in records) / len(records),
+                         "final_holdout_acc": records[-1].get("holdout_acc")}
+        rows.append(row)
+    return rows
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def write_plots(out: Path, trials: list[Trial], analysis: Analysis) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: list[tuple[str, str]] = []
+    fit = analysis.fit
+    reached = [b for b in analysis.bests if b.trial is not None]
+    for name, per_step in (("steps_vs_batch.png", True), ("examples_vs_batch.png", False)):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        value = (lambda t, steps: steps) if per_step else (lambda t, steps: steps * t.batch)
+        for status, marker, label in ((REACHED, ".", "trial (reached)"), (MISSED, "x", "missed: at its budget"),
+                                      ("diverged", "v", "diverged")):
+            pts = [(t.batch, value(t, t.steps if t.steps else t.budget or 0)) for t in trials if t.status == status]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, color="0.6", s=20, label=label, zorder=2)
+        if reached:
+            xs = [b.batch for b in reached]
+            ys = [value(b.trial, b.steps) for b in reached]
+            ax.plot(xs, ys, "o", color="C0", label="best LR per batch", zorder=3)
+            b0, y0 = xs[0], ys[0]
+            ax.plot(xs, [y0 * b0 / x if per_step else y0 for x in xs], "k:", label="perfect scaling")
+        if fit is not None:
+            grid = [min(t.batch for t in trials) * 2 ** (i / 8) for i in range(1 + 8 * len(analysis.bests))]
+            grid = [g for g in grid if g <= max(t.batch for t in trials) * 1.01]
+            ax.plot(grid, [fit.steps(g) * (1 if per_step else g) for g in grid], "C1-",
+                    label=f"fit: B_crit = {fit.b_noise:,.0f}")
+            ax.axvline(fit.b_noise, color="C3", ls="--", lw=1, label="knee (B_crit)")
+            if analysis.interval:
+                ax.axvspan(analysis.interval.low, analysis.interval.high, color="C3", alpha=0.1, label="90% interval")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("global batch B")
+        ax.set_ylabel("steps to target" if per_step else "examples to target")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        plots.append((name, "Steps to target against the batch size: every trial, the best LR per batch, the fit "
+                      "S_min (1 + B_crit / B), perfect scaling through the smallest batch, and the knee" if per_step
+                      else "Examples to target: E_min (1 + B / B_crit); flat is perfect scaling"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if analysis.b_simple:
+        xs = sorted(analysis.b_simple)
+        axes[0].plot(xs, [analysis.b_simple[x] for x in xs], "o-", label="B_simple at the target (best trial)")
+        if fit is not None:
+            axes[0].axhline(fit.b_noise, color="C3", ls="--", label=f"measured B_crit {fit.b_noise:,.0f}")
+        axes[0].set_xscale("log", base=2)
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("global batch B")
+        axes[0].legend(fontsize=7)
+    for b in reached:
+        if b.trial is not None and b.trial.b_simple_curve:
+            axes[1].plot(*zip(*b.trial.b_simple_curve), label=f"B={b.batch}")
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("training examples")
+    axes[1].set_ylabel("B_simple")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "b_simple.png", dpi=110)
+    plt.close(fig)
+    plots.append(("b_simple.png", "B_simple (smoothed over 200,000 examples) per batch size at the target, and over "
+                  "training for each batch's best trial"))
+    return plots
+
+
+def write_report(out: Path, config: StudyConfig) -> Path:
+    trials = read_trials(out)
+    analysis = analyze(trials)
+    paper = paper_results(out, tuned_lrs(trials)) if config.paper else []
+    fit, interval = analysis.fit, analysis.interval
+    lines = [
+        f"# Critical batch size: ResNet-18 (width {config.width}) on CIFAR-10, target {100 * config.target:g}% "
+        "held-out accuracy", "",
+        f"Protocol: per global batch, {config.lr_points} LRs spaced x{config.lr_spacing:g} around {config.lr_per_128:g} "
+        f"x B/128 (up to {config.extend_edges} more beyond the edge where the best was on it), warmup from 0 over "
+        f"{100 * config.warmup:g}% of the budget, then {config.schedule} LR; each trial "
+        f"stops at the first evaluation of {config.holdout} held-out training images at or above the target "
+        f"(evaluations {100 * (config.eval_growth - 1):g}% apart near it), within min({config.budget_steps} steps, "
+        f"{config.budget_epochs:g} epochs). Batches above {config.micro_batch} are accumulated from micro-batches of "
+        f"{config.micro_batch}. Seeds: {', '.join(map(str, config.seeds))}.", "",
+        "## The answer", "",
+    ]
+    if fit is not None:
+        spread = (f" (90% bootstrap interval {interval.low:,.0f} to {interval.high:,.0f}, {interval.replicates} "
+                  "replicates)" if interval else " (too few points for an interval)")
+        lines += [f"- **B_crit = {fit.b_noise:,.0f}**{spread}: S(B) = {fit.s_min:,.0f} (1 + {fit.b_noise:,.0f}/B) "
+                  f"steps, E(B) = {fit.e_min:,.0f} (1 + B/{fit.b_noise:,.0f}) examples; the fit is off by "
+                  f"{100 * fit.rms_log_error:.0f}% (rms) from the measured points."]
+    else:
+        lines += ["- No fit: fewer than 3 batch sizes reached the target."]
+    if analysis.predicted is not None:
+        ratio = f"; measured / predicted = **{analysis.ratio:.2f}**" if analysis.ratio else ""
+        lines += [f"- B_simple predicts B_crit = {analysis.predicted:,.0f} (median over batch sizes of B_simple when "
+                  f"the best trial reached the target){ratio}."]
+    edges = [b.batch for b in analysis.bests if b.at_edge]
+    if edges:
+        lines += [f"- The best LR sits at the edge of its grid for B = {', '.join(map(str, edges))}: a wider grid "
+                  "might reach the target in fewer steps there."]
+    never = [b.batch for b in analysis.bests if b.trial is None]
+    if never:
+        lines += [f"- No LR reached the target within the budget for B = {', '.join(map(str, never))}."]
+    coarse = [t for t in trials if t.resolution and t.resolution > config.eval_growth and t.steps - t.previous_eval > 1]
+    if coarse:
+        lines += [f"- {len(coarse)} reached trial(s) have steps known only within x{max(t.resolution for t in coarse):.2f}"  # type: ignore[type-var]
+                  " (the accuracy jumped past the fine-evaluation band between two quick looks)."]
+    lines += ["", "## Steps to target per batch size", "",
+              "| B | best LR | steps to target | examples | train s | known within | trials missed | B_simple |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in analysis.bests:
+        t = b.trial
+        if t is None:
+            lines.append(f"| {b.batch} | none reached | - | - | - | - | {b.missed}/{len(b.lrs) * len(config.seeds)} | - |")
+            continue
+        edge = " (edge)" if b.at_edge else ""
+        known = f"({t.previous_eval}, {t.steps}]"
+        lines.append(f"| {b.batch} | {t.lr:.4g}{edge} | {t.steps:,} | {t.examples:,} | "
+                     f"{num(t.extra.get('train_seconds'))} | {known} | {b.missed}/{len(b.lrs) * len(config.seeds)} | "
+                     f"{num(t.b_simple)} |")
+    lines += ["", "## Every trial", "", "| B | LR | seed | outcome | steps | budget | best held-out acc |",
+              "|---:|---:|---:|---|---:|---:|---:|"]
+    for t in sorted(trials, key=lambda t: (t.batch, t.lr, t.seed)):
+        lines.append(f"| {t.batch} | {t.lr:.4g} | {t.seed} | {t.status} | {num(t.steps)} | {num(t.budget)} | "
+                     f"{pct(t.best_acc)} |")
+    plots = write_plots(out, trials, analysis) if trials else []
+    lines += ["", "## Plots", ""] + [f"![{caption}]({name})\n\n{caption}.\n" for name, caption in plots]
+    if paper:
+        lines += paper_section(paper, config)
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_json_atomic(out / "results.json", {
+        "config": {k: v for k, v in vars(config).items() if k not in ("train_args", "_images")},
+        "fit": fit and {"b_crit": fit.b_noise, "s_min": fit.s_min, "e_min": fit.e_min, "rms_log_error": fit.rms_log_error},
+        "interval": interval and {"low": interval.low, "high": interval.high, "replicates": interval.replicates},
+        "b_simple_at_target": analysis.b_simple, "b_simple_prediction": analysis.predicted, "ratio": analysis.ratio,
+        "best": [{"batch": b.batch, "lr": b.trial and b.trial.lr, "steps": b.steps, "at_edge": b.at_edge,
+                  "missed": b.missed, "lrs": b.lrs} for b in analysis.bests],
+        "trials": [{"batch": t.batch, "lr": t.lr, "seed": t.seed, "status": t.status, "steps": t.steps,
+                    "previous_eval": t.previous_eval, "budget": t.budget, "best_acc": t.best_acc,
+                    "b_simple": t.b_simple, **t.extra} for t in trials],
+        "paper": paper,
+    })
+    return out / "report.md"
+
+
+def paper_section(rows: list[dict[str, Any]], config: StudyConfig) -> list[str]:
+    epochs = f"{config.paper_epochs} epoch{'s' if config.paper_epochs != 1 else ''}"
+    lines = ["", f"## The paper's grid: {PAPER_WORKERS} workers, {epochs}", "",
+             "Test accuracy, %, final and averaged over the epochs (the paper's measure); the paper's own figure "
+             f"is for 90 epochs of the full-width model, ours for width {config.width}.", "",
+             "| per-worker batch | global | paper (published) | LR 0.1 x workers: final / mean | tuned LR | "
+             "tuned: final / mean |", "|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(run: dict[str, Any] | None) -> str:
+        if not run:
+            return "-"
+        if run.get("diverged"):
+            return "diverged"
+        return f"{pct(run['final_test_acc'])} / {pct(run['mean_test_acc'])}"
+
+    for row in rows:
+        tuned = row.get("tuned") or {}
+        lines.append(f"| {row['per_worker_batch']} | {row['global_batch']} | {row['published']} | {cell(row.get('paper'))} | "
+                     f"{num(tuned.get('peak_lr'), 4) if tuned else '-'} | {cell(tuned or None)} |")
+    lines += ["", drop_statement(rows)]
+    return lines
+
+
+def drop_statement(rows: list[dict[str, Any]]) -> str:
+    """How much of the paper's drop at the smallest and largest batch is left once the LR is tuned."""
+    def final(row: dict[str, Any], kind: str) -> float | None:
+        run = row.get(kind) or {}
+        return run.get("final_test_acc")
+
+    parts = []
+    for kind, label in (("paper", "at the paper's LR"), ("tuned", "with a tuned LR")):
+        values = [final(r, kind) for r in rows]
+        if None in values or not values:
+            continue
+        top = max(values)  # type: ignore[type-var]
+        parts.append(f"{label}, the smallest batch is {100 * (top - values[0]):.1f} points and the largest "
+                     f"{100 * (top - values[-1]):.1f} points below the best batch")
+    published = [r["published"] for r in rows]
+    paper = (f"In the paper the smallest batch is {max(published) - published[0]:.1f} points and the largest "
+             f"{max(published) - published[-1]:.1f} points below its best. Here, ")
+    return paper + ("; ".join(parts) + "." if parts else "the paper grid has not finished.")

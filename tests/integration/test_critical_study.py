@@ -1,0 +1,53 @@
+"""`batchscale study` end to end on real (tiny) CIFAR-10: trials stop at their held-out target, trials that
+miss their budget are in the results and the report, and a rerun skips what finished."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from launch import ROOT, env_with
+
+
+def study(out, data, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "batchscale.cli", "study", "--out", str(out), "--data", str(data), "--batch-sizes",
+         "32,64", "--lr-points", "2", "--holdout", "40", "--width", "4", "--budget-steps", "6", "--budget-epochs", "2",
+         "--micro-batch", "16", "--slots", "2", "--extend-edges", "0", *flags],
+        cwd=ROOT, env=env_with(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+
+
+def test_trials_stop_at_the_target_and_misses_are_reported(tiny_cifar, tmp_path):
+    easy = study(tmp_path / "easy", tiny_cifar, "--target", "0.01", "--paper-epochs", "1")
+    assert easy.returncode == 0, easy.stderr[-2000:]
+    results = json.loads((tmp_path / "easy" / "results.json").read_text())
+    assert len(results["trials"]) == 4 and {t["status"] for t in results["trials"]} == {"reached"}
+    for folder in (tmp_path / "easy" / "curve").iterdir():
+        summary = json.loads((folder / "summary.json").read_text())
+        trial = summary["trial"]
+        # Ended by the target at its first whole-split look, long before the 6-step budget, judged on the holdout.
+        assert trial["ended"] == "target" and trial["reached"]["step"] == 1 and trial["split"] == "holdout"
+        assert summary["config"]["holdout"] == 40 and summary["epochs_completed"] == 1
+        assert not (folder / "checkpoint-2.pth.tar").exists()
+
+    # The paper grid at its LR and at the tuned one, where 4 workers' batches fit the 280 training images.
+    paper = {row["per_worker_batch"]: row for row in results["paper"]}
+    assert all("final_test_acc" in paper[b]["paper"] for b in (8, 16, 32, 64))
+    assert all("final_test_acc" in paper[b]["tuned"] for b in (8, 16)) and "tuned" not in paper[32]
+    assert "paper" not in paper[128] and "paper" not in paper[256]
+    assert "## The paper's grid: 4 workers, 1 epoch" in (tmp_path / "easy" / "report.md").read_text()
+
+    hard = study(tmp_path / "hard", tiny_cifar, "--target", "0.99", "--no-paper")
+    assert hard.returncode == 0, hard.stderr[-2000:]
+    results = json.loads((tmp_path / "hard" / "results.json").read_text())
+    assert len(results["trials"]) == 4 and {t["status"] for t in results["trials"]} <= {"missed", "diverged"}
+    assert results["fit"] is None and all(b["steps"] is None and b["missed"] == 2 for b in results["best"])
+    report = (tmp_path / "hard" / "report.md").read_text()
+    assert "No LR reached the target within the budget for B = 32, 64" in report
+    assert report.count("| missed |") + report.count("| diverged |") == 4
+
+    again = study(tmp_path / "easy", tiny_cifar, "--target", "0.01", "--paper-epochs", "1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "curve: 4 of 4 already finished, skipped" in again.stdout
+    assert "paper: 6 of 6 already finished, skipped" in again.stdout

@@ -1,0 +1,90 @@
+"""The critical-batch protocol against a problem whose answer is known: the noisy quadratic (testing/nqm.py),
+where B_noise = kappa at every point and B_simple is known in closed form along the way."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchscale.study.protocol import MISSED, REACHED, Trial, analyze, best_per_batch, bootstrap, fit_curve, lr_grid
+from batchscale.testing.nqm import NoisyQuadratic
+
+BATCHES = [2**i for i in range(2, 13)]
+
+
+@pytest.fixture(scope="module")
+def nqm_study():
+    """The protocol as the study runs it: per batch an LR grid around a linear-scaling guess, 2 seeds, every
+    trial stopping at its target or its budget. About 10 s."""
+    problem = NoisyQuadratic()
+    trials, truth = [], {}
+    for batch in BATCHES:
+        for lr in lr_grid(min(0.012 * batch, 1.0), 6, 2**0.5):
+            for seed in (0, 1):
+                trial, true_b_simple = problem.trial(batch, lr, seed, budget=3000)
+                trials.append(trial)
+                truth[(batch, lr, seed)] = true_b_simple
+    return problem, trials, truth, analyze(trials, replicates=300)
+
+
+def test_the_fitted_critical_batch_lands_near_the_known_one(nqm_study):
+    problem, _, _, analysis = nqm_study
+    # Stated tolerance: a factor of 2. A constant LR per trial (not McCandlish's per-step optimum), a x1.41 LR
+    # grid and 2 seeds put the fit at 0.6-0.95 x kappa across seeds; swapping steps for examples, or taking the
+    # slowest LR, lands far outside.
+    assert problem.kappa / 2 < analysis.fit.b_noise < problem.kappa * 2
+    assert analysis.interval is not None and analysis.interval.low <= analysis.fit.b_noise <= analysis.interval.high
+    assert analysis.fit.rms_log_error < 0.25
+
+
+def test_b_simple_lands_near_its_closed_form(nqm_study):
+    _, _, truth, analysis = nqm_study
+    checked = 0
+    for best in analysis.bests:
+        # Where the small batch (B/4) is well below B_simple, the estimator's pairs are informative.
+        if 64 <= best.batch <= 1024:
+            t = best.trial
+            assert t.b_simple == pytest.approx(truth[(t.batch, t.lr, t.seed)], rel=0.25), best.batch
+            checked += 1
+    assert checked == 5
+
+
+def test_a_trial_stops_at_the_first_evaluation_that_reaches_the_target():
+    problem = NoisyQuadratic()
+    trial, _ = problem.trial(64, 0.5, seed=3, budget=3000)
+    assert trial.status == REACHED and trial.steps < 3000
+    # The true step lies in (previous_eval, steps], at most 5% apart or one step.
+    assert trial.steps <= max(1.05 * trial.previous_eval, trial.previous_eval + 1)
+
+
+def test_trials_that_miss_their_budget_stay_in_the_results():
+    problem = NoisyQuadratic()
+    trials = [problem.trial(64, lr, 0, budget=10)[0] for lr in lr_grid(0.77, 4, 2)]
+    trials += [problem.trial(256, lr, 0, budget=3000)[0] for lr in lr_grid(1.0, 4, 2)]
+    assert {t.status for t in trials[:4]} <= {MISSED, "diverged"}
+    bests = {b.batch: b for b in analyze(trials, replicates=0).bests}
+    assert bests[64].trial is None and bests[64].missed == 4
+    assert bests[256].trial is not None and bests[256].missed == sum(t.status != REACHED for t in trials[4:])
+
+
+def test_the_fit_recovers_an_exact_curve():
+    points = [(b, 300 * (1 + 256 / b)) for b in (16, 32, 64, 128, 256, 512, 1024, 4096)]
+    fit = fit_curve(points)
+    assert fit.b_noise == pytest.approx(256, rel=0.01) and fit.s_min == pytest.approx(300, rel=0.01)
+
+
+def test_bootstrap_varies_what_was_measured():
+    # Two seeds per cell that disagree: the interval must be wider than a point.
+    trials = [Trial(b, 0.1, seed, REACHED, round(300 * (1 + 256 / b) * (0.8 if seed else 1.25))) for b in
+              (16, 64, 256, 1024, 4096) for seed in (0, 1)]
+    interval = bootstrap(trials, replicates=200)
+    assert interval is not None and interval.low < interval.high
+
+
+def test_a_best_lr_at_the_edge_of_its_grid_is_flagged():
+    def trial(lr: float, steps: int | None) -> Trial:
+        return Trial(128, lr, 0, REACHED if steps else MISSED, steps)
+
+    edge = best_per_batch([trial(0.1, 500), trial(0.2, 400), trial(0.4, 300)])[0]
+    inside = best_per_batch([trial(0.1, 500), trial(0.2, 250), trial(0.4, None)])[0]
+    assert edge.at_edge and edge.trial.lr == 0.4
+    assert not inside.at_edge and inside.trial.lr == 0.2 and inside.missed == 1
