@@ -140,6 +140,14 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         ratio = f"; measured / predicted = **{analysis.ratio:.2f}**" if analysis.ratio else ""
         lines += [f"- B_simple predicts B_crit = {analysis.predicted:,.0f} (median over batch sizes of B_simple when "
                   f"the best trial reached the target){ratio}."]
+    if len(config.seeds) == 1 and interval is not None:
+        lines += ["- With one seed the interval only says how much the answer depends on which batch sizes were "
+                  "measured, not on seed noise; the spread between neighbouring LRs in the tables below is a hint "
+                  "of that (--seeds 1,2,3 measures it)."]
+    if config.schedule == "linear":
+        lines += ["- Caveat: each trial's LR decays to 0 at the end of its budget, so its steps to target also depend "
+                  "on that budget (Shallue et al. tune the decay length too); --schedule constant, with a target a "
+                  "constant LR reaches, measures without it."]
     edges = [b.batch for b in analysis.bests if b.at_edge]
     if edges:
         lines += [f"- The best LR sits at the edge of its grid for B = {', '.join(map(str, edges))}: a wider grid "
