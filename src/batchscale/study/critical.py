@@ -28,6 +28,7 @@ from ..flags import flag, same_as
 from ..metrics import write_json_atomic
 from .executors import Job
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, lr_grid
+from .runs import read_json
 from .sweep import EXECUTION, Progress, SweepConfig, _ints, execute
 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
@@ -254,52 +255,35 @@ def run_stage(config: StudyConfig, planned: list[Planned], label: str, say: Call
     return progress.failed()
 
 
-def read_trial(run_dir: Path, batch: int, lr: float, seed: int) -> Trial | None:
-    """A finished trial's outcome from its folder (summary.json, or diverged.json), or None if unfinished."""
+def read_trial(run_dir: Path) -> Trial | None:
+    """A finished trial's outcome from its folder (summary.json, or diverged.json), or None if unfinished. Its
+    batch, LR and seed are read from the config it ran with."""
     if (run_dir / "diverged.json").is_file():
-        trial, status = json.loads((run_dir / "diverged.json").read_text())["trial"], DIVERGED
+        saved, status = read_json(run_dir / "diverged.json"), DIVERGED
     elif (run_dir / "summary.json").is_file():
-        trial = json.loads((run_dir / "summary.json").read_text()).get("trial") or {}
-        status = REACHED if trial.get("reached") else MISSED
-        if trial.get("ended") not in ("target", "budget"):
+        saved = read_json(run_dir / "summary.json")
+        status = REACHED if (saved.get("trial") or {}).get("reached") else MISSED
+        if (saved.get("trial") or {}).get("ended") not in ("target", "budget"):
             return None
     else:
         return None
+    trial, config = saved["trial"], saved["config"]
     hit = trial.get("reached") or {}
     curve = tuple((e["examples"], e["b_simple"]) for e in trial.get("evals", []) if e.get("b_simple"))
     last = trial["evals"][-1].get("b_simple") if trial.get("evals") else None
-    return Trial(batch, lr, seed, status, hit.get("step") if hit else None, hit.get("previous_eval"),
-                 trial.get("max_steps"), trial.get("best_acc"), hit.get("b_simple", last) if hit else last, curve,
+    return Trial(config["batch_size"] * config["batches_per_allreduce"], float(config["base_lr"]), config["seed"],
+                 status, hit.get("step") if hit else None, hit.get("previous_eval"), trial.get("max_steps"),
+                 trial.get("best_acc"), hit.get("b_simple", last) if hit else last, curve,
                  {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name})
 
 
-def parse_name(name: str) -> tuple[int, float, int]:
-    """`b{batch}-lr{lr}-s{seed}` -> (batch, lr, seed)."""
-    b, lr, s = name.split("-lr")[0], name.split("-lr")[1].rsplit("-s", 1)[0], name.rsplit("-s", 1)[1]
-    return int(b[1:]), float(lr), int(s)
-
-
 def read_trials(out: Path) -> list[Trial]:
-    trials = []
-    for run_dir in sorted((out / "curve").glob("b*-lr*-s*")):
-        batch, _, seed = parse_name(run_dir.name)
-        config = _run_config(run_dir)
-        lr = float(config["base_lr"]) if config else parse_name(run_dir.name)[1]
-        trial = read_trial(run_dir, batch, lr, seed)
-        if trial is not None:
-            trials.append(trial)
-    return trials
-
-
-def _run_config(run_dir: Path) -> dict[str, Any] | None:
-    for name in ("summary.json", "diverged.json"):
-        if (run_dir / name).is_file():
-            return json.loads((run_dir / name).read_text()).get("config")
-    return None
+    trials = [read_trial(run_dir) for run_dir in sorted((out / "curve").glob("b*-lr*-s*"))]
+    return [t for t in trials if t is not None]
 
 
 def read_study(out: Path) -> StudyConfig:
-    saved = json.loads((out / "study.json").read_text())
+    saved = read_json(out / "study.json")
     return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "_images"})
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..metrics import write_json_atomic, write_text_atomic
 from .critical import PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name
 from .protocol import MISSED, REACHED, Analysis, Trial, analyze
+from .runs import read_json, read_records
 
 
 def paper_results(out: Path, tuned: dict[int, float]) -> list[dict[str, Any]]:
@@ -25,8 +25,8 @@ def paper_results(out: Path, tuned: dict[int, float]) -> list[dict[str, Any]]:
                 row[kind] = {"diverged": True}
             if folder is None or not (folder / "summary.json").is_file():
                 continue
-            summary = json.loads((folder / "summary.json").read_text())
-            records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+            summary = read_json(folder / "summary.json")
+            records = read_records(folder / "metrics.jsonl")
             row[kind] = {"peak_lr": summary["config"]["base_lr"] * (PAPER_WORKERS if kind == "paper" else 1),
                          "final_test_acc": summary["final_val_acc"],
                          "mean_test_acc": sum(r["val_acc"] for r in records) / len(records),
