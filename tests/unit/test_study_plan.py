@@ -34,7 +34,10 @@ def test_a_curve_trial_stops_at_its_held_out_target_within_its_budget(config):
         c = as_config(trial.args)
         batch = c.batch_size * c.batches_per_allreduce
         assert c.batch_size == min(batch, 128) and c.stop_at_target and c.holdout == 2000 and c.eval_growth == 1.05
-        assert c.max_steps == trial.steps == min(6000, -(-4 * 48_000 // batch)) and c.epochs * (48_000 // batch) >= c.max_steps
+        # The budget: whichever of 6000 steps and 4 epochs of images comes first, and the epochs cover it.
+        assert c.max_steps == trial.steps and c.max_steps <= 6000 and (c.max_steps - 1) * batch < 4 * 48_000
+        assert c.max_steps == 6000 or c.max_steps * batch >= 4 * 48_000
+        assert c.epochs * (48_000 // batch) >= c.max_steps
         schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch)
         # Warmed up from 0 to the trial's LR, then constant: no decay tied to the budget.
         assert schedule(0) == 0 and schedule(schedule.warmup_steps) == schedule(c.max_steps - 1) == c.base_lr
