@@ -4,21 +4,21 @@ JSON in $OUT the moment it has it (a cut call still brings back every finished p
   part         box   what it leaves in OUT
   env           40 s environment.json: GPU, versions, whether torch.compile works here, whether the data is whole
   bench-b256   110 s bench-b256.json: the headline, ours against the original's pipeline at batch 256
-  fast         150 s fast/: the fast recipe on real data; summary.json's time_to_accuracy, metrics.jsonl per epoch
-  torchrun      60 s torchrun-*.json: one process under torchrun (NCCL, DDP comm hook, bf16 then fp16 wire, a resume)
-  rest          60 s bench-b128.json, bench-b512.json, fp16.json (the gradient scaler)
-  horovod       60 s horovod.json: the original's own path, horovodrun --gloo -np 1 with NCCL operations, from
-                     wheels carried in .horovod-wheels/ (built here: scripts/install_horovod.sh PY --gpu --no-mpi
-                     --wheel .horovod-wheels, with PY a Python 3.12 venv holding the GPU machine's torch)
+  fast         100 s fast/: the fast recipe on real data; summary.json's time_to_accuracy, metrics.jsonl per epoch
+  torchrun      90 s torchrun-*.json: one process under torchrun (NCCL, DDP comm hook, bf16 then fp16 wire, a resume)
+  fp16          60 s fp16.json: a run under the gradient scaler
+  horovod       90 s horovod.json: the original's own path, horovodrun --gloo -np 1 with NCCL operations, from
+                     wheels carried in .horovod-wheels/ (scripts/build_horovod_carry.sh)
+  benches      110 s bench-b512.json, bench-b128.json, torchrun-bench.json (DDP's cost at batch 256)
 
-Worst case 480 s plus start-up: with machine start and the three staging calls, a 15-minute lease keeps
-room to rerun one part (PARTS=fast). The boxes come from a compile measured on the CPU (a width-64
-ResNet-18 training step, benchmarks/results/cpu-compile.json), taken as twice as slow for Triton's first,
-cold compile on a GPU; the bench compiles only the step it times. status.json holds each part's exit code,
-seconds and whether it ran out of time. Checkpoints go to a scratch folder, never to OUT.
+Worst case 600 s plus start-up. Seen on an H100 (2026-11-27): compiling a bench's step costs about 50 s, the
+fast recipe's 15 epochs 69 s all told, the env part 28 s; boxes allow for those. PARTS="torchrun fp16" runs
+some; status.json holds each part's exit code, seconds and whether it ran out of time. Checkpoints go to a
+scratch folder, never to OUT.
 
     python3 benchmarks/gpu_check.py            # on the GPU machine, after staging data/ (see gpu_check.sh)
     python3 benchmarks/gpu_check.py --dry-run  # every part in order on the CPU, tiny and synthetic (make test)
+    GPU_CHECK_BUNDLE=$OUT/gpu-check.tar.gz OUT=/tmp/gpu-check python3 benchmarks/gpu_check.py  # on the device
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BOXES = {"env": 40, "bench-b256": 110, "fast": 150, "torchrun": 60, "rest": 60, "horovod": 60}
+BOXES = {"env": 40, "bench-b256": 110, "fast": 100, "torchrun": 90, "fp16": 60, "horovod": 90, "benches": 110}
 WHEELS = ROOT / ".horovod-wheels"
 
 
@@ -80,9 +81,20 @@ class Check:
                     shutil.copy(copy[0], copy[1])
         self.status[name] = {"exit_code": code, "seconds": round(time.monotonic() - start, 1), "timed_out": timed_out}
         (self.out / "status.json").write_text(json.dumps(self.status, indent=2) + "\n")
+        self.pack()
         tail = (self.out / f"{name}.log").read_text().strip().splitlines()[-4:]
         print("\n".join(tail), flush=True)
         return code
+
+    def pack(self) -> None:
+        """The device call brings back at most 8 files: with GPU_CHECK_BUNDLE set, everything finished so far
+        is also packed into that one archive (replaced atomically, so a cut call still has the last one)."""
+        bundle = os.environ.get("GPU_CHECK_BUNDLE")
+        if bundle:
+            partial = Path(bundle + ".partial")
+            with tarfile.open(partial, "w:gz") as tar:
+                tar.add(self.out, arcname=self.out.name)
+            partial.replace(bundle)
 
     def horovod(self) -> None:
         """The original's launcher on this device: Horovod from carried wheels (or the one installed, dry run)."""
@@ -133,25 +145,26 @@ class Check:
             self.run("fast", [self.train(self.out / "fast", "--epochs", str(self.epochs), "--batch-size", "512",
                                          "--base-lr", "0.4", "--warmup-epochs", "2", "--warmup-start-lr", "0.04",
                                          "--lr-schedule", "onecycle", "--label-smoothing", "0.1", *self.compile)])
+        torchrun = [self.py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
         if "torchrun" in parts:
-            torchrun = [self.py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
             wire = self.scratch / "wire"
             common = ("--batch-size", "512", "--lr-schedule", "step")
             self.run("torchrun", [
-                [*torchrun, *self.bench("torchrun-bench", 256, "--no-baseline")[1:]],
                 ([*torchrun, *self.train(wire, "--epochs", "1", *common, "--bf16-allreduce")[1:]],
                  wire / "summary.json", self.out / "torchrun-bf16.json"),
                 # A resume on this device: one more epoch from the checkpoint, now with the fp16 wire format.
                 ([*torchrun, *self.train(wire, "--epochs", "2", *common, "--fp16-allreduce")[1:]],
                  wire / "summary.json", self.out / "torchrun-resumed-fp16.json"),
             ])
-        if "rest" in parts:
+        if "fp16" in parts:
             fp16 = self.scratch / "fp16"
-            self.run("rest", [self.bench("bench-b128", 128, "--no-baseline"), self.bench("bench-b512", 512, "--no-baseline"),
-                              (self.train(fp16, "--epochs", "1", "--batch-size", "512", "--precision", "fp16"),
+            self.run("fp16", [(self.train(fp16, "--epochs", "1", "--batch-size", "512", "--precision", "fp16"),
                                fp16 / "summary.json", self.out / "fp16.json")])
         if "horovod" in parts:
             self.horovod()
+        if "benches" in parts:
+            self.run("benches", [self.bench("bench-b512", 512, "--no-baseline"), self.bench("bench-b128", 128, "--no-baseline"),
+                                 [*torchrun, *self.bench("torchrun-bench", 256, "--no-baseline")[1:]]])
         shutil.rmtree(self.scratch, ignore_errors=True)
         print(json.dumps(self.status, indent=2))
         return 0 if all(s["exit_code"] == 0 for s in self.status.values()) else 1

@@ -7,7 +7,8 @@
 # About 5 minutes. Usage: scripts/build_horovod_carry.sh [PYTHON3.12] [TORCH_SPEC]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY312="${1:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python)}"
+# A pyenv shim named python3.12 can exist and still refuse to run: try it before trusting it.
+PY312="${1:-$(python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null || echo /root/.pyenv/versions/3.12.1/bin/python)}"
 TORCH="${2:-torch==2.11.*}"
 venv="$(mktemp -d)/venv"
 "$PY312" -m venv "$venv"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,17 @@ def cli(*argv: str, capsys) -> tuple[int, str]:
 
     code = main(list(argv))
     return code, capsys.readouterr().err
+
+
+def state_of(pid: int) -> str:
+    """A process's state letter from /proc ("T": stopped), or "gone"."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):  # ended between listing and reading: /proc answers either
+        return "gone"
+
+
+def pending(pid: int, sig: signal.Signals) -> bool:
+    """Whether `sig` waits to be delivered to the (stopped) process `pid`."""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    return any(int(status[key], 16) >> (sig - 1) & 1 for key in ("SigPnd", "ShdPnd"))

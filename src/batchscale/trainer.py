@@ -154,14 +154,10 @@ def seed_everything(config: Config) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def memory_format_for(device: torch.device) -> torch.memory_format:
-    # channels_last feeds tensor cores without layout transposes; on CPUs it rarely helps.
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
-def build_model_and_optimizer(config: Config, device: torch.device) -> tuple[nn.Module, torch.optim.SGD]:
-    """The model on its device and layout, and its SGD: what the trainer and the bench both time."""
-    model = build_model(config.model, config.width).to(device, memory_format=memory_format_for(device))
+def build_model_and_optimizer(config: Config, backend: Backend) -> tuple[nn.Module, torch.optim.SGD]:
+    """The model on its backend's device and layout, and its SGD: what the trainer and the bench both time."""
+    device = backend.device
+    model = build_model(config.model, config.width).to(device, memory_format=backend.memory_format)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
         weight_decay=config.wd, fused=device.type == "cuda" or None,  # one kernel for the whole update on GPUs
@@ -204,7 +200,7 @@ class Trainer:
                               "hold out fewer")
         train_x, train_y, held_x, held_y = data.split_holdout(train_x, train_y, config.holdout)
         self.precision = resolve(config, device)
-        memory_format = memory_format_for(device)
+        memory_format = backend.memory_format
         self.simulated = config.simulate_workers
         if self.simulated > 1 and backend.world_size > 1:
             raise ConfigError("--simulate-workers runs in one process; launch it with python, not torchrun or horovodrun")
@@ -223,7 +219,7 @@ class Trainer:
         part = target_x.shape[0] // QUICK_PART
         self.quick = data.EvalBatches(target_x[:part], target_y[:part], config.val_batch_size, shard, device,
                                       memory_format)
-        model, optimizer = build_model_and_optimizer(config, device)
+        model, optimizer = build_model_and_optimizer(config, backend)
         self.parameters = sum(p.numel() for p in model.parameters())
         self.schedule = LRSchedule.from_config(config, backend.averaged_batches() * self.simulated, self.steps_per_epoch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from launch import env_with, same_weights
+from launch import env_with, pending, same_weights, state_of
 from slurm_cluster import cluster
 
 from batchscale.study.sweep import SweepConfig, sweep
@@ -80,15 +80,9 @@ def stopped_trainer(out: Path, sweep_process: subprocess.Popen) -> tuple[str, in
         for run in RUNS:
             lock = out / run / ".batchscale.lock"
             text = lock.read_text() if lock.is_file() else ""
-            stat = Path(f"/proc/{text.split()[1]}/stat") if text.startswith("pid ") else None
-            if stat is not None and stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "T":
+            if text.startswith("pid ") and state_of(int(text.split()[1])) == "T":
                 return run, int(text.split()[1])
         time.sleep(0.1)  # the job is queued and started by SLURM: no event of ours to wait on
-
-
-def pending(pid: int, sig: signal.Signals) -> bool:
-    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
-    return any(int(status[key], 16) >> (sig - 1) & 1 for key in ("SigPnd", "ShdPnd"))
 
 
 def test_a_slurm_job_array_survives_preemption_and_ends_like_a_local_sweep(slurm, tiny_cifar, one_at_a_time, tmp_path):

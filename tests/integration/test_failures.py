@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import command, env_with, one_line, same_weights, start, train, train_args
+from launch import command, env_with, one_line, pending, same_weights, start, state_of, train, train_args
 
 from batchscale import checkpoint
 from batchscale.config import Config
@@ -62,19 +62,6 @@ def test_sigterm_saves_a_step_checkpoint_and_the_rerun_ends_identical(tiny_cifar
     assert again.returncode == 0, again.stderr[-3000:]
     assert "after epoch 1, step 4" in again.stdout
     assert same_weights(reference / "checkpoint-2.pth.tar", stopped / "checkpoint-2.pth.tar")
-
-
-def state_of(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "gone"
-
-
-def pending(pid: int, sig: signal.Signals) -> bool:
-    """Whether `sig` waits to be delivered to the (stopped) process `pid`."""
-    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
-    return any(int(status[key], 16) >> (sig - 1) & 1 for key in ("SigPnd", "ShdPnd"))
 
 
 def test_sigterm_to_torchrun_saves_once_for_all_ranks_and_resumes(tiny_cifar, tmp_path):

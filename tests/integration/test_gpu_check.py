@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,12 +21,14 @@ def check(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_dry_run_runs_every_part_and_leaves_each_parts_json(tmp_path):
-    result = check(tmp_path, "--dry-run")
+    bundle = tmp_path.parent / "bundle.tar.gz"
+    result = check(tmp_path, "--dry-run", GPU_CHECK_BUNDLE=str(bundle))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     status = json.loads((tmp_path / "status.json").read_text())
-    assert list(status)[:5] == ["env", "bench-b256", "fast", "torchrun", "rest"]  # in order of value
-    if (Path(sys.executable).parent / "horovodrun").exists():  # the original's path, where Horovod is built
-        assert list(status)[5:] == ["horovod"]
+    horovod_built = (Path(sys.executable).parent / "horovodrun").exists()  # the original's path
+    assert list(status) == ["env", "bench-b256", "fast", "torchrun", "fp16", *(["horovod"] if horovod_built else []),
+                            "benches"]  # in order of value
+    if horovod_built:
         horovod = json.loads((tmp_path / "horovod.json").read_text())
         assert horovod["backend"] == "horovod" and horovod["config"]["fp16_allreduce"]
     assert all(s["exit_code"] == 0 and not s["timed_out"] for s in status.values())
@@ -38,9 +41,12 @@ def test_dry_run_runs_every_part_and_leaves_each_parts_json(tmp_path):
     assert bf16["backend"] == "torch" and bf16["config"]["bf16_allreduce"] and bf16["epochs_completed"] == 1
     assert resumed["epochs_completed"] == 2 and sorted(c["setting"] for c in resumed["changes"]) == [
         "--bf16-allreduce", "--epochs", "--fp16-allreduce"]
-    for name in ("bench-b128.json", "bench-b512.json", "fp16.json"):
+    for name in ("bench-b128.json", "bench-b512.json", "torchrun-bench.json", "fp16.json"):
         assert (tmp_path / name).is_file(), name
     assert not list(tmp_path.rglob("*.pth.tar*"))  # checkpoints stay out of what comes back
+    with tarfile.open(bundle) as tar:  # the device call's one file holds every part's results
+        names = set(tar.getnames())
+    assert {f"{tmp_path.name}/status.json", f"{tmp_path.name}/fast/summary.json", f"{tmp_path.name}/fp16.json"} <= names
 
 
 def test_partial_data_stops_the_check_with_one_line(tmp_path, tiny_cifar):

@@ -64,6 +64,12 @@ class Backend:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of weights and batches. channels_last feeds tensor cores without layout transposes; on CPUs
+        it rarely helps."""
+        return torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+
     def averaged_batches(self) -> int:
         """How many batches of --batch-size one update averages: what the LR rule (schedule.py) scales with.
 

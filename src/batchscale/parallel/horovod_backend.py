@@ -64,6 +64,12 @@ class HorovodBackend(Backend):
     def _gpu_adasum(self) -> bool:
         return self.config.use_adasum and self.device.type == "cuda" and self.hvd.nccl_built()
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        # Horovod's collectives refuse any tensor that is not is_contiguous(), and channels_last weights and
+        # gradients are not (seen on an H100: broadcast_parameters fails at once).
+        return torch.contiguous_format
+
     def averaged_batches(self) -> int:
         # Horovod's GPU Adasum averages within the node, so the LR scales with the GPUs per node.
         if self._gpu_adasum:

@@ -27,7 +27,7 @@ from ..metrics import write_json_atomic
 from ..models import build_model
 from ..parallel import Backend, init_backend
 from ..precision import Precision, resolve
-from ..trainer import build_model_and_optimizer, memory_format_for, train_step, warm_up
+from ..trainer import build_model_and_optimizer, train_step, warm_up
 
 # Dense peak TFLOP/s by GPU from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
 # More specific names first: "H100 NVL" and "H100 PCIe" before "H100".
@@ -151,9 +151,9 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     device = backend.device
     precision = resolve(config, device)
     batches = data.TrainBatches(images, labels, bench.batch_size, 1, data.Shard(backend.rank, backend.world_size), 0,
-                                device, memory_format=memory_format_for(device))
+                                device, memory_format=backend.memory_format)
     torch.manual_seed(0)
-    model, optimizer = build_model_and_optimizer(config, device)
+    model, optimizer = build_model_and_optimizer(config, backend)
     flops = flops_per_step(model, *batches.gather(*(t[0, 0] for t in batches.epoch_plan(1))), precision)
     model, optimizer = backend.prepare(model, optimizer)
     criterion = nn.CrossEntropyLoss()
