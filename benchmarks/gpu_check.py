@@ -4,17 +4,20 @@ JSON in $OUT the moment it has it (a cut call still brings back every finished p
   part         box   what it leaves in OUT
   env           40 s environment.json: GPU, versions, whether torch.compile works here, whether the data is whole
   bench-b256   110 s bench-b256.json: the headline, ours against the original's pipeline at batch 256
-  fast         100 s fast/: the fast recipe on real data; summary.json's time_to_accuracy, metrics.jsonl per epoch
+  graphs       110 s graphs-b256.json, graphs-b512.json: the step as CUDA graphs (--compile-mode reduce-overhead),
+                     against the launch-bound step the first H100 run measured (7% of peak at batch 256)
+  fast         130 s fast/: the fast recipe on real data; summary.json's time_to_accuracy, metrics.jsonl per epoch
   torchrun      90 s torchrun-*.json: one process under torchrun (NCCL, DDP comm hook, bf16 then fp16 wire, a resume)
   fp16          60 s fp16.json: a run under the gradient scaler
   horovod       90 s horovod.json: the original's own path, horovodrun --gloo -np 1 with NCCL operations, from
                      wheels carried in .horovod-wheels/ (scripts/build_horovod_carry.sh)
   benches      110 s bench-b512.json, bench-b128.json, torchrun-bench.json (DDP's cost at batch 256)
 
-Worst case 600 s plus start-up. Seen on an H100 (2026-11-27): compiling a bench's step costs about 50 s, the
-fast recipe's 15 epochs 69 s all told, the env part 28 s; boxes allow for those. PARTS="torchrun fp16" runs
-some; status.json holds each part's exit code, seconds and whether it ran out of time. Checkpoints go to a
-scratch folder, never to OUT.
+Worst case 740 s, more than one call may run (600 s): choose with PARTS, e.g. PARTS="env bench-b256 graphs fast"
+(390 s) then PARTS="env torchrun fp16 horovod benches" (350 s) on the same warm machine. Seen on an H100
+(2026-11-27, benchmarks/results/gpu-h100-20261127/): compiling a bench's step costs about 50 s, the fast recipe's
+15 epochs 69 s all told (27 s compiling), the env part 28 s; boxes allow for those. status.json holds each part's
+exit code, seconds and whether it ran out of time. Checkpoints go to a scratch folder, never to OUT.
 
     python3 benchmarks/gpu_check.py            # on the GPU machine, after staging data/ (see gpu_check.sh)
     python3 benchmarks/gpu_check.py --dry-run  # every part in order on the CPU, tiny and synthetic (make test)
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BOXES = {"env": 40, "bench-b256": 110, "fast": 100, "torchrun": 90, "fp16": 60, "horovod": 90, "benches": 110}
+BOXES = {"env": 40, "bench-b256": 110, "graphs": 110, "fast": 130, "torchrun": 90, "fp16": 60, "horovod": 90, "benches": 110}
 WHEELS = ROOT / ".horovod-wheels"
 
 
@@ -51,7 +54,7 @@ class Check:
         self.train_flags = small
         self.bench_flags = (["--steps", "2", "--rounds", "1", "--warmup", "1", "--baseline-steps", "2", *small] if dry_run
                             else ["--steps", "30", "--rounds", "2", "--warmup", "5", "--baseline-steps", "15"])
-        self.epochs = 2 if dry_run else 15
+        self.epochs = 2 if dry_run else 30  # 15 reached 91.8% on an H100
         self.compile: list[str] = []
         self.real = dry_run
 
@@ -139,6 +142,12 @@ class Check:
             print("note: eager steps (torch.compile unavailable here, or a dry run); see environment.json", flush=True)
         if "bench-b256" in parts:
             self.run("bench-b256", [self.bench("bench-b256", 256)])
+        if "graphs" in parts:
+            graphs = ["--no-baseline", "--compile-mode", "reduce-overhead"] if self.compile else None
+            if graphs is None:
+                print("== graphs: skipped (CUDA graphs come through torch.compile: a dry run, or no compiler)", flush=True)
+            else:
+                self.run("graphs", [self.bench("graphs-b256", 256, *graphs), self.bench("graphs-b512", 512, *graphs)])
         if "fast" in parts and self.real:
             # Compiled bf16 channels_last, batch 512, one-cycle LR 0.04 -> 0.4 over 2 epochs then down, label
             # smoothing 0.1. Never run before: time_to_accuracy says which thresholds it reached, and when.

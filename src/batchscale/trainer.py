@@ -281,7 +281,7 @@ class Trainer:
         self.model, state.optimizer = self.backend.prepare(state.model, state.optimizer)
         compile_seconds = 0.0
         if config.compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+            self.model = torch.compile(self.model, mode=config.compile_mode)  # type: ignore[assignment]
             batch = next(iter(self.batches.epoch(1)))[0]
             shapes = self.evals.shapes() + self.quick.shapes() + (self.holdout.shapes() if self.holdout else [])
             compile_seconds = warm_up(self.model, batch, shapes, self.precision)

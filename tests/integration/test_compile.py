@@ -1,12 +1,14 @@
 """torch.compile on the CPU: the warm-up changes nothing, the compiled step computes what eager does, and every
-evaluation shape is compiled before the clock starts."""
+evaluation shape is compiled before the clock starts, and --compile-mode is what torch.compile gets."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
+from launch import cli
 from torch import nn
 
 from batchscale import data
@@ -78,3 +80,24 @@ def test_warm_up_compiles_every_evaluation_shape_so_evaluation_compiles_nothing(
         for x, _ in evals:
             model(x)
     assert counters["stats"]["unique_graphs"] == compiled > 0
+
+
+@pytest.mark.parametrize("tool", ["train", "bench"])
+def test_compile_mode_reaches_torch_compile_and_the_record(tool, tiny_cifar, tmp_path, monkeypatch, capsys):
+    modes: list = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: modes.append(kw.get("mode")) or model)  # no real compile
+    common = ["--train-dir", str(tiny_cifar), "--width", "4", "--batch-size", "32", "--no-cuda", "--compile",
+              "--compile-mode", "reduce-overhead"]
+    if tool == "train":
+        code, err = cli("train", *common, "--val-dir", str(tiny_cifar), "--epochs", "1", "--log-dir", str(tmp_path),
+                        "--no-download", "--no-progress", capsys=capsys)
+        recorded = json.loads((tmp_path / "summary.json").read_text())["config"]["compile_mode"]
+    else:
+        out = tmp_path / "bench.json"
+        code, err = cli("bench", *common, "--data", "real", "--steps", "2", "--rounds", "1", "--warmup", "1",
+                        "--no-baseline", "--output", str(out), capsys=capsys)
+        bench = json.loads(out.read_text())
+        recorded = bench["config"]["compile_mode"]
+        assert "compiled (reduce-overhead)" in bench["ours"]["pipeline"]
+    assert code == 0, err[-3000:]
+    assert modes == ["reduce-overhead"] and recorded == "reduce-overhead"

@@ -63,6 +63,7 @@ CASES = [
     (["--use-adasum", "--gradient-predivide-factor", "2"], "applies to averaging only"),
     (["--bf16-allreduce", "--backend", "horovod"], "Horovod"),
     (["--compile", "--backend", "horovod"], "--compile is not supported under Horovod"),
+    (["--compile-mode", "reduce-overhead"], "applies to compiled runs; add --compile"),
     (["--simulate-workers", "0"], "--simulate-workers must be an integer >= 1"),
     (["--simulate-workers", "2", "--use-adasum"], "cannot simulate Adasum"),
     (["--precision", "fp16", "--use-adasum"], "needs a gradient scaler"),

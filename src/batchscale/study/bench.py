@@ -60,6 +60,7 @@ class BenchConfig:
     batch_size: int = same_as(Config, "batch_size", group=BENCH)
     precision: str = same_as(Config, "precision", group=BENCH)
     compile: bool = same_as(Config, "compile", group=BENCH)
+    compile_mode: str = same_as(Config, "compile_mode", group=BENCH)
     steps: int = flag(20, "timed steps per round", group=BENCH)
     warmup: int = flag(5, "untimed steps first", group=BENCH)
     rounds: int = flag(3, "interleaved rounds of ours and the bare loop", group=BENCH)
@@ -84,7 +85,8 @@ class BenchConfig:
     def train_config(self) -> Config:
         return Config(
             model=self.model, width=self.width, batch_size=self.batch_size, precision=self.precision,
-            compile=self.compile, no_cuda=self.no_cuda, train_dir=self.train_dir, val_dir=self.train_dir,
+            compile=self.compile, compile_mode=self.compile_mode, no_cuda=self.no_cuda, train_dir=self.train_dir,
+            val_dir=self.train_dir,
         ).validate()
 
 
@@ -160,7 +162,7 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     stream = endless(batches)
     compile_seconds = 0.0
     if bench.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+        model = torch.compile(model, mode=bench.compile_mode)  # type: ignore[assignment]
         first = next(stream)[0]
         compile_seconds = warm_up(model, first, [], precision)  # the bench times training steps only
     fixed = next(stream)
@@ -200,8 +202,8 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     achieved = flops / step_s / 1e12
     return {
         "pipeline": "batchscale: data on device, batched crop/flip, "
-        f"{precision.name}, {'channels_last, ' if device.type == 'cuda' else ''}"
-        f"{'compiled, ' if bench.compile else ''}no per-step host sync",
+        f"{precision.name}, {'channels_last, ' if backend.memory_format == torch.channels_last else ''}"
+        f"{f'compiled ({bench.compile_mode}), ' if bench.compile else ''}no per-step host sync",
         "model": f"{bench.model} (width {bench.width})",
         "precision": precision.name,
         "images_per_sec": bench.batch_size * backend.world_size / step_s,
