@@ -7,14 +7,17 @@ JSON in $OUT the moment it has it (a cut call still brings back every finished p
   graphs       110 s graphs-b256.json, graphs-b512.json: the step as CUDA graphs (--compile-mode reduce-overhead),
                      against the launch-bound step the first H100 run measured (7% of peak at batch 256)
   fast         130 s fast/: the fast recipe on real data; summary.json's time_to_accuracy, metrics.jsonl per epoch
+  profile       90 s profile.txt: the fast recipe's loop, its third epoch under torch.profiler
+                     (benchmarks/profile_loop.py): why it ran at 37,000 img/s where the bench's step ran at 61,000
   torchrun      90 s torchrun-*.json: one process under torchrun (NCCL, DDP comm hook, bf16 then fp16 wire, a resume)
   fp16          60 s fp16.json: a run under the gradient scaler
   horovod       90 s horovod.json: the original's own path, horovodrun --gloo -np 1 with NCCL operations, from
                      wheels carried in .horovod-wheels/ (scripts/build_horovod_carry.sh)
   benches      110 s bench-b512.json, bench-b128.json, torchrun-bench.json (DDP's cost at batch 256)
 
-Worst case 740 s, more than one call may run (600 s): choose with PARTS, e.g. PARTS="env bench-b256 graphs fast"
-(390 s) then PARTS="env torchrun fp16 horovod benches" (350 s) on the same warm machine. Seen on an H100
+Worst case 830 s, more than one call (600 s) and than a session's device time once the data is staged: choose
+with PARTS. torchrun, fp16 and horovod passed on an H100; the open questions there are PARTS="env bench-b256 graphs
+fast profile" (480 s), then, if time is left, PARTS="env benches" on the same warm machine. Seen on an H100
 (2026-11-27, benchmarks/results/gpu-h100-20261127/): compiling a bench's step costs about 50 s, the fast recipe's
 15 epochs 69 s all told (27 s compiling), the env part 28 s; boxes allow for those. status.json holds each part's
 exit code, seconds and whether it ran out of time. Checkpoints go to a scratch folder, never to OUT.
@@ -38,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BOXES = {"env": 40, "bench-b256": 110, "graphs": 110, "fast": 130, "torchrun": 90, "fp16": 60, "horovod": 90, "benches": 110}
+BOXES = {"env": 40, "bench-b256": 110, "graphs": 110, "fast": 130, "profile": 90, "torchrun": 90, "fp16": 60, "horovod": 90, "benches": 110}
 WHEELS = ROOT / ".horovod-wheels"
 
 
@@ -148,12 +151,15 @@ class Check:
                 print("== graphs: skipped (CUDA graphs come through torch.compile: a dry run, or no compiler)", flush=True)
             else:
                 self.run("graphs", [self.bench("graphs-b256", 256, *graphs), self.bench("graphs-b512", 512, *graphs)])
+        # Compiled bf16 channels_last, batch 512, one-cycle LR 0.04 -> 0.4 over 2 epochs then down, label smoothing
+        # 0.1: time_to_accuracy says which thresholds it reached, and when.
+        fast = ("--batch-size", "512", "--base-lr", "0.4", "--warmup-epochs", "2", "--warmup-start-lr", "0.04",
+                "--lr-schedule", "onecycle", "--label-smoothing", "0.1", *self.compile)
         if "fast" in parts and self.real:
-            # Compiled bf16 channels_last, batch 512, one-cycle LR 0.04 -> 0.4 over 2 epochs then down, label
-            # smoothing 0.1. Never run before: time_to_accuracy says which thresholds it reached, and when.
-            self.run("fast", [self.train(self.out / "fast", "--epochs", str(self.epochs), "--batch-size", "512",
-                                         "--base-lr", "0.4", "--warmup-epochs", "2", "--warmup-start-lr", "0.04",
-                                         "--lr-schedule", "onecycle", "--label-smoothing", "0.1", *self.compile)])
+            self.run("fast", [self.train(self.out / "fast", "--epochs", str(self.epochs), *fast)])
+        if "profile" in parts and self.real:
+            run = self.train(self.scratch / "profile", "--epochs", "3" if not self.dry else "2", *fast)
+            self.run("profile", [[self.py, str(ROOT / "benchmarks" / "profile_loop.py"), str(self.out), *run[2:]]])
         torchrun = [self.py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
         if "torchrun" in parts:
             wire = self.scratch / "wire"

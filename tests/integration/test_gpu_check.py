@@ -26,8 +26,8 @@ def test_dry_run_runs_every_part_and_leaves_each_parts_json(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     status = json.loads((tmp_path / "status.json").read_text())
     horovod_built = (Path(sys.executable).parent / "horovodrun").exists()  # the original's path
-    assert list(status) == ["env", "bench-b256", "fast", "torchrun", "fp16", *(["horovod"] if horovod_built else []),
-                            "benches"]  # in order of value
+    assert list(status) == ["env", "bench-b256", "fast", "profile", "torchrun", "fp16",
+                            *(["horovod"] if horovod_built else []), "benches"]  # in order of value
     if horovod_built:
         horovod = json.loads((tmp_path / "horovod.json").read_text())
         assert horovod["backend"] == "horovod" and horovod["config"]["fp16_allreduce"]
@@ -41,6 +41,9 @@ def test_dry_run_runs_every_part_and_leaves_each_parts_json(tmp_path):
     assert bf16["backend"] == "torch" and bf16["config"]["bf16_allreduce"] and bf16["epochs_completed"] == 1
     assert resumed["epochs_completed"] == 2 and sorted(c["setting"] for c in resumed["changes"]) == [
         "--bf16-allreduce", "--epochs", "--fp16-allreduce"]
+    profile = (tmp_path / "profile.txt").read_text()
+    assert "epoch 2: 2 steps of global batch 512" in profile  # the last epoch alone: 1280 images / 512
+    assert "host in our update" in profile and "aten::convolution" in profile
     for name in ("bench-b128.json", "bench-b512.json", "torchrun-bench.json", "fp16.json"):
         assert (tmp_path / name).is_file(), name
     assert not list(tmp_path.rglob("*.pth.tar*"))  # checkpoints stay out of what comes back
