@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .flags import flag
+from .target import COARSE_GROWTH, NEAR
 
 MODELS = ("resnet18", "resnet18-imagenet")
 # torch.compile's modes: reduce-overhead replays CUDA graphs, the cure for launch-bound small-batch steps.
@@ -106,8 +107,9 @@ class Config:
                         "images for every seed; the test set stays for final accuracy (default: 0, none)",
                         group=MEASURE, metavar="N")
     eval_growth: float = flag(0.0, "also evaluate the target split inside epochs, at steps growing by this factor "
-                              "once within 5 points of the target (1.05: steps to target known within 5%), by 1.25 "
-                              "before (default: 0, at epoch ends only)", group=MEASURE, metavar="R")
+                              f"once within {100 * NEAR:g} points of the target (1.05: steps to target known within "
+                              f"5%), by {COARSE_GROWTH:g} on a quarter of it before (default: 0, at epoch ends only)",
+                              group=MEASURE, metavar="R")
     stop_at_target: bool = flag(False, "end the run at the first evaluation that reaches --target-accuracy",
                                 group=MEASURE)
     max_steps: int = flag(0, "end the run after K optimizer steps, even inside an epoch (a trial's budget; "
