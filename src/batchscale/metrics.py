@@ -178,7 +178,8 @@ def steady_rate(history: list[dict[str, Any]]) -> float | None:
 
 
 def summarize(
-    config: Config, backend_name: str, world_size: int, history: list[dict[str, Any]], parameters: int
+    config: Config, backend_name: str, world_size: int, history: list[dict[str, Any]], parameters: int,
+    steps_per_epoch: int | None = None,
 ) -> dict[str, Any]:
     """summary.json: the numbers a batch-size study compares, all derived from the per-epoch records."""
     train_seconds = sum(r["epoch_seconds"] for r in history)
@@ -202,7 +203,9 @@ def summarize(
         "global_batch": global_batch(config.batch_size, config.batches_per_allreduce, world_size),
         "simulated_workers": config.simulate_workers > 1,
         "parameters": parameters,
-        "epochs_completed": len(history),
+        # Whole epochs: a trial that stops at its target or --max-steps ends inside its last one.
+        "epochs_completed": history[-1]["step"] // steps_per_epoch if history and steps_per_epoch else len(history),
+        "steps_completed": history[-1]["step"] if history else 0,
         "final_val_acc": history[-1]["val_acc"] if history else None,
         "final_val_loss": history[-1]["val_loss"] if history else None,
         "best_val_acc": best["val_acc"] if best else None,  # the test accuracy of the epoch the target split picks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 
@@ -54,3 +56,30 @@ def build_model(name: str, width: int = 64, num_classes: int = 10) -> nn.Module:
 
         return torchvision.models.resnet18(num_classes=num_classes)
     raise ConfigError(f"unknown --model {name!r}; choose resnet18 or resnet18-imagenet")
+
+
+TOO_MANY = 2**63
+
+
+def parameter_count(name: str, width: int) -> int:
+    """Parameters of the model, counted on the meta device: exact, and nothing is allocated however wide."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_model(name, width).parameters())
+    except RuntimeError:  # a tensor too large to describe (more than 2**63 bytes): more than any memory holds
+        return TOO_MANY
+
+
+def check_fits(name: str, width: int, device: torch.device) -> None:
+    """Refuses, before any data is read, a model whose weights, gradients and momentum alone (12 bytes a
+    parameter in fp32) exceed the device's memory: such a run would fail in the allocator much later."""
+    needed = 12 * parameter_count(name, width)
+    if device.type == "cuda":
+        available, _ = torch.cuda.mem_get_info(device)
+    else:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > available:
+        size = ("more than 9e18 parameters, more than any memory holds" if needed >= 12 * TOO_MANY else
+                f"{needed / 12:.3g} parameters, whose weights, gradients and momentum need {needed / 2**30:,.1f} GiB")
+        raise ConfigError(f"--width {width} gives {size}, but {device.type} has {available / 2**30:,.1f} GiB free; "
+                          "choose a smaller --width (64 is the standard ResNet-18)")

@@ -8,6 +8,7 @@ so a stale lock from a killed run never blocks the rerun.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -63,7 +64,8 @@ class RunLock:
         """Removes the lock files (while still holding them, so no one can lock a removed file) and the folders
         this lock created if nothing else was written there."""
         for path, fd in self.held:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder gone read-only keeps the file; flock is released anyway
+                path.unlink(missing_ok=True)
             os.close(fd)
         self.held = []
         for folder in reversed(self.created):
@@ -72,12 +74,31 @@ class RunLock:
         self.created = []
 
 
+def check_path(path: str | Path, flag: str) -> Path:
+    """The folder `path` names, followed through symlinks, or one line saying why no folder can be there: a
+    name or path too long for the file system, a symlink to nothing, a file in the way."""
+    text = os.fsencode(str(Path(path).absolute()))
+    name_max, path_max = 255, 4096  # Linux's NAME_MAX and PATH_MAX, what ext4, xfs and tmpfs allow
+    if len(text) >= path_max:
+        raise ConfigError(f"{flag} is {len(text)} bytes long; paths stop at {path_max - 1}: choose a shorter one")
+    long_name = next((part for part in text.split(b"/") if len(part) > name_max), None)
+    if long_name is not None:
+        raise ConfigError(f"{flag} has a folder name of {len(long_name)} bytes ({os.fsdecode(long_name[:40])}...); "
+                          f"names stop at {name_max}: choose a shorter one")
+    target = Path(path).absolute()
+    link = next((p for p in (target, *target.parents) if p.is_symlink() and not p.exists()), None)
+    if link is not None:
+        raise ConfigError(f"{flag} {path}: {link} is a symlink to {os.readlink(link)}, which does not exist; "
+                          f"create that folder, or choose another {flag}")
+    return target.resolve()
+
+
 def check_writable(path: str | Path, flag: str) -> None:
     """Fails before training, not after the first epoch, when an output folder cannot be written.
 
     It writes and syncs real bytes: on a full disk creating an empty file still succeeds.
     """
-    target = Path(path).absolute()
+    target = check_path(path, flag)
     existing = target
     while not existing.exists():
         existing = existing.parent
@@ -119,7 +140,12 @@ def write_error(path: Path, err: BaseException, what: str, flag: str) -> OutputE
         space = f"; {folder} has {free / 2**20:.1f} MiB free" if free < 64 * 2**20 else ""
     except OSError:
         space = ""
-    full = "no space left on the disk" if (isinstance(err, OSError) and err.errno == 28) or space else reason
     named = f"{what} {path}" if what else str(path)
+    code = err.errno if isinstance(err, OSError) else None
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        refused = {errno.EROFS: "read-only file system"}.get(code, "permission denied")
+        return OutputError(f"could not write {named} ({refused} in {folder}); make {folder} writable or choose "
+                           f"another {flag} and rerun: what was saved before is intact")
+    full = "no space left on the disk" if code == errno.ENOSPC or space else reason
     return OutputError(f"could not write {named} ({full}){space}; free some space or choose another {flag} "
                        "and rerun: what was saved before is intact")

@@ -20,7 +20,7 @@ from . import checkpoint, data
 from .config import Config
 from .errors import ConfigError, Diverged, Stopped
 from .metrics import RunLog, summarize, write_json_atomic
-from .models import build_model
+from .models import build_model, check_fits
 from .noise import GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
 from .precision import FP32, Precision, resolve
@@ -171,6 +171,7 @@ def train(config: Config) -> dict[str, Any]:
     check_writable(config.log_dir, "--log-dir")
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
     backend = init_backend(config)
+    check_fits(config.model, config.width, backend.device)
     stop = StopRequest().install()
     trainer = None
     try:
@@ -294,9 +295,11 @@ class Trainer:
             if self.backend.is_main:
                 write_json_atomic(Path(config.log_dir) / "diverged.json", {
                     "message": str(err), "step": state.step(self.steps_per_epoch),
+                    "global_batch": self.batches.global_batch, "world_size": self.workers,
                     "trial": {**state.trial.summary(), "ended": "diverged"}, "config": config.to_dict()})
             raise
-        summary = summarize(config, self.backend.name, self.workers, state.history, self.parameters)
+        summary = summarize(config, self.backend.name, self.workers, state.history, self.parameters,
+                            self.steps_per_epoch)
         summary.update(precision=self.precision.name, device=device_name(self.device), compile_seconds=compile_seconds,
                        changes=state.changes, config={**summary["config"], **state.config},
                        trial={**state.trial.summary(), "split": "holdout" if self.holdout else "test"})
@@ -528,10 +531,13 @@ class Trainer:
 
     def stopped(self, path: Path) -> None:
         step = self.state.step(self.steps_per_epoch)
+        # torchrun answers a signal it was sent with a SignalException traceback of its own once its workers end.
+        launcher = "; torchrun's own SignalException report, if one follows, is of the same signal" \
+            if self.backend.name == "torch" and self.stop.launcher_gone is None else ""
         raise Stopped(
-            f"stopped by {self.stop.signal_name or 'a signal on another rank'} after step {step} "
+            f"stopped by {self.stop.reason} after step {step} "
             f"(epoch {self.state.epoch + (1 if self.state.epoch_step else 0)}); saved {path}. "
-            "Rerun the same command to resume from there", quiet=not self.backend.is_main,
+            f"Rerun the same command to resume from there{launcher}", quiet=not self.backend.is_main,
         )
 
     def close(self) -> None:

@@ -26,10 +26,11 @@ from .. import data
 from ..errors import ConfigError
 from ..flags import flag, same_as
 from ..metrics import write_json_atomic
+from ..rundir import check_writable
 from .executors import Job
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, lr_grid
 from .runs import read_json
-from .sweep import EXECUTION, Progress, SweepConfig, _ints, execute
+from .sweep import EXECUTION, Progress, SweepConfig, _ints, check_execution, check_seeds, execute
 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
 PAPER_WORKERS = 4
@@ -99,8 +100,13 @@ class StudyConfig:
             raise ConfigError("--budget-epochs and --budget-steps must be positive, --warmup in [0, 1)")
         if self.micro_batch < 1 or any(b > self.micro_batch and b % self.micro_batch for b in self.batch_sizes):
             raise ConfigError(f"every batch size above --micro-batch {self.micro_batch} must be a multiple of it")
-        if not self.wait and self.executor != "slurm":
-            raise ConfigError("--no-wait needs --executor slurm: local trainings end with the study")
+        if self.extend_edges < 0 or self.paper_epochs < 1 or self.width < 1:
+            raise ConfigError(f"--extend-edges must be >= 0, --paper-epochs and --width >= 1 (got {self.extend_edges}, "
+                              f"{self.paper_epochs}, {self.width})")
+        if not 1 < self.eval_growth <= 2:
+            raise ConfigError(f"--eval-growth must be in (1, 2], like 1.05 (got {self.eval_growth})")
+        check_seeds(self.seeds)
+        check_execution(self, "study")
         return self
 
     @property
@@ -176,13 +182,24 @@ def curve_trials(config: StudyConfig) -> list[Planned]:
             for seed in config.seeds]
 
 
+def grid_steps_beyond(config: StudyConfig, batch: int, lr: float) -> int:
+    """How many grid spacings `lr` lies outside batch `batch`'s base grid (0 inside it)."""
+    grid = lr_grid(config.lr_per_128 * batch / 128, config.lr_points, config.lr_spacing)
+    below, above = math.log(grid[0] / lr), math.log(lr / grid[-1])
+    return max(0, round(max(below, above) / math.log(config.lr_spacing)))
+
+
 def edge_trials(config: StudyConfig, trials: list[Trial]) -> list[Planned]:
-    """One more LR beyond the edge for each batch whose best LR is the smallest or largest tried so far."""
+    """One more LR beyond the edge for each batch whose best LR is the smallest or largest tried so far, up to
+    --extend-edges spacings beyond the base grid. Counted from the grid, not from how often this ran, so a rerun
+    of a finished study asks for nothing more."""
     extra = []
     for best in analyze(trials, replicates=0).bests:
         if best.at_edge and best.trial is not None:
             step = 1 / config.lr_spacing if best.trial.lr == best.lrs[0] else config.lr_spacing
-            extra += [curve_trial(config, best.batch, best.trial.lr * step, seed) for seed in config.seeds]
+            lr = best.trial.lr * step
+            if grid_steps_beyond(config, best.batch, lr) <= config.extend_edges:
+                extra += [curve_trial(config, best.batch, lr, seed) for seed in config.seeds]
     return extra
 
 
@@ -234,16 +251,48 @@ def images_trained(run_dir: Path) -> float:
     return total
 
 
+ENDINGS = ("target", "budget", "epochs")  # how a finished trial or paper run ended (target.TargetWatch)
+
+
+def damaged(run_dir: Path) -> str | None:
+    """Why the run's summary.json or diverged.json is not a finished run's record, or None (sound, or absent)."""
+    for name in ("diverged.json", "summary.json"):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"{name} cannot be read ({err})"
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            return f"{name} has no config"
+        trial = saved.get("trial")
+        if not isinstance(trial, dict) or (name == "summary.json" and trial.get("ended") not in ENDINGS):
+            return f"{name} has no trial record of how it ended"
+        if not isinstance(trial.get("evals") or [], list) or not isinstance(trial.get("reached") or {}, dict):
+            return f"{name} has a malformed trial record"
+        return None
+    return None
+
+
 def finished(run_dir: Path) -> bool:
-    """A trial or paper run is over once it wrote its summary (a run in progress has none) or diverged."""
-    return (run_dir / "summary.json").is_file() or (run_dir / "diverged.json").is_file()
+    """A trial or paper run is over once it wrote a sound summary (a run in progress has none) or diverged."""
+    present = (run_dir / "summary.json").is_file() or (run_dir / "diverged.json").is_file()
+    return present and damaged(run_dir) is None
 
 
 def run_stage(config: StudyConfig, planned: list[Planned], label: str, say: Callable[..., None]) -> list[str]:
-    """Runs what is not finished; returns the failed runs' names (a diverged trial is a result, not a failure)."""
+    """Runs what is not finished; returns the failed runs' names (a diverged trial is a result, not a failure).
+    A run whose record is damaged is named and run again (it resumes from its last checkpoint)."""
     out = Path(config.out)
     pending = [Job(p.name, train_command(p.args, out / p.name), out / p.name) for p in planned
                if not finished(out / p.name)]
+    for job in pending:
+        why = damaged(job.run_dir)
+        if why is not None:
+            say(f"{label}: {job.name}: {why}; running it again (it resumes from its last checkpoint)")
+            for name in ("summary.json", "diverged.json"):
+                (job.run_dir / name).unlink(missing_ok=True)
     if len(pending) < len(planned):
         say(f"{label}: {len(planned) - len(pending)} of {len(planned)} already finished, skipped")
     progress = Progress(out, {p.name: float(p.budget_images) for p in planned}, finished, images_trained, say,
@@ -257,7 +306,10 @@ def run_stage(config: StudyConfig, planned: list[Planned], label: str, say: Call
 
 def read_trial(run_dir: Path) -> Trial | None:
     """A finished trial's outcome from its folder (summary.json, or diverged.json), or None if unfinished. Its
-    batch, LR and seed are read from the config it ran with."""
+    batch, LR and seed are read from the config it ran with. A damaged record is an error naming it."""
+    why = damaged(run_dir)
+    if why is not None:
+        raise ConfigError(f"{run_dir}: {why}; rerun the study (it runs that trial again) or move the folder out")
     if (run_dir / "diverged.json").is_file():
         saved, status = read_json(run_dir / "diverged.json"), DIVERGED
     elif (run_dir / "summary.json").is_file():
@@ -269,17 +321,27 @@ def read_trial(run_dir: Path) -> Trial | None:
         return None
     trial, config = saved["trial"], saved["config"]
     hit = trial.get("reached") or {}
-    curve = tuple((e["examples"], e["b_simple"]) for e in trial.get("evals", []) if e.get("b_simple"))
-    last = trial["evals"][-1].get("b_simple") if trial.get("evals") else None
+    evals = trial.get("evals") or []
+    curve = tuple((e["examples"], e["b_simple"]) for e in evals if e.get("b_simple"))
+    last = evals[-1].get("b_simple") if evals else None
     return Trial(config["batch_size"] * config["batches_per_allreduce"], float(config["base_lr"]), config["seed"],
                  status, hit.get("step") if hit else None, hit.get("previous_eval"), trial.get("max_steps"),
                  trial.get("best_acc"), hit.get("b_simple", last) if hit else last, curve,
                  {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name})
 
 
-def read_trials(out: Path) -> list[Trial]:
-    trials = [read_trial(run_dir) for run_dir in sorted((out / "curve").glob("b*-lr*-s*"))]
+def read_trials(out: Path, strict: bool = True) -> list[Trial]:
+    """Every finished trial; one that is not finished is left for `unfinished_trials` to name. A damaged one is
+    an error naming it, or with `strict` off (planning what to run, which runs it again) left out."""
+    folders = sorted((out / "curve").glob("b*-lr*-s*"))
+    trials = [read_trial(run_dir) for run_dir in folders if strict or damaged(run_dir) is None]
     return [t for t in trials if t is not None]
+
+
+def unfinished_trials(out: Path) -> list[str]:
+    """Trial folders with no finished record: still running, stopped, failed, or damaged."""
+    return [run_dir.name for run_dir in sorted((out / "curve").glob("b*-lr*-s*"))
+            if not finished(run_dir)]
 
 
 def read_study(out: Path) -> StudyConfig:
@@ -291,8 +353,7 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
     """Runs both stages (what is left of them); returns the runs that failed (the report comes after)."""
     config.validate()
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
+    check_writable(out, "--out")  # a file in the way, a path too long, a symlink to nothing, no write permission
     curve = curve_trials(config)
     if config.dry_run:
         budget = sum(p.budget_images for p in curve)
@@ -308,7 +369,7 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
     if not config.wait:
         return []
     for _ in range(config.extend_edges):  # Shallue et al.: a best LR on the grid's edge may not be the best
-        extra = [p for p in edge_trials(config, read_trials(out)) if p not in curve]
+        extra = [p for p in edge_trials(config, read_trials(out, strict=False)) if p not in curve]
         if not extra:
             break
         batches = sorted({int(p.name.split("/b")[1].split("-")[0]) for p in extra})
@@ -320,7 +381,7 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
 
 
 def paper_stage(config: StudyConfig, say: Callable[..., None]) -> list[str]:
-    tuned = tuned_lrs(read_trials(Path(config.out)))
+    tuned = tuned_lrs(read_trials(Path(config.out), strict=False))
     missing = [b * PAPER_WORKERS for b in PAPER_BATCHES if b * PAPER_WORKERS not in tuned]
     if missing:
         say(f"paper grid: no tuned LR for global batch {', '.join(map(str, missing))} (not in --batch-sizes, or no "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -106,6 +107,9 @@ def wait_any(processes: list[subprocess.Popen], timeout: float) -> None:
             pass
 
 
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 @dataclass
 class _Stop:
     signal_name: str | None = None
@@ -113,8 +117,9 @@ class _Stop:
 
 @contextmanager
 def forwarding_signals(children: Callable[[], list[subprocess.Popen]]) -> Iterator[_Stop]:
-    """While trainings run, SIGTERM/SIGINT/SIGUSR1 to the sweep go on to each as SIGTERM (its graceful stop), so
-    they save and end with the sweep instead of living on as orphans."""
+    """While trainings run, SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 to the sweep go on to each as SIGTERM (its
+    graceful stop), so they save and end with the sweep instead of living on as orphans. (A sweep killed outright
+    is seen by its trainings, which stop themselves: stopping.py.)"""
     stop = _Stop()
 
     def forward(signum: int, frame: Any) -> None:
@@ -126,7 +131,7 @@ def forwarding_signals(children: Callable[[], list[subprocess.Popen]]) -> Iterat
     if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
         yield stop
         return
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
         yield stop
     finally:
@@ -156,6 +161,7 @@ class SlurmQueue:
             import submitit
         except ImportError:
             raise ConfigError("--executor slurm needs submitit: pip install submitit") from None
+        usable_cluster()
         executor = submitit.SlurmExecutor(folder=str(self.folder / "%j"), max_num_timeout=0)
         params: dict[str, Any] = {"time": self.time_minutes, "ntasks_per_node": 1, "nodes": self.nodes,
                                   "cpus_per_task": self.cpus_per_run, "array_parallelism": self.max_parallel,
@@ -165,8 +171,15 @@ class SlurmQueue:
         if self.gpus_per_run:
             params["gpus_per_node"] = self.gpus_per_run
         executor.update_parameters(**params)
-        with executor.batch():
-            submitted = [executor.submit(TrainingJob(job.command, str(job.run_dir))) for job in jobs]
+        try:
+            with executor.batch():
+                submitted = [executor.submit(TrainingJob(job.command, str(job.run_dir))) for job in jobs]
+        except (subprocess.CalledProcessError, RuntimeError, OSError) as err:
+            said = getattr(err, "stderr", None) or getattr(err, "output", None) or str(err)
+            said = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+            first = next((line.strip() for line in said.splitlines() if line.strip()), type(err).__name__)
+            raise ConfigError(f"SLURM refused the job array ({first}); nothing was submitted: check --partition, "
+                              "--time, --gpus-per-run and --sbatch against the cluster (sinfo shows it)") from None
         return {job.name: str(s.job_id) for job, s in zip(jobs, submitted)}
 
     @staticmethod
@@ -174,8 +187,33 @@ class SlurmQueue:
         """The jobs SLURM still has queued or running (squeue; no accounting database needed)."""
         if not job_ids:
             return set()
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True)
-        return set(out.stdout.split()) & set(job_ids)
+        out = ask_slurm(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)])
+        return set(out.split()) & set(job_ids)
+
+
+def ask_slurm(command: list[str]) -> str:
+    """A SLURM command's output, or one line saying why SLURM cannot be asked."""
+    if shutil.which(command[0]) is None:
+        raise ConfigError(f"--executor slurm needs SLURM's commands, and {command[0]} is not on PATH: run on the "
+                          "cluster's login node, or use --executor local")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"SLURM did not answer {command[0]} within 60 s; try again, or use --executor local") from None
+    if done.returncode != 0:
+        first = next((line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()),
+                     f"exit {done.returncode}")
+        raise ConfigError(f"SLURM does not answer here ({command[0]}: {first}); start its controller or run on the "
+                          "cluster's login node, or use --executor local")
+    return done.stdout
+
+
+def usable_cluster() -> None:
+    """Before anything is submitted: sbatch exists and the controller answers (sinfo)."""
+    if shutil.which("sbatch") is None:
+        raise ConfigError("--executor slurm needs SLURM's sbatch, which is not on PATH: run on the cluster's login "
+                          "node, or use --executor local")
+    ask_slurm(["sinfo", "-h", "-o", "%P"])
 
 
 class TrainingJob:
@@ -199,7 +237,7 @@ class TrainingJob:
             def forward(signum: int, frame: Any) -> None:
                 process.send_signal(signal.SIGTERM)
 
-            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            for sig in FORWARDED:
                 signal.signal(sig, forward)
             code = process.wait()
         if os.environ.get("SLURM_NODEID", "0") != "0":

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .runs import RunResult, load_runs, read_json
+from .runs import RunResult, Unfinished, load_runs, load_unfinished, read_json
 
 
 def knee(runs: list[RunResult]) -> int | None:
@@ -23,7 +23,8 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None) -> list[tuple[str, str]]:
+def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
+                unfinished: list[Unfinished] = ()) -> list[tuple[str, str]]:  # type: ignore[assignment]
     """Returns (file name, caption) for each plot written."""
     import matplotlib
 
@@ -52,11 +53,23 @@ def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None) -> lis
         ax.set_xlabel("global batch")
         ax.legend(fontsize=8)
 
+    def mark_unfinished(ax: Any) -> None:
+        """Runs without an accuracy, as markers on the x axis (at their batch, not at a made-up value)."""
+        for status, marker, color in (("diverged", "x", "C3"), ("stopped or failed", "|", "0.4")):
+            xs = [u.global_batch for u in unfinished if u.status == status and u.global_batch]
+            if xs:
+                ax.plot(xs, [0.02] * len(xs), marker, color=color, ms=9, mew=2, ls="none", clip_on=False,
+                        transform=ax.get_xaxis_transform(), label=f"{status} ({len(xs)}), no accuracy")
+
     fig, ax = plt.subplots(figsize=(6, 4))
     per_workers(ax, lambda r: r.summary["final_val_acc"], "final")
     per_workers(ax, lambda r: r.summary["best_val_acc"], "best", "s--")
+    mark_unfinished(ax)
+    if unfinished:
+        ax.legend(fontsize=8)
     ax.set_ylabel("test accuracy")
-    save(fig, "accuracy_vs_batch.png", "Final and best test accuracy against the global batch")
+    save(fig, "accuracy_vs_batch.png", "Final and best test accuracy against the global batch"
+         + ("; runs that did not finish marked on the axis" if unfinished else ""))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     per_workers(ax, lambda r: r.summary["images_per_sec"], "images/s")
@@ -110,16 +123,25 @@ def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None) -> lis
 
 def report(sweep_dir: str | Path) -> Path:
     sweep_dir = Path(sweep_dir)
-    runs = load_runs(sweep_dir)
+    runs = load_runs(sweep_dir, allow_empty=True)
+    unfinished = load_unfinished(sweep_dir)
+    if not runs and not unfinished:
+        load_runs(sweep_dir)  # its one-line error: nothing here to report
     knee_batch = knee(runs)
-    plots = write_plots(runs, sweep_dir, knee_batch)
-    target = runs[0].summary.get("target_accuracy", 0.94)
+    plots = write_plots(runs, sweep_dir, knee_batch, unfinished)
+    if runs:
+        target = runs[0].summary.get("target_accuracy", 0.94)
+        about = (f"{len(runs)} finished runs of {runs[0].summary['config']['model']} on CIFAR-10, "
+                 f"{runs[0].summary['epochs_completed']} epochs each, target accuracy {target:.2f}. ")
+    else:
+        about = "No run finished. "
+    if unfinished:
+        counts = {status: sum(u.status == status for u in unfinished) for status in dict.fromkeys(u.status for u in unfinished)}
+        about += f"Did not finish: {', '.join(f'{n} {status}' for status, n in counts.items())} (listed below the table). "
     lines = [
         f"# Batch-size study: {sweep_dir.name}",
         "",
-        f"{len(runs)} runs of {runs[0].summary['config']['model']} on CIFAR-10, "
-        f"{runs[0].summary['epochs_completed']} epochs each, target accuracy {target:.2f}. "
-        "Every number below is read from the runs' `summary.json` (curves from `metrics.jsonl`).",
+        about + "Every number below is read from the runs' `summary.json` (curves from `metrics.jsonl`).",
         "",
         "| run | batch/worker | workers | global batch | final acc | best acc | mean acc (last 5) | train s | images/s "
         "| steps to target | s to target | B_simple |",
@@ -133,6 +155,10 @@ def report(sweep_dir: str | Path) -> Path:
             f"| {fmt(s['best_val_acc'])} | {fmt(r.mean_last)} | {fmt(s['train_seconds'], 1)} | {fmt(s['images_per_sec'], 1)} "
             f"| {t.get('step', '-')} | {fmt(t.get('train_seconds'), 1)} | {fmt(s.get('noise_scale'), 1)} |"
         )
+    if unfinished:
+        lines += ["", "Runs without a result (no accuracy to report; never left out):", "",
+                  "| run | workers | global batch | status | why |", "| --- | ---: | ---: | --- | --- |"]
+        lines += [f"| {u.name} | {u.workers or '-'} | {u.global_batch or '-'} | {u.status} | {u.why} |" for u in unfinished]
     changed = [r for r in runs if r.summary.get("changes")]
     if changed:
         lines += ["", "Settings changed on resume (each applies from the step shown; the row is not a clean run):"]

@@ -74,7 +74,65 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def load_runs(sweep_dir: Path) -> list[RunResult]:
+@dataclass
+class Unfinished:
+    """A run of the sweep that has no summary: it diverged, failed, was stopped, or never started. The report
+    lists it with its status; it is never left out."""
+
+    name: str
+    status: str  # "diverged", "running", "stopped or failed", "not started"
+    why: str
+    global_batch: int | None
+    workers: int | None
+
+
+def planned_runs(sweep_dir: Path) -> dict[str, tuple[int, int]]:
+    """Run name -> (global batch, workers) for every run sweep.json lists (empty for a folder of loose runs)."""
+    path = sweep_dir / "sweep.json"
+    if not path.is_file():
+        return {}
+    from .sweep import SweepConfig
+
+    saved = read_json(path)
+    try:
+        recorded = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "runs"})
+        return {r.name: (r.global_batch, r.workers) for r in recorded.runs()}
+    except TypeError as err:
+        raise _unreadable(path, f"is not a sweep's record ({err})") from None
+
+
+def load_unfinished(sweep_dir: Path) -> list[Unfinished]:
+    """Every run the sweep planned (or whose folder is here) that has no summary.json, with why."""
+    from ..rundir import LOCK_NAME
+
+    planned = planned_runs(sweep_dir)
+    names = set(planned) | {p.parent.name for p in sweep_dir.glob("*/diverged.json")}
+    out = []
+    for name in sorted(names):
+        folder = sweep_dir / name
+        if (folder / "summary.json").is_file():
+            continue
+        batch, workers = planned.get(name, (None, None))
+        if (folder / "diverged.json").is_file():
+            saved = read_json(folder / "diverged.json")
+            if not isinstance(saved, dict):
+                raise _unreadable(folder / "diverged.json", "is not a divergence record")
+            batch = batch or saved.get("global_batch")
+            workers = workers or saved.get("world_size")
+            why = str(saved.get("message", "")).split(";")[0]
+            out.append(Unfinished(name, "diverged", why or "diverged", batch, workers))
+        elif (folder / LOCK_NAME).is_file():
+            out.append(Unfinished(name, "running", f"training now ({folder / LOCK_NAME})", batch, workers))
+        elif (folder / "train.log").is_file() or any(folder.glob("checkpoint-*")):
+            out.append(Unfinished(name, "stopped or failed", f"ended without a summary; see {folder / 'train.log'} and "
+                                  "rerun the sweep to resume it", batch, workers))
+        else:
+            out.append(Unfinished(name, "not started", "rerun the sweep to train it", batch, workers))
+    return out
+
+
+def load_runs(sweep_dir: Path, allow_empty: bool = False) -> list[RunResult]:
+    """The finished runs (those with a summary.json), each checked; `load_unfinished` has the others."""
     if not sweep_dir.is_dir():
         raise ConfigError(f"{sweep_dir} is not a folder; give the sweep's --out folder")
     runs = []
@@ -84,6 +142,6 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
         if missing:
             raise _unreadable(summary_path, f"lacks {', '.join(missing)}")
         runs.append(RunResult(summary_path.parent.name, summary, read_records(summary_path.parent / "metrics.jsonl")))
-    if not runs:
+    if not runs and not allow_empty:
         raise ConfigError(f"no finished runs (*/summary.json) in {sweep_dir}; run `batchscale sweep --out {sweep_dir}` first")
     return sorted(runs, key=lambda r: (r.global_batch, r.workers, r.name))

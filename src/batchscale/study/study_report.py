@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import write_json_atomic, write_text_atomic
-from .critical import PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name
+from .critical import (PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name,
+                       unfinished_trials)
 from .protocol import MISSED, REACHED, Analysis, Trial, analyze
 from .runs import read_json, read_records
 
@@ -152,6 +153,10 @@ def write_report(out: Path, config: StudyConfig) -> Path:
     if edges:
         lines += [f"- The best LR sits at the edge of its grid for B = {', '.join(map(str, edges))}: a wider grid "
                   "might reach the target in fewer steps there."]
+    unfinished = unfinished_trials(out)
+    if unfinished:
+        lines += [f"- {len(unfinished)} trial(s) have no result (still running, stopped or failed; rerun the study to "
+                  f"finish them), so the answer above leaves them out: {', '.join(unfinished)}."]
     never = [b.batch for b in analysis.bests if b.trial is None]
     if never:
         lines += [f"- No LR reached the target within the budget for B = {', '.join(map(str, never))}."]
@@ -193,6 +198,7 @@ def write_report(out: Path, config: StudyConfig) -> Path:
                     "previous_eval": t.previous_eval, "budget": t.budget, "best_acc": t.best_acc,
                     "b_simple": t.b_simple, **t.extra} for t in trials],
         "paper": paper,
+        "unfinished": unfinished,
     })
     return out / "report.md"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -12,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import global_batch
-from ..errors import BatchscaleError, ConfigError, Stopped
+from ..errors import BatchscaleError, ConfigError, Diverged, Stopped
 from ..flags import flag
 from ..metrics import write_json_atomic
+from ..rundir import check_writable
 from .executors import Job, LocalPool, Outcome, SlurmQueue, forwarding_signals
 
 LAUNCHERS = ("simulate", "torchrun", "horovodrun")
@@ -113,17 +115,34 @@ class SweepConfig:
             raise ConfigError("--batch-sizes and --workers must be comma-separated integers >= 1, like 64,128")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
-        if self.slots < 1 or self.time < 1 or self.cpus_per_run < 1 or self.gpus_per_run < 0:
-            raise ConfigError("--slots, --time and --cpus-per-run must be >= 1 and --gpus-per-run >= 0")
-        if not self.wait and self.executor != "slurm":
-            raise ConfigError("--no-wait needs --executor slurm: local trainings end with the sweep")
-        if self.nodes_per_run > 1 and (self.executor != "slurm" or self.launcher != "torchrun"
-                                       or any(w % self.nodes_per_run for w in self.workers)):
+        if not self.base_lrs or not all(0 < lr < math.inf for lr in self.base_lrs):
+            raise ConfigError(f"--base-lrs must be positive numbers, like 0.05,0.1 (got {self.base_lrs})")
+        check_seeds(self.seeds)
+        check_execution(self, "sweep")
+        if self.nodes_per_run > 1 and (self.launcher != "torchrun" or any(w % self.nodes_per_run for w in self.workers)):
             raise ConfigError("--nodes-per-run > 1 needs --executor slurm, --launcher torchrun and worker counts that "
                               "split evenly across the nodes")
-        if any("=" not in option for option in self.sbatch):
-            raise ConfigError(f"--sbatch takes key=value options, like account=me,qos=low (got {','.join(self.sbatch)})")
         return self
+
+
+def check_seeds(seeds: tuple[int, ...]) -> None:
+    if not seeds or not all(0 <= s < 2**64 for s in seeds):
+        raise ConfigError(f"--seeds must be integers from 0 to 2**64 - 1, like 1,2,3 (got {seeds})")
+
+
+def check_execution(config: Any, command: str) -> None:
+    """The execution flags a sweep and a study share, checked alike (a study with --slots 0 would wait forever)."""
+    if config.executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)} (got {config.executor!r})")
+    if config.slots < 1 or config.time < 1 or config.cpus_per_run < 1 or config.gpus_per_run < 0:
+        raise ConfigError(f"--slots, --time and --cpus-per-run must be >= 1 and --gpus-per-run >= 0 (got "
+                          f"{config.slots}, {config.time}, {config.cpus_per_run}, {config.gpus_per_run})")
+    if config.nodes_per_run < 1 or (config.nodes_per_run > 1 and config.executor != "slurm"):
+        raise ConfigError(f"--nodes-per-run must be >= 1, and above 1 needs --executor slurm (got {config.nodes_per_run})")
+    if not config.wait and config.executor != "slurm":
+        raise ConfigError(f"--no-wait needs --executor slurm: local trainings end with the {command}")
+    if any("=" not in option for option in config.sbatch):
+        raise ConfigError(f"--sbatch takes key=value options, like account=me,qos=low (got {','.join(config.sbatch)})")
 
 
 PRESET_GRIDS: dict[str, dict[str, Any]] = {
@@ -192,8 +211,7 @@ def sweep(config: SweepConfig, say: Callable[..., None] = print) -> list[Path]:
     the run folders. A failed run does not stop the others; the sweep names each failure's log at the end."""
     config.validate()
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
+    check_writable(out, "--out")  # a file in the way, a path too long, a symlink to nothing, no write permission
     out.mkdir(parents=True, exist_ok=True)
     runs = config.runs()
     write_json_atomic(out / "sweep.json", {**asdict(config), "runs": [r.name for r in runs]})
@@ -210,11 +228,31 @@ def sweep(config: SweepConfig, say: Callable[..., None] = print) -> list[Path]:
     if not config.wait:
         return folders
     progress.show(final=True)
-    failed = [f"{name} ({progress.states[name]}; see {out / name / 'train.log'})" for name in progress.failed()]
-    if failed:
-        raise BatchscaleError(f"{len(failed)} of {len(runs)} runs failed: {'; '.join(failed)}; fix and rerun the sweep "
-                              "to retry them (finished runs are kept)")
+    ended_badly(progress, out, len(runs), "sweep")
     return folders
+
+
+def ended_badly(progress: Progress, out: Path, total: int, command: str) -> None:
+    """Raises if a run failed (exit 1) or diverged (exit 3): a run that did not reach its end is a result with a
+    status, named here and listed in the report, never a silent success."""
+    failed = [f"{name} (failed; see {out / name / 'train.log'})" for name in progress.failed()]
+    diverged = [f"{name} ({diverged_why(out / name)})" for name in progress.diverged()]
+    report = f"batchscale report {out} lists every run with its status"
+    if failed:
+        also = f"; {len(diverged)} diverged: {'; '.join(diverged)}" if diverged else ""
+        raise BatchscaleError(f"{len(failed)} of {total} runs failed: {'; '.join(failed)}{also}; fix and rerun the "
+                              f"{command} to retry the failed ones (finished runs are kept); {report}")
+    if diverged:
+        raise Diverged(f"{len(diverged)} of {total} runs diverged: {'; '.join(diverged)}; they are results (a rerun "
+                       f"keeps them): {report}; a smaller LR trains them")
+
+
+def diverged_why(run_dir: Path) -> str:
+    try:
+        saved = json.loads((run_dir / "diverged.json").read_text())
+        return f"at step {saved['step']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "diverged.json unreadable"
 
 
 def execute(config: Any, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
@@ -286,14 +324,21 @@ class Progress:
         self.outcomes: dict[str, Outcome] = {}
         self.alive: set[str] | None = None  # SLURM job ids still queued or running
         self.jobs: dict[str, str] = {}
+        self.offline = False
 
     def state(self, name: str) -> str:
+        if (self.out / name / "diverged.json").is_file():  # what the trainer leaves for a run it stopped at a NaN
+            return "diverged"
         if self.finished(self.out / name):
             return "done"
         if self.alive is not None:
+            if name not in self.jobs:
+                return "not submitted"
             if self.jobs.get(name) not in self.alive:
                 return "failed"
             return "running" if (self.out / name / "train.log").is_file() else "queued"
+        if self.offline:  # --status of a local sweep: no pool to ask, only the folders
+            return folder_state(self.out / name)
         outcome = self.outcomes.get(name)
         if outcome is not None and outcome.exit_code is not None:
             return "failed"  # ended without a complete summary
@@ -302,23 +347,37 @@ class Progress:
     def failed(self) -> list[str]:
         return [name for name, state in self.states.items() if state == "failed"]
 
+    def diverged(self) -> list[str]:
+        return [name for name, state in self.states.items() if state == "diverged"]
+
     def show(self, final: bool = False) -> None:
         self.states = {name: self.state(name) for name in self.budget}
-        counts = {k: sum(v == k for v in self.states.values()) for k in ("done", "running", "queued", "failed")}
+        counts = {k: sum(v == k for v in self.states.values())
+                  for k in ("done", "running", "queued", "diverged", "failed", "stopped", "not started", "not submitted")}
         trained = {name: min(self.trained(self.out / name), budget) for name, budget in self.budget.items()}
-        done = [name for name, state in self.states.items() if state == "done"]
+        done = [name for name, state in self.states.items() if state in ("done", "diverged")]
         used = sum(trained[n] for n in done) / sum(self.budget[n] for n in done) if done else 1.0
         # A run past the share the finished ones used is not about to end: count a share of what it has left.
         left_work = sum(max(used * self.budget[n] - trained[n], used * (self.budget[n] - trained[n]))
-                        for n, s in self.states.items() if s in ("running", "queued"))
+                        for n, s in self.states.items() if s in ("running", "queued", "stopped", "not started"))
         rate = (sum(trained.values()) - self.at_start) / (time.monotonic() - self.started)
         left = clock(left_work / rate) if rate > 0 else "estimating"  # the rate already counts runs side by side
         total = sum(self.budget.values())
         amount = (f"epoch {sum(trained.values()):.0f}/{total:.0f}" if self.unit == "epoch" else
                   f"{sum(trained.values()) / 1e6:.2f}M of at most {total / 1e6:.2f}M {self.unit}s")
+        unsent = "".join(f", {counts[k]} {k}" for k in ("stopped", "not started", "not submitted") if counts[k])
         line = (f"[{self.label}] {counts['done']} done, {counts['running']} running, {counts['queued']} queued, "
-                f"{counts['failed']} failed; {amount}, ~{left} left")
+                f"{counts['failed']} failed, {counts['diverged']} diverged{unsent}; {amount}, ~{left} left")
         self.say(line if final else line + "   ", end="\n" if final else "\r")
+
+
+def folder_state(run_dir: Path) -> str:
+    """Where an unfinished local run stands, from its folder alone: a held lock is a training in progress."""
+    from ..rundir import LOCK_NAME
+
+    if (run_dir / LOCK_NAME).is_file():
+        return "running"
+    return "stopped" if (run_dir / "train.log").is_file() else "not started"  # stopped or failed: a rerun resumes it
 
 
 def status(config: SweepConfig, say: Callable[..., None] = print) -> None:
@@ -331,8 +390,10 @@ def status(config: SweepConfig, say: Callable[..., None] = print) -> None:
     jobs = read_jobs(out)
     progress = Progress(out, {r.name: float(recorded.epochs) for r in recorded.runs()},
                         lambda d: is_done(d, recorded.epochs), epochs_done, say)
-    if jobs:
+    if recorded.executor == "slurm":  # a run SLURM was never given is "not submitted", not "queued"
         progress.jobs, progress.alive = jobs, SlurmQueue.alive(list(jobs.values()))
+    else:
+        progress.offline = True
     progress.show(final=True)
     for run in recorded.runs():
         say(f"  {run.name}: {progress.states[run.name]}, epoch {epochs_done(out / run.name)}/{recorded.epochs}"

@@ -1,0 +1,150 @@
+"""Nothing vanishes, nothing is orphaned: a diverged run is a result with a status, a launcher that dies takes
+its workers with it (after they saved), a folder that turns read-only mid-run is one line, and a trial's
+summary counts whole epochs."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from launch import command, env_with, one_line, state_of, train, train_args
+
+from batchscale import checkpoint
+
+STOPPED, DIVERGED, NO_SPACE = 75, 3, 4
+SWEEP = [sys.executable, "-m", "batchscale.cli", "sweep"]
+
+
+def sweep_flags(data: Path) -> list[str]:
+    return ["--", "--train-dir", str(data), "--val-dir", str(data), "--width", "4", "--no-download", "--no-cuda",
+            "--warmup-epochs", "0"]
+
+
+def test_a_diverged_run_is_a_result_in_the_sweep_its_exit_code_and_its_report(tiny_cifar, tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [*SWEEP, "--out", str(out), "--batch-sizes", "32", "--base-lrs", "0.1,1e30", "--epochs", "1",
+           *sweep_flags(tiny_cifar)]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env_with(), timeout=400)
+    diverged = "b32-w1-linear-lr1e+30-s42"
+    assert first.returncode == DIVERGED, first.stderr[-3000:]
+    line = one_line(first.stderr)
+    assert "1 of 2 runs diverged" in line and diverged in line and "batchscale report" in line
+    assert "0 failed, 1 diverged" in first.stdout.splitlines()[-1]
+    assert (out / diverged / "diverged.json").is_file() and not (out / diverged / "summary.json").exists()
+
+    report = subprocess.run([sys.executable, "-m", "batchscale.cli", "report", str(out)], capture_output=True,
+                            text=True, env=env_with(), timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (out / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {diverged} "))
+    assert "| diverged |" in row and "NaN or infinite" in row and "| 32 |" in row
+    assert "b32-w1-linear-lr0.1-s42" in text
+
+    stamp = (out / "b32-w1-linear-lr0.1-s42" / "summary.json").stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env_with(), timeout=400)
+    assert again.returncode == DIVERGED and "2 of 2 runs already done, skipped" in again.stdout
+    assert (out / "b32-w1-linear-lr0.1-s42" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def rank_pids(agent: subprocess.Popen) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
+def test_a_torchrun_killed_by_a_signal_it_does_not_handle_leaves_no_orphan(tiny_cifar, tmp_path, sig):
+    # torchrun dies at once on USR1/USR2; its workers, which used to train on alone, see it gone and stop.
+    args = train_args(tiny_cifar, tmp_path, "--finite-check-every", "2", batch=16)
+    agent = subprocess.Popen(command(args, ranks=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env_with(BATCHSCALE_FAULT="step:3:0", BATCHSCALE_FAULT_ACTION="stop"))
+    rank0 = None
+    while rank0 is None:
+        assert agent.poll() is None, agent.communicate()[1][-2000:]
+        rank0 = next((pid for pid in rank_pids(agent) if state_of(pid) == "T"), None)
+    ranks = rank_pids(agent)
+    agent.send_signal(sig)
+    assert agent.wait(timeout=60) == -sig
+    os.kill(rank0, signal.SIGCONT)
+    _, err = agent.communicate(timeout=300)  # the ranks hold the pipes: this returns once they have ended
+    assert all(state_of(pid) in ("gone", "Z") for pid in ranks)
+    assert err.count("stopped by the end of its launcher (torchrun") == 1, err[-3000:]  # rank 0 alone says so
+    # Rank 1 learnt of it while waiting for rank 0 in step 4: both stop at that step's check.
+    assert checkpoint.load(tmp_path / "checkpoint-1.pth.tar.partial")["step"] == 4
+    assert not (tmp_path / "summary.json").exists()
+
+
+def start_sweep(out: Path, data: Path, flag: Path) -> tuple[subprocess.Popen, int]:
+    """A one-run sweep whose training stops itself (SIGSTOP) at step 4; returns the sweep and the training's pid."""
+    cmd = [*SWEEP, "--out", str(out), "--batch-sizes", "32", "--epochs", "2", *sweep_flags(data)]
+    sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env_with(BATCHSCALE_FAULT="step:4", BATCHSCALE_FAULT_ACTION="stop",
+                                          BATCHSCALE_FAULT_ONCE=str(flag)))
+    lock = out / "b32-w1-linear-lr0.1-s42" / ".batchscale.lock"
+    while not (flag.exists() and lock.exists() and lock.read_text().startswith("pid ")):
+        assert sweep.poll() is None, sweep.communicate()[1][-2000:]
+        os.sched_yield()
+    child = int(lock.read_text().split()[1])
+    while state_of(child) != "T":
+        assert sweep.poll() is None, sweep.communicate()[1][-2000:]
+        os.sched_yield()
+    return sweep, child
+
+
+def test_sighup_to_a_sweep_stops_its_training_with_it(tiny_cifar, tmp_path):
+    sweep, child = start_sweep(tmp_path / "sweep", tiny_cifar, tmp_path / "once")
+    sweep.send_signal(signal.SIGHUP)  # the terminal closed
+    _, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == STOPPED, err[-3000:]
+    assert "SIGHUP" in err.splitlines()[-1] and state_of(child) in ("gone", "Z")
+
+
+def test_a_sweep_killed_outright_leaves_its_training_to_stop_itself(tiny_cifar, tmp_path):
+    out = tmp_path / "sweep"
+    sweep, child = start_sweep(out, tiny_cifar, tmp_path / "once")
+    run = out / "b32-w1-linear-lr0.1-s42"
+    holder = os.open(run / ".batchscale.lock", os.O_RDONLY)
+    sweep.kill()
+    sweep.wait()
+    os.kill(child, signal.SIGCONT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # returns once the training has let go of its folder: it has ended
+    os.close(holder)
+    log = (run / "train.log").read_text()
+    assert "stopped by the end of its launcher (the sweep" in log, log[-2000:]
+    # It stops at the first step after it learns of it (the watcher wakes beside the loop): before its epoch ends.
+    step = int(log.split("after step ")[1].split()[0])
+    assert 4 <= step < 10 and checkpoint.load(run / "checkpoint-1.pth.tar.partial")["step"] == step
+    assert not (run / "summary.json").exists()
+
+
+def test_sighup_to_a_training_saves_and_stops(tiny_cifar, tmp_path):
+    result = train(tiny_cifar, tmp_path, env={"BATCHSCALE_FAULT": "step:4", "BATCHSCALE_FAULT_ACTION": "hup"})
+    assert result.returncode == STOPPED, result.stderr[-3000:]
+    assert "stopped by SIGHUP after step 4" in one_line(result.stderr)
+
+
+def test_a_folder_that_turns_read_only_mid_run_is_one_line(tiny_cifar, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    if subprocess.run(["chattr", "+i", str(logs)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable flag (chattr +i)")
+    subprocess.run(["chattr", "-i", str(logs)], check=True)
+    try:
+        result = train(tiny_cifar, logs, env={"BATCHSCALE_FAULT": "step:3", "BATCHSCALE_FAULT_ACTION": "readonly",
+                                              "BATCHSCALE_FAULT_FILL": str(logs)})
+    finally:
+        subprocess.run(["chattr", "-i", str(logs)], check=True)
+    assert result.returncode == NO_SPACE, result.stderr[-3000:]
+    line = one_line(result.stderr)
+    assert "permission denied" in line and f"make {logs} writable" in line and "space" not in line
+
+
+def test_a_trial_cut_by_max_steps_counts_whole_epochs(tiny_cifar, tmp_path):
+    result = train(tiny_cifar, tmp_path, "--max-steps", "15", epochs=3)  # 10 steps an epoch
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs_completed"] == 1 and summary["steps_completed"] == 15
