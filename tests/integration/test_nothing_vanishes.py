@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launch import command, env_with, one_line, state_of, train, train_args
+from launch import command, env_with, needs_horovod, one_line, state_of, train, train_args
 
 from batchscale import checkpoint
 
@@ -148,3 +148,33 @@ def test_a_trial_cut_by_max_steps_counts_whole_epochs(tiny_cifar, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["epochs_completed"] == 1 and summary["steps_completed"] == 15
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (short-lived helpers may end while the tree is read)."""
+    try:
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return children + [d for c in children for d in descendants(c)]
+
+
+@needs_horovod
+def test_a_horovodrun_killed_by_sigusr1_leaves_no_orphan(tiny_cifar, tmp_path):
+    # horovodrun dies at once on USR1 while mpirun and the ranks below it live on: the ranks watch it too.
+    args = train_args(tiny_cifar, tmp_path, "--finite-check-every", "2", batch=16)
+    launcher = subprocess.Popen(command(args, ranks=2, launcher="horovodrun"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=env_with(BATCHSCALE_FAULT="step:3:0", BATCHSCALE_FAULT_ACTION="stop"))
+    rank0 = None
+    while rank0 is None:
+        assert launcher.poll() is None, launcher.communicate()[1][-2000:]
+        rank0 = next((pid for pid in descendants(launcher.pid) if state_of(pid) == "T"), None)
+    below = descendants(launcher.pid)
+    launcher.send_signal(signal.SIGUSR1)
+    assert launcher.wait(timeout=60) == -signal.SIGUSR1
+    os.kill(rank0, signal.SIGCONT)
+    out, err = launcher.communicate(timeout=300)  # returns once every process below has let go of the pipes
+    assert all(state_of(pid) in ("gone", "Z") for pid in below)
+    assert "stopped by the end of its launcher (horovodrun" in out + err, (out + err)[-3000:]
+    assert checkpoint.load(tmp_path / "checkpoint-1.pth.tar.partial")["step"] == 4
