@@ -101,6 +101,9 @@ class Config:
                                  "pass (its own batch-norm statistics), gradients averaged, same data order and LR as "
                                  "N real workers (default: 1)", group=DISTRIBUTED, metavar="N")
     noise_every: int = flag(10, "estimate the gradient noise scale every N steps", group=MEASURE, metavar="N")
+    noise_window: float = flag(200_000.0, "the noise scale's average weighs every pair alike until this many "
+                               "training examples, then forgets the past by a factor e per as many", group=MEASURE,
+                               metavar="EXAMPLES")
     target_accuracy: float = flag(0.94, "summary.json records the steps and time to reach this accuracy (on the "
                                   "--holdout split if there is one, else the test set)", group=MEASURE)
     holdout: int = flag(0, "hold out N training images, never trained on, for the --target-accuracy check; the same "
@@ -134,7 +137,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 0, 0 meaning off (got {value!r})")
-        for name in ("base_lr", "lr_decay_factor", "gradient_predivide_factor", "collective_timeout"):
+        for name in ("base_lr", "lr_decay_factor", "gradient_predivide_factor", "collective_timeout", "noise_window"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"--{_flag(name)} must be a positive number (got {value!r})")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .noise import NoiseScale
+from .noise import SUMS, NoiseScale
 from .target import TargetWatch
 
 FORMAT_VERSION = 2
@@ -180,8 +180,13 @@ def _number(v: Any) -> bool:
 
 
 def _noise_ok(v: Any) -> bool:
-    return (isinstance(v, dict) and {"trace_sigma", "grad_sq", "updates"} <= v.keys()
-            and all(v[k] is None or _number(v[k]) for k in ("trace_sigma", "grad_sq")) and (v["updates"] is None or _int(v["updates"])))
+    """The noise scale's sums (noise.SUMS), or an earlier checkpoint's averages, which a resume starts afresh."""
+    if not isinstance(v, dict) or not (v.get("updates") is None or _int(v["updates"])):
+        return False
+    if "sums" in v:
+        sums = v["sums"]
+        return sums is None or (isinstance(sums, list) and len(sums) == len(SUMS) and all(_number(x) for x in sums))
+    return {"trace_sigma", "grad_sq"} <= v.keys() and all(v[k] is None or _number(v[k]) for k in ("trace_sigma", "grad_sq"))
 
 
 def _record_ok(r: Any) -> bool:

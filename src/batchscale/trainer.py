@@ -21,7 +21,7 @@ from .config import Config
 from .errors import ConfigError, Diverged, Stopped
 from .metrics import RunLog, summarize, write_json_atomic
 from .models import build_model, check_fits
-from .noise import GradNorms, squared_norm
+from .noise import MIN_PAIRS, GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
 from .precision import FP32, Precision, resolve
 from .rundir import RunLock, check_space, check_writable
@@ -44,8 +44,8 @@ def train_step(
     """One optimizer update from k micro-batches, communicating once. Returns (loss sum, correct) on device.
 
     Nothing here waits for the device: the sums stay tensors until the epoch ends. With `norms`
-    it also records, for the noise scale, the squared norm of a small-batch gradient (the first
-    micro-batch's when k > 1, else this worker's, taken by the backend before the allreduce) and
+    it also records, for the noise scale, the mean squared norm of small-batch gradients (each
+    micro-batch's own when k > 1, else this worker's, taken by the backend before the allreduce) and
     of the combined gradient the optimizer applies, both in unscaled units.
     """
     optimizer.zero_grad()
@@ -54,6 +54,10 @@ def train_step(
     scale = precision.scaler.get_scale() if norms is not None and precision.scaler is not None else 1.0
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
     correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
+    # Micro-batch i's own gradient is the growth of the accumulated one; the last is communicated as it is
+    # computed when there are several workers, so then only the first k - 1 are this worker's alone.
+    measured = (k if backend.world_size == 1 else k - 1) if norms is not None and k > 1 else 0
+    before: list[Tensor] | None = None
     for i, (x, y) in enumerate(micro_batches):
         with backend.accumulating(model) if i < k - 1 else contextlib.nullcontext():
             with precision.autocast():
@@ -61,8 +65,11 @@ def train_step(
                 loss = criterion(out, y)
             # Each micro-batch's mean loss / k: the update equals one batch of k x batch size.
             precision.backward(loss / k)
-        if norms is not None and i == 0 and k > 1:
-            norms.small_sq = squared_norm(gradients(model)) * (k / scale) ** 2
+        if i < measured:
+            now = [g.detach().float() for g in gradients(model)]
+            own = now if before is None else [a - b for a, b in zip(now, before)]
+            norms.small_sq = norms.small_sq + squared_norm(own) * (k / scale) ** 2 / measured  # type: ignore[union-attr]
+            before = [g.clone() for g in now] if i + 1 < measured else None
         loss_sum += loss.detach().float() * y.shape[0]
         correct += (out.detach().argmax(1) == y).sum()
     if norms is not None and k == 1:
@@ -225,6 +232,7 @@ class Trainer:
         self.schedule = LRSchedule.from_config(config, backend.averaged_batches() * self.simulated, self.steps_per_epoch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.state = TrainState(model, optimizer, self.precision.scaler, config.to_dict(), self.workers)
+        self.state.noise.window = config.noise_window
         self.state.trial = TargetWatch(config.target_accuracy, config.eval_growth, config.stop_at_target, config.max_steps)
         self.model: nn.Module = model  # what the loop calls: wrapped by the backend and torch.compile in run()
         self.resumed_from: Path | None = None
@@ -300,11 +308,25 @@ class Trainer:
             raise
         summary = summarize(config, self.backend.name, self.workers, state.history, self.parameters,
                             self.steps_per_epoch)
+        summary.update(noise_scale_note=self.noise_note())
         summary.update(precision=self.precision.name, device=device_name(self.device), compile_seconds=compile_seconds,
                        changes=state.changes, config={**summary["config"], **state.config},
                        trial={**state.trial.summary(), "split": "holdout" if self.holdout else "test"})
         self.backend.agree(lambda: self.log.finish(summary))  # type: ignore[union-attr]
         return summary
+
+    def noise_note(self) -> str | None:
+        """Why this run can measure no noise scale, or None when it can."""
+        config = self.config
+        if config.use_adasum:
+            return "Adasum combines updates, so there is no averaged gradient to measure"
+        if self.batches.global_batch <= config.batch_size:
+            return "one worker without accumulation: no batch smaller than the one that steps (add --batches-per-allreduce 2)"
+        if config.batches_per_allreduce * self.simulated == 1 and not self.backend.can_probe:
+            return f"the {self.backend.name} backend cannot see one worker's gradient; add --batches-per-allreduce 2"
+        if self.state.noise.b_simple is None:
+            return f"fewer than {MIN_PAIRS} measurements, or |G|^2 not yet estimated positive"
+        return None
 
     def finished(self) -> bool:
         return self.state.epoch >= self.config.epochs or self.state.trial.ended is not None
@@ -440,6 +462,8 @@ class Trainer:
             "train_seconds": before["train_seconds"] + sums.seconds,
             "wall_seconds": before["wall_seconds"] + time.perf_counter() - self.started,
             "noise_scale": state.noise.b_simple,
+            "noise_scale_se": state.noise.standard_error,
+            "noise_pairs": state.noise.updates,
         }
         if held is not None:
             record.update(holdout_loss=held[0], holdout_acc=held[1])

@@ -28,7 +28,9 @@ def test_trials_stop_at_the_target_and_misses_are_reported(tiny_cifar, tmp_path)
         trial = summary["trial"]
         # Ended by the target at its first whole-split look, long before the 6-step budget, judged on the holdout.
         assert trial["ended"] == "target" and trial["reached"]["step"] == 1 and trial["split"] == "holdout"
-        assert summary["config"]["holdout"] == 40 and summary["epochs_completed"] == 1
+        # It stopped inside its first epoch: no whole epoch done (a partial one no longer counts), one step.
+        assert summary["config"]["holdout"] == 40 and summary["epochs_completed"] == 0
+        assert summary["steps_completed"] == 1
         assert not (folder / "checkpoint-2.pth.tar").exists()
 
     # The paper grid at its LR and at the tuned one, where 4 workers' batches fit the 280 training images.

@@ -4,12 +4,14 @@ summary counts whole epochs."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,30 +54,45 @@ def test_a_diverged_run_is_a_result_in_the_sweep_its_exit_code_and_its_report(ti
     assert (out / "b32-w1-linear-lr0.1-s42" / "summary.json").stat().st_mtime_ns == stamp
 
 
-def rank_pids(agent: subprocess.Popen) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()]
-
-
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
 def test_a_torchrun_killed_by_a_signal_it_does_not_handle_leaves_no_orphan(tiny_cifar, tmp_path, sig):
     # torchrun dies at once on USR1/USR2; its workers, which used to train on alone, see it gone and stop.
     args = train_args(tiny_cifar, tmp_path, "--finite-check-every", "2", batch=16)
     agent = subprocess.Popen(command(args, ranks=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=env_with(BATCHSCALE_FAULT="step:3:0", BATCHSCALE_FAULT_ACTION="stop"))
+                             env=env_with(BATCHSCALE_FAULT="step:3:0", BATCHSCALE_FAULT_ACTION="stop"),
+                             start_new_session=True)
+    with killed_after(agent):
+        stop_the_launcher(agent, sig, tmp_path, "torchrun")
+
+
+def stop_the_launcher(agent: subprocess.Popen, sig: int, tmp_path: Path, name: str) -> None:
+    """Rank 0 has stopped itself at step 3; `sig` ends the launcher; rank 0 then runs on."""
     rank0 = None
     while rank0 is None:
         assert agent.poll() is None, agent.communicate()[1][-2000:]
-        rank0 = next((pid for pid in rank_pids(agent) if state_of(pid) == "T"), None)
-    ranks = rank_pids(agent)
+        rank0 = next((pid for pid in descendants(agent.pid) if state_of(pid) == "T"), None)
+    below = descendants(agent.pid)
     agent.send_signal(sig)
     assert agent.wait(timeout=60) == -sig
     os.kill(rank0, signal.SIGCONT)
-    _, err = agent.communicate(timeout=300)  # the ranks hold the pipes: this returns once they have ended
-    assert all(state_of(pid) in ("gone", "Z") for pid in ranks)
-    assert err.count("stopped by the end of its launcher (torchrun") == 1, err[-3000:]  # rank 0 alone says so
+    out, err = agent.communicate(timeout=300)  # the ranks hold the pipes: this returns once they have ended
+    assert all(state_of(pid) in ("gone", "Z") for pid in below)
+    said = (out + err).count(f"stopped by the end of its launcher ({name}")
+    assert said == 1, (out + err)[-3000:]  # rank 0 alone says so
     # Rank 1 learnt of it while waiting for rank 0 in step 4: both stop at that step's check.
     assert checkpoint.load(tmp_path / "checkpoint-1.pth.tar.partial")["step"] == 4
     assert not (tmp_path / "summary.json").exists()
+
+
+@contextlib.contextmanager
+def killed_after(launcher: subprocess.Popen) -> Iterator[None]:
+    """Whatever the test found, no process of the launched tree (its own session) outlives it."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
 
 
 def start_sweep(out: Path, data: Path, flag: Path) -> tuple[subprocess.Popen, int]:
@@ -165,16 +182,7 @@ def test_a_horovodrun_killed_by_sigusr1_leaves_no_orphan(tiny_cifar, tmp_path):
     args = train_args(tiny_cifar, tmp_path, "--finite-check-every", "2", batch=16)
     launcher = subprocess.Popen(command(args, ranks=2, launcher="horovodrun"), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True,
-                                env=env_with(BATCHSCALE_FAULT="step:3:0", BATCHSCALE_FAULT_ACTION="stop"))
-    rank0 = None
-    while rank0 is None:
-        assert launcher.poll() is None, launcher.communicate()[1][-2000:]
-        rank0 = next((pid for pid in descendants(launcher.pid) if state_of(pid) == "T"), None)
-    below = descendants(launcher.pid)
-    launcher.send_signal(signal.SIGUSR1)
-    assert launcher.wait(timeout=60) == -signal.SIGUSR1
-    os.kill(rank0, signal.SIGCONT)
-    out, err = launcher.communicate(timeout=300)  # returns once every process below has let go of the pipes
-    assert all(state_of(pid) in ("gone", "Z") for pid in below)
-    assert "stopped by the end of its launcher (horovodrun" in out + err, (out + err)[-3000:]
-    assert checkpoint.load(tmp_path / "checkpoint-1.pth.tar.partial")["step"] == 4
+                                env=env_with(BATCHSCALE_FAULT="step:3:0", BATCHSCALE_FAULT_ACTION="stop"),
+                                start_new_session=True)
+    with killed_after(launcher):
+        stop_the_launcher(launcher, signal.SIGUSR1, tmp_path, "horovodrun")

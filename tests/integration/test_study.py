@@ -20,7 +20,7 @@ def tiny_sweep(out: Path, data: Path) -> SweepConfig:
     return SweepConfig(
         out=str(out), batch_sizes=(16, 32), workers=(2,), epochs=2, launcher="simulate",
         train_args=("--train-dir", str(data), "--val-dir", str(data), "--width", "4", "--no-download",
-                    "--warmup-epochs", "1", "--noise-every", "2", "--target-accuracy", "0.12"),
+                    "--warmup-epochs", "1", "--noise-every", "1", "--target-accuracy", "0.12"),
     )
 
 
