@@ -56,7 +56,7 @@ class Check:
         small = ["--width", "4", "--no-cuda"] if dry_run else ["--width", "64"]
         self.train_flags = small
         self.bench_flags = (["--steps", "2", "--rounds", "1", "--warmup", "1", "--baseline-steps", "2", *small] if dry_run
-                            else ["--steps", "30", "--rounds", "2", "--warmup", "5", "--baseline-steps", "15"])
+                            else ["--steps", "20", "--rounds", "5", "--warmup", "5", "--baseline-steps", "15"])
         self.epochs = 2 if dry_run else 30  # 15 reached 91.8% on an H100
         self.compile: list[str] = []
         self.real = dry_run

@@ -98,8 +98,10 @@ def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_inputs: l
     """Compiles the graphs the run will use (the training step, and evaluation at each batch shape it meets)
     before the clock starts; returns the seconds it took.
 
-    Weights, batch-norm statistics and the RNG are restored afterwards, so the run is unchanged.
+    Weights, batch-norm statistics, the RNG and the mode (train or eval) are restored afterwards, so the run is
+    unchanged: a caller that goes on training runs train-mode batch norm, the graph compiled first.
     """
+    was_training = model.training
     saved = {k: v.clone() for k, v in unwrap(model).state_dict().items()}
     rng = torch.get_rng_state()
     start = time.perf_counter()
@@ -116,6 +118,7 @@ def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_inputs: l
     torch.set_rng_state(rng)
     for p in model.parameters():
         p.grad = None
+    model.train(was_training)
     return seconds
 
 
