@@ -51,7 +51,12 @@ def run_train(argv: Sequence[str], prog: str) -> int:
     from .trainer import train
 
     def work() -> None:
-        train(build(Config, args))  # rank 0 has printed every epoch and written summary.json
+        given = set()
+        if args.recipe is not None:  # a recipe fills in what the flags left out
+            only = _Parser(prog=prog)
+            add_flags(only, Config, only_given=True)
+            given = set(vars(only.parse_args(argv)))
+        train(build(Config, args).with_recipe(given))  # rank 0 has printed every epoch and written summary.json
 
     return guarded(prog, work)
 

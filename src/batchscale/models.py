@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .config import TTA_MODES
 from .errors import ConfigError
 
 
@@ -54,3 +55,22 @@ def build_model(name: str, width: int = 64, num_classes: int = 10) -> nn.Module:
 
         return torchvision.models.resnet18(num_classes=num_classes)
     raise ConfigError(f"unknown --model {name!r}; choose resnet18 or resnet18-imagenet")
+
+
+
+def tta_logits(model: nn.Module, x: Tensor, mode: str = "none") -> Tensor:
+    """Test-time augmentation as in KellerJordan/cifar10-zoo (airbench/baselines/train_resnet18_94.py): `flip`
+    averages the logits of the images and their mirror images; `flip-translate` gives that half the weight and
+    a quarter each to the same pair moved by one pixel down-right and up-left (mirrored edges). In fp32."""
+    from .data import flip, translate
+
+    def mirror(inputs: Tensor) -> Tensor:
+        return 0.5 * model(inputs).float() + 0.5 * model(flip(inputs)).float()
+
+    if mode == "none":
+        return model(x).float()
+    if mode == "flip":
+        return mirror(x)
+    if mode == "flip-translate":
+        return 0.5 * mirror(x) + 0.25 * mirror(translate(x, 1, 1)) + 0.25 * mirror(translate(x, -1, -1))
+    raise ConfigError(f"unknown --tta {mode!r}; choose one of {', '.join(TTA_MODES)}")

@@ -27,7 +27,7 @@ from ..metrics import write_json_atomic
 from ..models import build_model
 from ..parallel import Backend, init_backend
 from ..precision import Precision, resolve
-from ..trainer import build_model_and_optimizer, train_step, warm_up
+from ..trainer import StepForward, build_model_and_optimizer, train_step, warm_up
 
 # Dense peak TFLOP/s by GPU from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
 # More specific names first: "H100 NVL" and "H100 PCIe" before "H100".
@@ -212,10 +212,12 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     compile_seconds = 0.0
     graphs_before = compiled_graphs()
     model.train()  # what is timed is training: train-mode batch norm, the graph the trainer runs
+    forward: nn.Module = StepForward(model, criterion, precision)  # the trainer's step: forward, loss, metrics
+    graphs = bench.compile and bench.compile_mode == "reduce-overhead"
     if bench.compile:
-        model = torch.compile(model, mode=bench.compile_mode)  # type: ignore[assignment]
+        forward = torch.compile(forward, mode=bench.compile_mode)  # type: ignore[assignment]
         first = next(stream)[0]
-        compile_seconds = warm_up(model, first, [], precision)  # the bench times training steps only
+        compile_seconds = warm_up(model, first, [], precision, forward)  # the bench times training steps only
     graphs_warm = compiled_graphs()
     fixed = next(stream)
     loss_sum = torch.zeros((), device=device)
@@ -228,15 +230,17 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
         micro = next(stream)
         for group in optimizer.param_groups:
             group["lr"] = 0.01
-        step_loss, step_correct = train_step(model, optimizer, micro, backend, criterion, precision)
+        step_loss, step_correct = train_step(model, optimizer, micro, backend, criterion, precision, None, forward,
+                                             graphs)
         bad.masked_fill_((bad < 0) & ~torch.isfinite(step_loss), 1)
         loss_sum += step_loss
         correct += step_correct
 
     def bare_step() -> None:
         optimizer.zero_grad()
-        with precision.autocast():
-            loss = criterion(model(fixed[0][0]), fixed[0][1])
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = forward(*fixed[0])[0]
         precision.backward(loss)
         backend.optimizer_step(optimizer, precision.scaler)
 
@@ -251,7 +255,7 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     ours, bare = summarize_rounds(ours_rounds), summarize_rounds(bare_rounds)
     step_s, bare_s = ours["wall_ms"]["median"] / 1e3, bare["wall_ms"]["median"] / 1e3
     graphs_timed = compiled_graphs()
-    parts = split_step(model, optimizer, stream, backend, criterion, precision, bench.steps)
+    parts = split_step(model, forward, optimizer, stream, backend, precision, bench.steps, graphs)
     peak = peak_tflops(device, precision)
     achieved = flops / step_s / 1e12
     warnings_found = timing_warnings(bench, ours, bare)
@@ -259,7 +263,7 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
         warnings_found.append(f"{graphs_timed - graphs_warm} graph(s) compiled while timing: the figures include "
                               "compiling")
     return {
-        "pipeline": "batchscale: data on device, batched crop/flip, "
+        "pipeline": "batchscale: data on device, the epoch's crop/flip at once, forward+loss+metrics one callable, "
         f"{precision.name}, {'channels_last, ' if backend.memory_format == torch.channels_last else ''}"
         f"{f'compiled ({bench.compile_mode}), ' if bench.compile else ''}no per-step host sync",
         "model": f"{bench.model} (width {bench.width})",
@@ -296,12 +300,13 @@ def compiled_graphs() -> int:
 
 def split_step(
     model: nn.Module,
+    forward: nn.Module,
     optimizer: torch.optim.Optimizer,
     stream: Iterator[list[tuple[Tensor, Tensor]]],
     backend: Backend,
-    criterion: nn.Module,
     precision: Precision,
     steps: int,
+    graphs: bool = False,
 ) -> dict[str, float]:
     """Milliseconds per step in data, forward+backward, exposed allreduce and optimizer, with a sync
     after each. The allreduce hidden behind the backward pass costs nothing; what is left over is
@@ -317,9 +322,9 @@ def split_step(
         t1 = time.perf_counter()
         optimizer.zero_grad()
         with backend.accumulating(model) if local else contextlib.nullcontext():
-            with precision.autocast():
-                loss = criterion(model(x), y)
-            precision.backward(loss)
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            precision.backward(forward(x, y)[0])
         sync(device)
         t2 = time.perf_counter()
         if local:
