@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -219,6 +220,7 @@ def sweep(config: SweepConfig, say: Callable[..., None] = print) -> list[Path]:
 
 def execute(config: Any, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
     """Runs `pending` where `config`'s execution fields say (a sweep's or a study's), showing `progress`."""
+    share_compile_cache(out)
     if config.executor == "slurm":
         queue = SlurmQueue(out / ".slurm", config.partition, config.time, config.gpus_per_run, config.cpus_per_run,
                            dict(option.split("=", 1) for option in config.sbatch), nodes=config.nodes_per_run)
@@ -236,6 +238,13 @@ def execute(config: Any, out: Path, pending: list[Job], progress: Progress, say:
             progress.show()
 
         LocalPool(config.slots, gpu_count()).run(pending, progress.outcomes, tick)
+
+
+def share_compile_cache(out: Path) -> None:
+    """Every trial of a sweep or study compiles the same graphs: one inductor cache under --out (inherited by
+    local trainings and SLURM jobs alike) lets the first trial compile and the rest load. A cache the user set
+    wins."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((out / ".compile-cache").resolve()))
 
 
 def gpu_count() -> int:
