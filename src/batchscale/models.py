@@ -10,15 +10,16 @@ from .errors import ConfigError
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, groups: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False, groups=groups)
         self.bn1 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False, groups=groups)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False, groups=groups),
+                                          nn.BatchNorm2d(out_ch))
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -27,22 +28,33 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet18(nn.Module):
-    """He et al.'s ResNet-18 with a 3x3 stem and no max-pool, so 32x32 inputs keep their resolution."""
+    """He et al.'s ResNet-18 with a 3x3 stem and no max-pool, so 32x32 inputs keep their resolution.
 
-    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+    With `groups` = G it is G independent ResNet-18s of `width` packed into one network (every convolution
+    grouped, the head a grouped 1x1 convolution): input [N, 3G, 32, 32], output [N, G x classes]. Batch norm is
+    per channel, so the G members share nothing but the kernels' launches (a study's G learning rates at once).
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64, groups: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        g = groups
+        self.stem = nn.Sequential(nn.Conv2d(3 * g, width * g, 3, 1, 1, bias=False, groups=g), nn.BatchNorm2d(width * g),
+                                  nn.ReLU())
         layers, in_ch = [], width
         for i, stride in enumerate((1, 2, 2, 2)):
             out_ch = width * 2**i
-            layers += [BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1)]
+            layers += [BasicBlock(in_ch * g, out_ch * g, stride, g), BasicBlock(out_ch * g, out_ch * g, 1, g)]
             in_ch = out_ch
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Linear(in_ch, num_classes)
+        self.groups = g
+        self.head: nn.Module = nn.Linear(in_ch, num_classes) if g == 1 else nn.Conv2d(in_ch * g, num_classes * g, 1,
+                                                                                        groups=g)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.layers(self.stem(x))
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+        out = nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1)
+        if self.groups == 1:
+            return self.head(torch.flatten(out, 1))
+        return torch.flatten(self.head(out), 1)
 
 
 def build_model(name: str, width: int = 64, num_classes: int = 10) -> nn.Module:

@@ -224,3 +224,22 @@ def test_a_sweeps_trials_share_one_compile_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/mine")
     share_compile_cache(tmp_path)
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine"  # the user's own wins
+
+
+def test_a_grouped_resnet_is_that_many_independent_resnets():
+    """groups=G packs G ResNet-18s: with the members' weights copied in, each member's logits (train-mode batch
+    norm included) are those of its own model on its own input."""
+    torch.manual_seed(0)
+    members = [CifarResNet18(width=2) for _ in range(3)]
+    packed = CifarResNet18(width=2, groups=3)
+    with torch.no_grad():
+        for (name, target), *sources in zip(packed.state_dict().items(), *(m.state_dict().values() for m in members)):
+            if name == "head.weight":
+                sources = [s[:, :, None, None] for s in sources]
+            if target.ndim == 0:  # num_batches_tracked
+                continue
+            target.copy_(torch.cat(sources))
+    xs = [torch.randn(4, 3, 32, 32) for _ in members]
+    out = packed(torch.cat(xs, dim=1)).view(4, 3, 10)
+    for g, (model, x) in enumerate(zip(members, xs)):
+        assert torch.allclose(out[:, g], model(x), atol=1e-5)
