@@ -306,10 +306,11 @@ class TrainBatches:
         if steps <= 0:
             return
         plan = {key: v[start_step:].flatten() for key, v in drawn.items()}
-        parts = [self.gather(*(plan[key][i : i + CHUNK] for key in plan)) for i in range(0, plan["idx"].numel(), CHUNK)]
-        x = torch.cat([p[0] for p in parts]).contiguous(memory_format=self.memory_format)
-        y = torch.cat([p[1] for p in parts])
-        del parts
+        n = plan["idx"].numel()
+        x = torch.empty((n, 3, 32, 32), device=self.device).contiguous(memory_format=self.memory_format)
+        y = self.labels[plan["idx"]]
+        for i in range(0, n, CHUNK):  # written in place: the epoch's images once in memory, not twice
+            x[i : i + CHUNK] = self.gather(*(plan[key][i : i + CHUNK] for key in plan))[0]
         for step in range(steps):
             yield [(x[(step * k + m) * b : (step * k + m + 1) * b], y[(step * k + m) * b : (step * k + m + 1) * b])
                    for m in range(k)]
