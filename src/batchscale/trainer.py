@@ -80,13 +80,16 @@ def train_step(
     """One optimizer update from k micro-batches, communicating once. Returns (loss sum, correct) on device.
 
     Nothing here waits for the device: the sums stay tensors until the epoch ends. `forward` is the
-    (compiled) StepForward of `model`, else it is called eagerly. With `cuda_graphs` each micro-batch
-    begins a new CUDA-graph step: its outputs are added into the sums before the next replay overwrites them.
+    (compiled) StepForward of `model`, else it is called eagerly. With `cuda_graphs` each optimizer step
+    begins a new CUDA-graph step once the last step's gradients are released: within it the micro-batches'
+    gradients accumulate in memory no replay overwrites, and every output is added into the sums at once.
     With `norms` it also records, for the noise scale, the squared norm of a small-batch gradient (the first
     micro-batch's when k > 1, else this worker's, taken by the backend before the allreduce) and
     of the combined gradient the optimizer applies, both in unscaled units.
     """
     optimizer.zero_grad()
+    if cuda_graphs:  # after zero_grad: no gradient of the last step is alive when its graphs' memory is reused
+        torch.compiler.cudagraph_mark_step_begin()
     k = len(micro_batches)
     # fp16 gradients are multiplied by the scaler's factor until its step; measuring steps undo it (a host sync).
     scale = precision.scaler.get_scale() if norms is not None and precision.scaler is not None else 1.0
@@ -94,8 +97,6 @@ def train_step(
     correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
     for i, (x, y) in enumerate(micro_batches):
         with backend.accumulating(model) if i < k - 1 else contextlib.nullcontext():
-            if cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
             if forward is None:
                 loss, batch_loss, batch_correct = forward_metrics(model, criterion, precision, x, y)
             else:
@@ -160,6 +161,8 @@ def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_inputs: l
             with precision.autocast():
                 loss = F.cross_entropy(model(x), y)
         else:
+            for p in model.parameters():  # as each training step does: no gradient alive into the next replay
+                p.grad = None
             torch.compiler.cudagraph_mark_step_begin()
             loss = forward(x, y)[0]
         precision.backward(loss)
@@ -383,7 +386,7 @@ class Trainer:
         config = self.config
         self.forward = torch.compile(self.forward, mode=config.compile_mode)  # type: ignore[assignment]
         skipped = graphs_skipped()
-        batch = next(iter(self.batches.epoch(1)))[0]
+        batch = self.batches.gather(*(t[0, 0] for t in self.batches.draws(1).values()))  # one batch, not an epoch
         shapes = [self.evals.static_shape()]  # holdout and quick looks share --val-batch-size, so the graph too
         seconds = warm_up(self.model, batch, shapes, self.precision, self.forward)
         if self.cuda_graphs and graphs_skipped() > skipped and self.backend.is_main:

@@ -186,9 +186,10 @@ def test_evaluation_batches_have_one_shape_and_count_every_image_once():
 
 
 def test_cuda_graph_steps_are_marked_and_the_loop_freezes_the_collector(tiny_cifar, tmp_path, monkeypatch):
-    """With --compile-mode reduce-overhead every call of the compiled step begins a CUDA-graph step (so no
-    output of one is read after the next), the warm-up included; a skipped graph is warned about; the
-    collector is frozen for training and unfrozen after. (torch.compile is stubbed: the CPU records no graphs.)"""
+    """With --compile-mode reduce-overhead every optimizer step (not each micro-batch: their gradients must
+    accumulate untouched) and every evaluation batch begins a CUDA-graph step, the warm-up's calls included; a
+    skipped graph is warned about; the collector is frozen for training and unfrozen after. (torch.compile is
+    stubbed: the CPU records no graphs.)"""
     marks, freezes = [], []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
@@ -199,9 +200,9 @@ def test_cuda_graph_steps_are_marked_and_the_loop_freezes_the_collector(tiny_cif
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train(config)
-    # warm-up: 2 training calls and 2 of the one evaluation shape; 5 steps x 2 micro-batches; 200 test images in
-    # one padded batch of 256.
-    assert len(marks) == 4 + 10 + 1
+    # warm-up: 2 training calls and 2 of the one evaluation shape; 5 steps (of 2 micro-batches each); 200 test
+    # images in one padded batch of 256.
+    assert len(marks) == 4 + 5 + 1
     assert freezes == [4] and gc.get_freeze_count() == 0
     assert any("CUDA graphs skipped 1 of the compiled graphs" in str(w.message) for w in caught)
 
