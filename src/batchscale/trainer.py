@@ -304,6 +304,7 @@ class Trainer:
         # What the loop calls: forward, loss and metrics of the backend's model, one graph with --compile (run()).
         self.forward: nn.Module = StepForward(model, self.criterion, self.precision, config.tta)
         self.cuda_graphs = config.compile and config.compile_mode == "reduce-overhead"
+        self.skipped: int | None = None  # graphs CUDA graphs declined, with reduce-overhead (summary.json)
         self.resumed_from: Path | None = None
         self.log: RunLog | None = None
 
@@ -375,6 +376,7 @@ class Trainer:
             raise
         summary = summarize(config, self.backend.name, self.workers, state.history, self.parameters)
         summary.update(precision=self.precision.name, device=device_name(self.device), compile_seconds=compile_seconds,
+                       cuda_graphs_skipped=self.skipped,
                        changes=state.changes, config={**summary["config"], **state.config},
                        trial={**state.trial.summary(), "split": "holdout" if self.holdout else "test"})
         self.backend.agree(lambda: self.log.finish(summary))  # type: ignore[union-attr]
@@ -389,10 +391,10 @@ class Trainer:
         batch = self.batches.gather(*(t[0, 0] for t in self.batches.draws(1).values()))  # one batch, not an epoch
         shapes = [self.evals.static_shape()]  # holdout and quick looks share --val-batch-size, so the graph too
         seconds = warm_up(self.model, batch, shapes, self.precision, self.forward)
-        if self.cuda_graphs and graphs_skipped() > skipped and self.backend.is_main:
-            warnings.warn(f"--compile-mode reduce-overhead: CUDA graphs skipped {graphs_skipped() - skipped} of "
-                          "the compiled graphs (TORCH_LOGS=perf_hints says why), so those steps replay no graphs",
-                          stacklevel=1)
+        self.skipped = graphs_skipped() - skipped if self.cuda_graphs else None
+        if self.skipped and self.backend.is_main:
+            warnings.warn(f"--compile-mode reduce-overhead: CUDA graphs skipped {self.skipped} of the compiled "
+                          "graphs (TORCH_LOGS=perf_hints says why), so those steps replay no graphs", stacklevel=1)
         return seconds
 
     def finished(self) -> bool:

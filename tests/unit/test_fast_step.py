@@ -199,12 +199,13 @@ def test_cuda_graph_steps_are_marked_and_the_loop_freezes_the_collector(tiny_cif
     config = tiny_config(tiny_cifar, tmp_path, compile=True, compile_mode="reduce-overhead", batches_per_allreduce=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.train(config)
+        summary = trainer.train(config)
     # warm-up: 2 training calls and 2 of the one evaluation shape; 5 steps (of 2 micro-batches each); 200 test
     # images in one padded batch of 256.
     assert len(marks) == 4 + 5 + 1
     assert freezes == [4] and gc.get_freeze_count() == 0
     assert any("CUDA graphs skipped 1 of the compiled graphs" in str(w.message) for w in caught)
+    assert summary["cuda_graphs_skipped"] == 1  # summary.json says so too
 
 
 def test_recipe_fills_in_what_the_flags_left_out():
