@@ -18,7 +18,7 @@ from batchscale.cli import train_config
 from batchscale.config import RECIPES, Config
 from batchscale.models import CifarResNet18, tta_logits
 from batchscale.parallel.base import Backend
-from batchscale.study.sweep import share_compile_cache
+from batchscale.study.sweep import shared_compile_cache
 
 MEAN = torch.tensor(data.MEAN).view(3, 1, 1) * 255
 STD = torch.tensor(data.STD).view(3, 1, 1) * 255
@@ -221,11 +221,12 @@ def test_recipe_fills_in_what_the_flags_left_out():
 
 def test_a_sweeps_trials_share_one_compile_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    share_compile_cache(tmp_path)
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / ".compile-cache").resolve())
+    with shared_compile_cache(tmp_path):  # what the trainings launched inside inherit
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / ".compile-cache").resolve())
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # the sweep's own process is left as it was
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/mine")
-    share_compile_cache(tmp_path)
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine"  # the user's own wins
+    with shared_compile_cache(tmp_path):
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine"  # the user's own wins
 
 
 def test_a_grouped_resnet_is_that_many_independent_resnets():
