@@ -1,29 +1,32 @@
 """The GPU check: one device call, its parts in order of value, each in its own time box, each leaving its
 JSON in $OUT the moment it has it (a cut call still brings back every finished part).
 
-  part         box   what it leaves in OUT
-  env           40 s environment.json: GPU, versions, whether torch.compile works here, whether the data is whole
-  bench-b256   110 s bench-b256.json: the headline, ours against the original's pipeline at batch 256
-  graphs       110 s graphs-b256.json, graphs-b512.json: the step as CUDA graphs (--compile-mode reduce-overhead),
-                     against the launch-bound step the first H100 run measured (7% of peak at batch 256)
-  fast         130 s fast/: the fast recipe on real data; summary.json's time_to_accuracy, metrics.jsonl per epoch
-  profile       90 s profile.txt: the fast recipe's loop, its third epoch under torch.profiler
-                     (benchmarks/profile_loop.py): why it ran at 37,000 img/s where the bench's step ran at 61,000
-  torchrun      90 s torchrun-*.json: one process under torchrun (NCCL, DDP comm hook, bf16 then fp16 wire, a resume)
-  fp16          60 s fp16.json: a run under the gradient scaler
-  horovod       90 s horovod.json: the original's own path, horovodrun --gloo -np 1 with NCCL operations, from
-                     wheels carried in .horovod-wheels/ (scripts/build_horovod_carry.sh)
-  benches      110 s bench-b512.json, bench-b128.json, torchrun-bench.json (DDP's cost at batch 256)
+The speed probe (issue 21), the default on a GPU, about 8 minutes; every figure a train-mode step:
 
-Worst case 830 s, more than one call (600 s) and than a session's device time once the data is staged: choose
-with PARTS. torchrun, fp16 and horovod passed on an H100; the open questions there are PARTS="env bench-b256 graphs
-fast profile" (480 s), then, if time is left, PARTS="env benches" on the same warm machine. Seen on an H100
-(2026-11-27, benchmarks/results/gpu-h100-20261127/): compiling a bench's step costs about 50 s, the fast recipe's
-15 epochs 69 s all told (27 s compiling), the env part 28 s; boxes allow for those. status.json holds each part's
-exit code, seconds and whether it ran out of time. Checkpoints go to a scratch folder, never to OUT.
+  part            box   what it leaves in OUT
+  env              40 s environment.json: GPU, versions, whether torch.compile works here, whether the data is whole
+  sweep-eager      50 s sweep-eager.json: the eager step at batch 128, 256, 512, 1024 (benchmarks/step_sweep.py):
+                        device (CUDA events) and host-issue ms per step, 5 rounds each, median and min
+  sweep-compiled  110 s sweep-compiled.json: the same compiled (forward, loss and metrics one graph)
+  graphs           80 s graphs.json: the same as CUDA graphs (--compile-mode reduce-overhead) at 128, 256, 512
+  profile-step     40 s profile-step.json: 10 compiled steps at 256 and 512 under torch.profiler
+                        (benchmarks/profile_step.py): kernels per step, device busy, top kernels, layout copies
+  profile          50 s profile.txt: train.py's own loop (the fast94 recipe, compiled), its last epoch profiled
+                        (benchmarks/profile_loop.py): the loop against the bench's step
+  grouped          30 s grouped.json: one ResNet-18's step, 4 in sequence, and one with groups=4 in every
+                        convolution (benchmarks/grouped_conv.py): whether a study should pack its LR trials
+  fast94          110 s fast94/: --recipe fast94 (cifar10-zoo's 94% ResNet-18, 26 epochs), compiled; summary.json's
+                        test accuracy and time_to_accuracy (training seconds to 94%)
+
+Earlier parts, run when PARTS names them (passed on an H100, 2026-11-27): bench-b256 (110 s: the headline against
+the original's pipeline), fast (130 s: the old fast recipe), torchrun (90 s), fp16 (60 s), horovod (90 s, from
+wheels carried in .horovod-wheels/, scripts/build_horovod_carry.sh), benches (110 s: bench at 512, 128, torchrun).
+Seen on an H100: compiling a step costs about 30-50 s (the first time; the parts share one inductor cache in the
+scratch folder, so a graph compiled once loads after), the env part 28 s. status.json holds each part's exit code,
+seconds and whether it ran out of time. Checkpoints go to a scratch folder, never to OUT.
 
     python3 benchmarks/gpu_check.py            # on the GPU machine, after staging data/ (see gpu_check.sh)
-    python3 benchmarks/gpu_check.py --dry-run  # every part in order on the CPU, tiny and synthetic (make test)
+    python3 benchmarks/gpu_check.py --dry-run  # every part, old ones too, on the CPU, tiny and eager (make test)
     GPU_CHECK_BUNDLE=$OUT/gpu-check.tar.gz OUT=/tmp/gpu-check python3 benchmarks/gpu_check.py  # on the device
 """
 
@@ -41,7 +44,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BOXES = {"env": 40, "bench-b256": 110, "graphs": 110, "fast": 130, "profile": 90, "torchrun": 90, "fp16": 60, "horovod": 90, "benches": 110}
+PROBE = {"env": 40, "sweep-eager": 50, "sweep-compiled": 110, "graphs": 80, "profile-step": 40, "profile": 50,
+         "grouped": 30, "fast94": 110}
+EARLIER = {"bench-b256": 110, "fast": 130, "torchrun": 90, "fp16": 60, "horovod": 90, "benches": 110}
+BOXES = {**PROBE, **EARLIER}
 WHEELS = ROOT / ".horovod-wheels"
 
 
@@ -52,12 +58,16 @@ class Check:
         self.scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
         self.data = Path(os.environ.get("GPU_CHECK_DATA") or (self.scratch / "data" if dry_run else ROOT / "data"))
         self.status: dict[str, dict] = {}
-        self.env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                    "TORCHINDUCTOR_CACHE_DIR": str(self.scratch / "compile-cache")}  # one cache for every part
         small = ["--width", "4", "--no-cuda"] if dry_run else ["--width", "64"]
         self.train_flags = small
         self.bench_flags = (["--steps", "2", "--rounds", "1", "--warmup", "1", "--baseline-steps", "2", *small] if dry_run
-                            else ["--steps", "30", "--rounds", "2", "--warmup", "5", "--baseline-steps", "15"])
+                            else ["--steps", "20", "--rounds", "5", "--warmup", "5", "--baseline-steps", "15"])
         self.epochs = 2 if dry_run else 30  # 15 reached 91.8% on an H100
+        self.sweep_flags = (["--steps", "2", "--rounds", "1", "--warmup", "1", *small] if dry_run
+                            else ["--steps", "20", "--rounds", "5", "--warmup", "5"])
+        self.sizes = ("16,32", "16,32") if dry_run else ("128,256,512,1024", "128,256,512")
         self.compile: list[str] = []
         self.real = dry_run
 
@@ -118,6 +128,41 @@ class Check:
                    run / "summary.json", self.out / "horovod.json")]
         self.run("horovod", steps)
 
+    def script(self, name: str, *args: str) -> list[str]:
+        return [self.py, str(ROOT / "benchmarks" / name), *args]
+
+    def probe(self, parts: list[str]) -> None:
+        """The speed probe's parts, in order (module docstring); a dry run compiles nothing."""
+        data = ["--data", "real" if self.real else "synthetic", "--train-dir", str(self.data)]
+        sweep = [*self.sweep_flags, *data]
+        if "sweep-eager" in parts:
+            self.run("sweep-eager", [self.script("step_sweep.py", str(self.out / "sweep-eager.json"), "--batch-sizes",
+                                                 self.sizes[0], *sweep)])
+        if "sweep-compiled" in parts:
+            self.run("sweep-compiled", [self.script("step_sweep.py", str(self.out / "sweep-compiled.json"),
+                                                    "--batch-sizes", self.sizes[0], *sweep, *self.compile)])
+        if "graphs" in parts:
+            if not self.compile:
+                print("== graphs: skipped (CUDA graphs come through torch.compile: a dry run, or no compiler)", flush=True)
+            else:
+                self.run("graphs", [self.script("step_sweep.py", str(self.out / "graphs.json"), "--batch-sizes",
+                                                self.sizes[1], *sweep, *self.compile, "--compile-mode", "reduce-overhead")])
+        small = ["--width", "4", "--no-cuda"] if self.dry else []
+        if "profile-step" in parts:
+            self.run("profile-step", [self.script("profile_step.py", str(self.out / "profile-step.json"),
+                                                  "--batch-sizes", "16,32" if self.dry else "256,512", *small,
+                                                  *self.compile)])
+        fast94 = ["--recipe", "fast94", *self.compile]
+        if "profile" in parts and self.real:
+            run = self.train(self.scratch / "profile", "--epochs", "2", *fast94)
+            self.run("profile", [[self.py, str(ROOT / "benchmarks" / "profile_loop.py"), str(self.out), *run[2:]]])
+        if "grouped" in parts:
+            self.run("grouped", [self.script("grouped_conv.py", str(self.out / "grouped.json"), "--batch-size",
+                                             "8" if self.dry else "256", *(["--width", "2", "--no-cuda"] if self.dry
+                                                                           else []))])
+        if "fast94" in parts and self.real:
+            self.run("fast94", [self.train(self.out / "fast94", *fast94, *(["--epochs", "2"] if self.dry else []))])
+
     def bench(self, name: str, batch: int, *extra: str) -> list[str]:
         return [self.py, "-m", "batchscale.cli", "bench", "--batch-size", str(batch), "--data", "real" if self.real else
                 "synthetic", "--train-dir", str(self.data), *self.bench_flags, *self.compile,
@@ -143,23 +188,15 @@ class Check:
             self.compile = ["--compile"]
         else:
             print("note: eager steps (torch.compile unavailable here, or a dry run); see environment.json", flush=True)
+        self.probe(parts)
         if "bench-b256" in parts:
             self.run("bench-b256", [self.bench("bench-b256", 256)])
-        if "graphs" in parts:
-            graphs = ["--no-baseline", "--compile-mode", "reduce-overhead"] if self.compile else None
-            if graphs is None:
-                print("== graphs: skipped (CUDA graphs come through torch.compile: a dry run, or no compiler)", flush=True)
-            else:
-                self.run("graphs", [self.bench("graphs-b256", 256, *graphs), self.bench("graphs-b512", 512, *graphs)])
         # Compiled bf16 channels_last, batch 512, one-cycle LR 0.04 -> 0.4 over 2 epochs then down, label smoothing
         # 0.1: time_to_accuracy says which thresholds it reached, and when.
         fast = ("--batch-size", "512", "--base-lr", "0.4", "--warmup-epochs", "2", "--warmup-start-lr", "0.04",
                 "--lr-schedule", "onecycle", "--label-smoothing", "0.1", *self.compile)
         if "fast" in parts and self.real:
             self.run("fast", [self.train(self.out / "fast", "--epochs", str(self.epochs), *fast)])
-        if "profile" in parts and self.real:
-            run = self.train(self.scratch / "profile", "--epochs", "3" if not self.dry else "2", *fast)
-            self.run("profile", [[self.py, str(ROOT / "benchmarks" / "profile_loop.py"), str(self.out), *run[2:]]])
         torchrun = [self.py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
         if "torchrun" in parts:
             wire = self.scratch / "wire"
@@ -189,5 +226,5 @@ if __name__ == "__main__":
     dry = "--dry-run" in sys.argv
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results" / f"gpu-{time.strftime('%Y%m%d')}")
     out.mkdir(parents=True, exist_ok=True)
-    parts = os.environ.get("PARTS", " ".join(BOXES)).split()
+    parts = os.environ.get("PARTS", " ".join(BOXES if dry else PROBE)).split()
     sys.exit(Check(out.resolve(), dry).main(parts))

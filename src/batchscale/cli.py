@@ -46,12 +46,23 @@ def guarded(prog: str, work: Callable[[], str | None]) -> int:
     return 0
 
 
-def run_train(argv: Sequence[str], prog: str) -> int:
+def train_config(argv: Sequence[str], prog: str = "train.py") -> Config:
+    """The run's Config from its command line; a --recipe fills in what the flags left out."""
     args = train_parser(prog).parse_args(argv)
+    given: set[str] = set()
+    if args.recipe is not None:
+        only = _Parser(prog=prog)
+        add_flags(only, Config, only_given=True)
+        given = set(vars(only.parse_args(argv)))
+    return build(Config, args).with_recipe(given)
+
+
+def run_train(argv: Sequence[str], prog: str) -> int:
+    config = train_config(argv, prog)
     from .trainer import train
 
     def work() -> None:
-        train(build(Config, args))  # rank 0 has printed every epoch and written summary.json
+        train(config)  # rank 0 has printed every epoch and written summary.json
 
     return guarded(prog, work)
 

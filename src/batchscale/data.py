@@ -1,7 +1,10 @@
 """CIFAR-10 from disk to device, and the per-epoch batches that every rank draws from it.
 
-The whole set lives on the training device as uint8; each batch's random crop and flip
-is one gather over the padded images, so the GPU never waits on a data loader.
+The whole set lives on the training device as uint8; at each epoch's start the rank's whole
+epoch is cropped, flipped (and cut out) in a few large gathers, and each step takes a slice of
+it, so the GPU never waits on a data loader and a step launches no augmentation kernels.
+The augmentations are small pure tensor functions (`crop_flip`, `cutout`, `translate`, `flip`),
+testable alone.
 """
 
 from __future__ import annotations
@@ -31,6 +34,56 @@ NUM_CLASSES = 10
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 PAD = 4
+# Labels of the rows that pad an evaluation batch to its static size: cross_entropy's ignore_index, so they add
+# nothing to the loss, never match a prediction, and are not counted.
+PAD_LABEL = -100
+# Images gathered at once when an epoch is augmented: bounds the gather's temporaries, not the kernel count.
+CHUNK = 8192
+PAD_MODES = ("zeros", "reflect")
+
+
+def pad_images(images: Tensor, pad: int, mode: str = "zeros") -> Tensor:
+    """Images padded by `pad` pixels on each side: zeros (the crop of He et al.) or mirrored edges
+    (cifar10-zoo's translate). Reflection needs a float dtype in torch, so uint8 goes through float and back."""
+    if mode == "zeros":
+        return torch.nn.functional.pad(images, (pad,) * 4)
+    return torch.nn.functional.pad(images.float(), (pad,) * 4, mode="reflect").to(images.dtype)
+
+
+def crop_flip(padded: Tensor, idx: Tensor, dx: Tensor, dy: Tensor, flip: Tensor, size: int = 32) -> Tensor:
+    """Image `idx[i]` of the padded set, its size x size window at column dx[i] and row dy[i], mirrored
+    left-right where flip[i]: one gather, no per-image Python."""
+    arange = torch.arange(size, device=padded.device)
+    rows = dy[:, None] + arange
+    cols = dx[:, None] + torch.where(flip[:, None], size - 1 - arange, arange)
+    channels = torch.arange(padded.shape[1], device=padded.device)[None, :, None, None]
+    return padded[idx[:, None, None, None], channels, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def cutout(x: Tensor, cy: Tensor, cx: Tensor, size: int) -> Tensor:
+    """x with the size x size square whose top-left corner is (cy[i], cx[i]) set to 0 in image i (after
+    normalizing, 0 is the mean colour), as cifar10-zoo's batch_cutout; the corners keep the square inside."""
+    rows = torch.arange(x.shape[-2], device=x.device)
+    cols = torch.arange(x.shape[-1], device=x.device)
+    in_rows = (rows[None, :] >= cy[:, None]) & (rows[None, :] < cy[:, None] + size)
+    in_cols = (cols[None, :] >= cx[:, None]) & (cols[None, :] < cx[:, None] + size)
+    return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
+
+
+def flip(x: Tensor) -> Tensor:
+    """Every image mirrored left-right."""
+    return x.flip(-1)
+
+
+def translate(x: Tensor, dy: int, dx: int, mode: str = "reflect") -> Tensor:
+    """Every image moved by dy rows and dx columns (down and right when positive); the pixels it uncovers come
+    from its mirrored edge (reflect) or are 0 (zeros). cifar10-zoo's test-time augmentation moves by one pixel."""
+    pad = max(abs(dy), abs(dx))
+    if pad == 0:
+        return x
+    padded = torch.nn.functional.pad(x, (pad,) * 4, mode="reflect" if mode == "reflect" else "constant")
+    h, w = x.shape[-2:]
+    return padded[..., pad - dy : pad - dy + h, pad - dx : pad - dx + w]
 
 
 class DataError(ConfigError):
@@ -173,8 +226,12 @@ class TrainBatches:
         augment: bool = True,
         memory_format: torch.memory_format = torch.contiguous_format,
         simulate: bool = False,
+        translate: int = PAD,
+        translate_pad: str = "zeros",
+        cutout: int = 0,
     ) -> None:
         self.n = images.shape[0]
+        self.translate, self.cutout = translate, cutout
         self.memory_format = memory_format
         self.simulate = simulate
         self.batch_size, self.micro_batches, self.shard, self.seed = batch_size, micro_batches, shard, seed
@@ -185,12 +242,11 @@ class TrainBatches:
                 f"the global batch ({self.global_batch} = batch size x batches-per-allreduce x world size) is larger "
                 f"than the {self.n} training images; lower --batch-size"
             )
-        self.padded = torch.nn.functional.pad(images, (PAD,) * 4).to(device)
+        self.padded = pad_images(images, translate, translate_pad).to(device)
         self.labels = labels.to(device)
         self.device = device
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
-        self.arange = torch.arange(32, device=device)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -198,43 +254,66 @@ class TrainBatches:
 
     def epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """This rank's (indices, dx, dy, flip), each shaped [steps, micro_batches, batch_size]."""
+        plan = self.draws(epoch)
+        return plan["idx"], plan["dx"], plan["dy"], plan["flip"]
+
+    def draws(self, epoch: int) -> dict[str, Tensor]:
+        """Every random choice of the epoch, drawn from the seed alone in a fixed order (the permutation, crop
+        offsets, flips, then cutout corners if any), so every rank draws the same and takes its part; each
+        shaped [steps, micro_batches, batch_size]."""
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         perm = torch.randperm(self.n, generator=gen)
+        t = self.translate
         if self.augment:
-            dx = torch.randint(0, 2 * PAD + 1, (self.n,), generator=gen)
-            dy = torch.randint(0, 2 * PAD + 1, (self.n,), generator=gen)
-            flip = torch.randint(0, 2, (self.n,), generator=gen, dtype=torch.bool)
+            dx = torch.randint(0, 2 * t + 1, (self.n,), generator=gen)
+            dy = torch.randint(0, 2 * t + 1, (self.n,), generator=gen)
+            flips = torch.randint(0, 2, (self.n,), generator=gen, dtype=torch.bool)
         else:
-            dx = dy = torch.full((self.n,), PAD)
-            flip = torch.zeros(self.n, dtype=torch.bool)
+            dx = dy = torch.full((self.n,), t)
+            flips = torch.zeros(self.n, dtype=torch.bool)
+        drawn = {"idx": perm, "dx": dx, "dy": dy, "flip": flips}
+        if self.augment and self.cutout:
+            drawn["cy"] = torch.randint(0, 32 - self.cutout + 1, (self.n,), generator=gen)
+            drawn["cx"] = torch.randint(0, 32 - self.cutout + 1, (self.n,), generator=gen)
+        return {k: self.mine(v) for k, v in drawn.items()}
+
+    def mine(self, t: Tensor) -> Tensor:
+        """This rank's part of an epoch-long draw, [steps, micro_batches, batch_size], on the device."""
         used = self.steps_per_epoch * self.global_batch
         shape = (self.steps_per_epoch, self.micro_batches, self.shard.world_size, self.batch_size)
+        if self.simulate:
+            t = t[:used].view(shape).reshape(shape[0], -1, self.batch_size)
+        else:
+            t = t[:used].view(shape)[:, :, self.shard.rank]
+        if self.device.type == "cuda":  # pinned, so the copy runs beside the GPU's work instead of blocking
+            return t.contiguous().pin_memory().to(self.device, non_blocking=True)
+        return t.contiguous()
 
-        def mine(t: Tensor) -> Tensor:
-            if self.simulate:
-                t = t[:used].view(shape).reshape(shape[0], -1, self.batch_size)
-            else:
-                t = t[:used].view(shape)[:, :, self.shard.rank]
-            if self.device.type == "cuda":  # pinned, so the copy runs beside the GPU's work instead of blocking
-                return t.contiguous().pin_memory().to(self.device, non_blocking=True)
-            return t.contiguous()
-
-        return mine(perm), mine(dx), mine(dy), mine(flip)
-
-    def gather(self, idx: Tensor, dx: Tensor, dy: Tensor, flip: Tensor) -> tuple[Tensor, Tensor]:
-        """Crops, flips and normalizes one batch with a single gather: no per-image Python."""
-        rows = dy[:, None] + self.arange
-        cols = dx[:, None] + torch.where(flip[:, None], 31 - self.arange, self.arange)
-        channels = torch.arange(3, device=self.device)[None, :, None, None]
-        pixels = self.padded[idx[:, None, None, None], channels, rows[:, None, :, None], cols[:, None, None, :]]
-        x = ((pixels.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        return x, self.labels[idx]
+    def gather(self, idx: Tensor, dx: Tensor, dy: Tensor, flip: Tensor,
+               cy: Tensor | None = None, cx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Crops, flips, normalizes (and cuts out) a set of images: no per-image Python."""
+        x = (crop_flip(self.padded, idx, dx, dy, flip).float() - self.mean) / self.std
+        if cy is not None and cx is not None:
+            x = cutout(x, cy, cx, self.cutout)
+        return x.contiguous(memory_format=self.memory_format), self.labels[idx]
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[list[tuple[Tensor, Tensor]]]:
-        """Yields one list of micro-batches (images, labels) per optimizer step."""
-        idx, dx, dy, flip = self.epoch_plan(epoch)
-        for step in range(start_step, self.steps_per_epoch):
-            yield [self.gather(idx[step, m], dx[step, m], dy[step, m], flip[step, m]) for m in range(idx.shape[1])]
+        """Yields one list of micro-batches (images, labels) per optimizer step: slices of the epoch's images,
+        augmented at once here (a resumed epoch from `start_step` on). Each image is augmented as its own draws
+        say whatever the batching, so the slices equal batch-by-batch augmentation exactly."""
+        drawn = self.draws(epoch)
+        steps, k, b = self.steps_per_epoch - start_step, drawn["idx"].shape[1], self.batch_size
+        if steps <= 0:
+            return
+        plan = {key: v[start_step:].flatten() for key, v in drawn.items()}
+        n = plan["idx"].numel()
+        x = torch.empty((n, 3, 32, 32), device=self.device).contiguous(memory_format=self.memory_format)
+        y = self.labels[plan["idx"]]
+        for i in range(0, n, CHUNK):  # written in place: the epoch's images once in memory, not twice
+            x[i : i + CHUNK] = self.gather(*(plan[key][i : i + CHUNK] for key in plan))[0]
+        for step in range(steps):
+            yield [(x[(step * k + m) * b : (step * k + m + 1) * b], y[(step * k + m) * b : (step * k + m + 1) * b])
+                   for m in range(k)]
 
 
 class EvalBatches:
@@ -273,3 +352,19 @@ class EvalBatches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, self.images.shape[0], self.batch_size):
             yield self.normalize(self.images[start : start + self.batch_size]), self.labels[start : start + self.batch_size]
+
+    def static_shape(self) -> Tensor:
+        """The one input shape `static()` gives, for compiling up front."""
+        return self.normalize(self.images[:1].expand(self.batch_size, -1, -1, -1))
+
+    def static(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches all of --val-batch-size, so evaluation runs one graph: the last is padded with blank images
+        labelled PAD_LABEL, which eval-mode batch norm keeps apart and the sums leave out (counted exactly)."""
+        n = self.images.shape[0]
+        for start in range(0, n, self.batch_size):
+            x, y = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+            short = self.batch_size - x.shape[0]
+            if short:
+                x = torch.cat([x, x.new_zeros((short, *x.shape[1:]))])
+                y = torch.cat([y, y.new_full((short,), PAD_LABEL)])
+            yield self.normalize(x), y

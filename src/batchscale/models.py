@@ -7,19 +7,21 @@ import os
 import torch
 from torch import Tensor, nn
 
+from .config import TTA_MODES
 from .errors import ConfigError
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, groups: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False, groups=groups)
         self.bn1 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False, groups=groups)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False, groups=groups),
+                                          nn.BatchNorm2d(out_ch))
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -28,22 +30,33 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet18(nn.Module):
-    """He et al.'s ResNet-18 with a 3x3 stem and no max-pool, so 32x32 inputs keep their resolution."""
+    """He et al.'s ResNet-18 with a 3x3 stem and no max-pool, so 32x32 inputs keep their resolution.
 
-    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+    With `groups` = G it is G independent ResNet-18s of `width` packed into one network (every convolution
+    grouped, the head a grouped 1x1 convolution): input [N, 3G, 32, 32], output [N, G x classes]. Batch norm is
+    per channel, so the G members share nothing but the kernels' launches (a study's G learning rates at once).
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64, groups: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        g = groups
+        self.stem = nn.Sequential(nn.Conv2d(3 * g, width * g, 3, 1, 1, bias=False, groups=g), nn.BatchNorm2d(width * g),
+                                  nn.ReLU())
         layers, in_ch = [], width
         for i, stride in enumerate((1, 2, 2, 2)):
             out_ch = width * 2**i
-            layers += [BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1)]
+            layers += [BasicBlock(in_ch * g, out_ch * g, stride, g), BasicBlock(out_ch * g, out_ch * g, 1, g)]
             in_ch = out_ch
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Linear(in_ch, num_classes)
+        self.groups = g
+        self.head: nn.Module = nn.Linear(in_ch, num_classes) if g == 1 else nn.Conv2d(in_ch * g, num_classes * g, 1,
+                                                                                        groups=g)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.layers(self.stem(x))
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+        out = nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1)
+        if self.groups == 1:
+            return self.head(torch.flatten(out, 1))
+        return torch.flatten(self.head(out), 1)
 
 
 def build_model(name: str, width: int = 64, num_classes: int = 10) -> nn.Module:
@@ -83,3 +96,21 @@ def check_fits(name: str, width: int, device: torch.device) -> None:
                 f"{needed / 12:.3g} parameters, whose weights, gradients and momentum need {needed / 2**30:,.1f} GiB")
         raise ConfigError(f"--width {width} gives {size}, but {device.type} has {available / 2**30:,.1f} GiB free; "
                           "choose a smaller --width (64 is the standard ResNet-18)")
+
+
+def tta_logits(model: nn.Module, x: Tensor, mode: str = "none") -> Tensor:
+    """Test-time augmentation as in KellerJordan/cifar10-zoo (airbench/baselines/train_resnet18_94.py): `flip`
+    averages the logits of the images and their mirror images; `flip-translate` gives that half the weight and
+    a quarter each to the same pair moved by one pixel down-right and up-left (mirrored edges). In fp32."""
+    from .data import flip, translate
+
+    def mirror(inputs: Tensor) -> Tensor:
+        return 0.5 * model(inputs).float() + 0.5 * model(flip(inputs)).float()
+
+    if mode == "none":
+        return model(x).float()
+    if mode == "flip":
+        return mirror(x)
+    if mode == "flip-translate":
+        return 0.5 * mirror(x) + 0.25 * mirror(translate(x, 1, 1)) + 0.25 * mirror(translate(x, -1, -1))
+    raise ConfigError(f"unknown --tta {mode!r}; choose one of {', '.join(TTA_MODES)}")

@@ -7,8 +7,10 @@ there and nowhere else, so a resumed epoch's offset is used once and an epoch's 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from . import checkpoint, data
 from .config import Config
 from .errors import ConfigError, Diverged, Stopped
 from .metrics import RunLog, summarize, write_json_atomic
-from .models import build_model, check_fits
+from .models import build_model, check_fits, tta_logits
 from .noise import MIN_PAIRS, GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
 from .precision import FP32, Precision, resolve
@@ -32,6 +34,38 @@ from .target import QUICK_PART, TargetWatch
 from .testing import faults
 
 
+def forward_metrics(model: nn.Module, criterion: nn.Module, precision: Precision, x: Tensor,
+                    y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The training forward: (the loss to differentiate, its sum over the batch, correct predictions)."""
+    with precision.autocast():
+        out = model(x)
+        loss = criterion(out, y)
+    return loss, loss.detach().float() * y.shape[0], (out.detach().argmax(1) == y).sum()
+
+
+def eval_metrics(model: nn.Module, x: Tensor, y: Tensor, tta: str = "none") -> tuple[Tensor, Tensor, Tensor]:
+    """(loss sum, correct, images) of an evaluation batch; rows labelled data.PAD_LABEL count for nothing."""
+    logits = tta_logits(model, x, tta)
+    return (F.cross_entropy(logits, y, reduction="sum", ignore_index=data.PAD_LABEL),
+            (logits.argmax(1) == y).sum(), (y != data.PAD_LABEL).sum())
+
+
+class StepForward(nn.Module):
+    """Forward, loss and metrics as one callable, so that compiled they are one graph with no host work: in
+    train mode (the model's) `forward_metrics`, in eval mode `eval_metrics` under autocast. Its outputs are
+    consumed before the next call, as CUDA graphs (`--compile-mode reduce-overhead`) require."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, precision: Precision, tta: str = "none") -> None:
+        super().__init__()
+        self.model, self.criterion, self.precision, self.tta = model, criterion, precision, tta
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.model.training:  # the model's flag, which the trainer sets, not this wrapper's
+            return forward_metrics(self.model, self.criterion, self.precision, x, y)
+        with self.precision.autocast():
+            return eval_metrics(self.model, x, y, self.tta)
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -40,15 +74,22 @@ def train_step(
     criterion: nn.Module,
     precision: Precision = FP32,
     norms: GradNorms | None = None,
+    forward: nn.Module | None = None,
+    cuda_graphs: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One optimizer update from k micro-batches, communicating once. Returns (loss sum, correct) on device.
 
-    Nothing here waits for the device: the sums stay tensors until the epoch ends. With `norms`
-    it also records, for the noise scale, the mean squared norm of small-batch gradients (each
+    Nothing here waits for the device: the sums stay tensors until the epoch ends. `forward` is the
+    (compiled) StepForward of `model`, else it is called eagerly. With `cuda_graphs` each optimizer step
+    begins a new CUDA-graph step once the last step's gradients are released: within it the micro-batches'
+    gradients accumulate in memory no replay overwrites, and every output is added into the sums at once.
+    With `norms` it also records, for the noise scale, the mean squared norm of small-batch gradients (each
     micro-batch's own when k > 1, else this worker's, taken by the backend before the allreduce) and
     of the combined gradient the optimizer applies, both in unscaled units.
     """
     optimizer.zero_grad()
+    if cuda_graphs:  # after zero_grad: no gradient of the last step is alive when its graphs' memory is reused
+        torch.compiler.cudagraph_mark_step_begin()
     k = len(micro_batches)
     # fp16 gradients are multiplied by the scaler's factor until its step; measuring steps undo it (a host sync).
     scale = precision.scaler.get_scale() if norms is not None and precision.scaler is not None else 1.0
@@ -60,9 +101,10 @@ def train_step(
     before: list[Tensor] | None = None
     for i, (x, y) in enumerate(micro_batches):
         with backend.accumulating(model) if i < k - 1 else contextlib.nullcontext():
-            with precision.autocast():
-                out = model(x)
-                loss = criterion(out, y)
+            if forward is None:
+                loss, batch_loss, batch_correct = forward_metrics(model, criterion, precision, x, y)
+            else:
+                loss, batch_loss, batch_correct = forward(x, y)
             # Each micro-batch's mean loss / k: the update equals one batch of k x batch size.
             precision.backward(loss / k)
         if i < measured:
@@ -70,8 +112,8 @@ def train_step(
             own = now if before is None else [a - b for a, b in zip(now, before)]
             norms.small_sq = norms.small_sq + squared_norm(own) * (k / scale) ** 2 / measured  # type: ignore[union-attr]
             before = [g.clone() for g in now] if i + 1 < measured else None
-        loss_sum += loss.detach().float() * y.shape[0]
-        correct += (out.detach().argmax(1) == y).sum()
+        loss_sum += batch_loss
+        correct += batch_correct
     if norms is not None and k == 1:
         norms.small_sq = norms.small_sq / scale**2  # the backend's probe saw the scaled gradient
     backend.optimizer_step(optimizer, precision.scaler)
@@ -85,45 +127,76 @@ def gradients(model: nn.Module) -> list[Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: data.EvalBatches, backend: Backend, precision: Precision = FP32) -> tuple[float, float]:
-    """Test loss and accuracy over every test image exactly once across ranks, reduced once."""
+def evaluate(model: nn.Module, batches: data.EvalBatches, backend: Backend, precision: Precision = FP32,
+             forward: nn.Module | None = None, tta: str = "none", cuda_graphs: bool = False) -> tuple[float, float]:
+    """Test loss and accuracy over every test image exactly once across ranks, reduced once. Batches have one
+    static shape (the last padded, its padding counted out); `forward` is the (compiled) StepForward of `model`."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=backend.device)
-    for x, y in batches:
-        with precision.autocast():
-            out = model(x).float()
-        sums[0] += F.cross_entropy(out, y, reduction="sum")
-        sums[1] += (out.argmax(1) == y).sum()
-        sums[2] += y.shape[0]
+    for x, y in batches.static():
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        if forward is None:
+            with precision.autocast():
+                loss, correct, count = eval_metrics(model, x, y, tta)
+        else:
+            loss, correct, count = forward(x, y)
+        sums += torch.stack([loss.double(), correct.double(), count.double()])
     loss, correct, count = backend.all_reduce_sum(sums).tolist()
     if int(count) != batches.total:
         raise RuntimeError(f"validation saw {int(count)} images, expected {batches.total}")
     return loss / count, correct / count
 
 
-def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_inputs: list[Tensor], precision: Precision) -> float:
+def warm_up(model: nn.Module, train_batch: tuple[Tensor, Tensor], eval_inputs: list[Tensor], precision: Precision,
+            forward: nn.Module | None = None) -> float:
     """Compiles the graphs the run will use (the training step, and evaluation at each batch shape it meets)
-    before the clock starts; returns the seconds it took.
+    before the clock starts; returns the seconds it took. With `forward` (the compiled StepForward of `model`)
+    those are its graphs, called as training calls them, twice each (CUDA graphs record on the second call).
 
-    Weights, batch-norm statistics and the RNG are restored afterwards, so the run is unchanged.
+    Weights, batch-norm statistics, the RNG and the mode (train or eval) are restored afterwards, so the run is
+    unchanged: a caller that goes on training runs train-mode batch norm, the graph compiled first.
     """
+    was_training = model.training
     saved = {k: v.clone() for k, v in unwrap(model).state_dict().items()}
     rng = torch.get_rng_state()
     start = time.perf_counter()
     model.train()
-    with precision.autocast():
-        loss = F.cross_entropy(model(train_batch[0]), train_batch[1])
-    precision.backward(loss)
+    x, y = train_batch
+    for _ in range(1 if forward is None else 2):
+        if forward is None:
+            with precision.autocast():
+                loss = F.cross_entropy(model(x), y)
+        else:
+            for p in model.parameters():  # as each training step does: no gradient alive into the next replay
+                p.grad = None
+            torch.compiler.cudagraph_mark_step_begin()
+            loss = forward(x, y)[0]
+        precision.backward(loss)
     model.eval()
-    for x in eval_inputs:
-        with torch.no_grad(), precision.autocast():
-            model(x).float().sum().item()
+    for inputs in eval_inputs:
+        with torch.no_grad():
+            for _ in range(1 if forward is None else 2):
+                if forward is None:
+                    with precision.autocast():
+                        model(inputs).float().sum().item()
+                else:
+                    torch.compiler.cudagraph_mark_step_begin()
+                    forward(inputs, torch.full((inputs.shape[0],), data.PAD_LABEL, device=inputs.device))[2].item()
     seconds = time.perf_counter() - start
     unwrap(model).load_state_dict(saved)
     torch.set_rng_state(rng)
     for p in model.parameters():
         p.grad = None
+    model.train(was_training)
     return seconds
+
+
+def graphs_skipped() -> int:
+    """Compiled graphs that CUDA graphs (reduce-overhead) declined to record, in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def device_name(device: torch.device) -> str:
@@ -187,6 +260,7 @@ def train(config: Config) -> dict[str, Any]:
         backend.finish()
         return summary
     finally:
+        gc.unfreeze()  # a process that trains again (a study's long-lived trial) must collect this run's objects
         if trainer is not None:
             trainer.close()
         backend.shutdown()
@@ -216,6 +290,7 @@ class Trainer:
         self.batches = data.TrainBatches(
             train_x, train_y, config.batch_size, config.batches_per_allreduce, data.Shard(backend.rank, self.workers),
             config.seed, device, memory_format=memory_format, simulate=self.simulated > 1,
+            translate=config.translate, translate_pad=config.translate_pad, cutout=config.cutout,
         )
         self.steps_per_epoch = self.batches.steps_per_epoch
         shard = data.Shard(backend.rank, backend.world_size)
@@ -234,7 +309,11 @@ class Trainer:
         self.state = TrainState(model, optimizer, self.precision.scaler, config.to_dict(), self.workers)
         self.state.noise.window = config.noise_window
         self.state.trial = TargetWatch(config.target_accuracy, config.eval_growth, config.stop_at_target, config.max_steps)
-        self.model: nn.Module = model  # what the loop calls: wrapped by the backend and torch.compile in run()
+        self.model: nn.Module = model  # wrapped by the backend in run()
+        # What the loop calls: forward, loss and metrics of the backend's model, one graph with --compile (run()).
+        self.forward: nn.Module = StepForward(model, self.criterion, self.precision, config.tta)
+        self.cuda_graphs = config.compile and config.compile_mode == "reduce-overhead"
+        self.skipped: int | None = None  # graphs CUDA graphs declined, with reduce-overhead (summary.json)
         self.resumed_from: Path | None = None
         self.log: RunLog | None = None
 
@@ -288,12 +367,11 @@ class Trainer:
         self.restore()
         state, config = self.state, self.config
         self.model, state.optimizer = self.backend.prepare(state.model, state.optimizer)
-        compile_seconds = 0.0
-        if config.compile:
-            self.model = torch.compile(self.model, mode=config.compile_mode)  # type: ignore[assignment]
-            batch = next(iter(self.batches.epoch(1)))[0]
-            shapes = self.evals.shapes() + self.quick.shapes() + (self.holdout.shapes() if self.holdout else [])
-            compile_seconds = warm_up(self.model, batch, shapes, self.precision)
+        self.forward = StepForward(self.model, self.criterion, self.precision, config.tta)
+        compile_seconds = self.compile() if config.compile else 0.0
+        # Everything alive now lives to the end: the collector need not walk it again during training.
+        gc.collect()
+        gc.freeze()
         self.log = RunLog(config, self.backend.is_main, state.history, self.batches.global_batch)
         self.announce()
         try:
@@ -310,6 +388,7 @@ class Trainer:
                             self.steps_per_epoch)
         summary.update(noise_scale_note=self.noise_note())
         summary.update(precision=self.precision.name, device=device_name(self.device), compile_seconds=compile_seconds,
+                       cuda_graphs_skipped=self.skipped,
                        changes=state.changes, config={**summary["config"], **state.config},
                        trial={**state.trial.summary(), "split": "holdout" if self.holdout else "test"})
         self.backend.agree(lambda: self.log.finish(summary))  # type: ignore[union-attr]
@@ -327,6 +406,21 @@ class Trainer:
         if self.state.noise.b_simple is None:
             return f"fewer than {MIN_PAIRS} measurements, or |G|^2 not yet estimated positive"
         return None
+
+    def compile(self) -> float:
+        """Compiles the step's forward, loss and metrics as one graph (and evaluation as one more, its batches
+        all of one shape), warmed up before the clock starts; returns the seconds it took."""
+        config = self.config
+        self.forward = torch.compile(self.forward, mode=config.compile_mode)  # type: ignore[assignment]
+        skipped = graphs_skipped()
+        batch = self.batches.gather(*(t[0, 0] for t in self.batches.draws(1).values()))  # one batch, not an epoch
+        shapes = [self.evals.static_shape()]  # holdout and quick looks share --val-batch-size, so the graph too
+        seconds = warm_up(self.model, batch, shapes, self.precision, self.forward)
+        self.skipped = graphs_skipped() - skipped if self.cuda_graphs else None
+        if self.skipped and self.backend.is_main:
+            warnings.warn(f"--compile-mode reduce-overhead: CUDA graphs skipped {self.skipped} of the compiled "
+                          "graphs (TORCH_LOGS=perf_hints says why), so those steps replay no graphs", stacklevel=1)
+        return seconds
 
     def finished(self) -> bool:
         return self.state.epoch >= self.config.epochs or self.state.trial.ended is not None
@@ -423,7 +517,7 @@ class Trainer:
             if len(micro) == 1:
                 backend.probe(norms)
         loss, correct = train_step(self.model, state.optimizer, micro, backend, self.criterion, self.precision,
-                                   norms if measure else None)
+                                   norms if measure else None, self.forward, self.cuda_graphs)
         if measure:
             if len(micro) == 1:
                 backend.probe(None)
@@ -438,8 +532,8 @@ class Trainer:
                               torch.tensor(float(sums.images), dtype=torch.float64, device=self.device)])
         train_loss, train_correct, images = backend.all_reduce_sum(totals).tolist()  # .tolist() waits for the device
         backend.average_buffers(self.model)
-        val_loss, val_acc = evaluate(self.model, self.evals, backend, self.precision)
-        held = evaluate(self.model, self.holdout, backend, self.precision) if self.holdout else None
+        val_loss, val_acc = self.evaluate(self.evals)
+        held = self.evaluate(self.holdout) if self.holdout else None
         step = state.step(self.steps_per_epoch)
         epoch = state.epoch + 1
         if not (self.weights_finite() and torch.isfinite(torch.tensor([val_loss, train_loss])).all()):
@@ -488,11 +582,14 @@ class Trainer:
         before = state.history[-1]["train_seconds"] if state.history else 0.0
         while state.trial.due(step):  # a quick look that comes near the target is followed by a whole one
             full = state.trial.fine
-            loss, acc = evaluate(self.model, (self.holdout or self.evals) if full else self.quick, self.backend,
-                                 self.precision)
+            loss, acc = self.evaluate((self.holdout or self.evals) if full else self.quick)
             state.trial.record(step, acc, full, loss=loss, examples=step * self.batches.global_batch,
                                b_simple=state.noise.b_simple, train_seconds=before + epoch_seconds)
         self.model.train()
+
+    def evaluate(self, batches: data.EvalBatches) -> tuple[float, float]:
+        return evaluate(self.model, batches, self.backend, self.precision, self.forward, self.config.tta,
+                        self.cuda_graphs)
 
     # -- checks and saves --------------------------------------------------------------------------------------
 

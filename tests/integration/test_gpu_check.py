@@ -26,8 +26,9 @@ def test_dry_run_runs_every_part_and_leaves_each_parts_json(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     status = json.loads((tmp_path / "status.json").read_text())
     horovod_built = (Path(sys.executable).parent / "horovodrun").exists()  # the original's path
-    assert list(status) == ["env", "bench-b256", "fast", "profile", "torchrun", "fp16",
-                            *(["horovod"] if horovod_built else []), "benches"]  # in order of value
+    # In order of value: the speed probe (graphs skipped: a dry run compiles nothing), then the earlier parts.
+    assert list(status) == ["env", "sweep-eager", "sweep-compiled", "profile-step", "profile", "grouped", "fast94",
+                            "bench-b256", "fast", "torchrun", "fp16", *(["horovod"] if horovod_built else []), "benches"]
     if horovod_built:
         horovod = json.loads((tmp_path / "horovod.json").read_text())
         assert horovod["backend"] == "horovod" and horovod["config"]["fp16_allreduce"]
@@ -42,8 +43,19 @@ def test_dry_run_runs_every_part_and_leaves_each_parts_json(tmp_path):
     assert resumed["epochs_completed"] == 2 and sorted(c["setting"] for c in resumed["changes"]) == [
         "--bf16-allreduce", "--epochs", "--fp16-allreduce"]
     profile = (tmp_path / "profile.txt").read_text()
-    assert "epoch 2: 2 steps of global batch 512" in profile  # the last epoch alone: 1280 images / 512
+    assert "epoch 2: 2 steps of global batch 500" in profile  # fast94's last epoch alone: 1280 images / 500
     assert "host in our update" in profile and "aten::convolution" in profile
+    for name in ("sweep-eager.json", "sweep-compiled.json"):
+        sweep = json.loads((tmp_path / name).read_text())
+        assert sweep["complete"] and sorted(sweep["batches"]) == ["16", "32"]
+        assert all(b["batch_norm"] == "train mode" and len(b["timing"]["rounds"]) == 1 for b in sweep["batches"].values())
+    steps = json.loads((tmp_path / "profile-step.json").read_text())["batches"]
+    assert sorted(steps) == ["16", "32"] and steps["16"]["kernels_per_step"] > 0
+    grouped = json.loads((tmp_path / "grouped.json").read_text())
+    assert grouped["decision"] in ("grouped", "sequential") and grouped["groups"] == 4
+    fast94 = json.loads((tmp_path / "fast94" / "summary.json").read_text())
+    assert fast94["config"]["recipe"] == "fast94" and fast94["config"]["tta"] == "flip-translate"
+    assert fast94["epochs_completed"] == 2
     for name in ("bench-b128.json", "bench-b512.json", "torchrun-bench.json", "fp16.json"):
         assert (tmp_path / name).is_file(), name
     assert not list(tmp_path.rglob("*.pth.tar*"))  # checkpoints stay out of what comes back

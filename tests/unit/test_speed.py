@@ -99,3 +99,70 @@ def test_baseline_is_the_original_pipeline():
     assert isinstance(model, torchvision.models.ResNet)
     assert model.conv1.kernel_size == (7, 7) and model.fc.out_features == 1000
     assert isinstance(bench.original_model("resnet18", 64), CifarResNet18)
+
+
+def test_a_short_bench_says_its_sample_is_too_short(bench_result):
+    """The 3-step, 1-round bench that once printed "-27% overhead" unflagged now carries a warning, printed too."""
+    ours = bench_result["ours"]
+    assert any("sample too short" in w for w in ours["warnings"])
+    assert "warning: sample too short" in bench.describe(bench_result)
+    assert len(ours["timing"]["rounds"]) == 1 and ours["batch_norm"] == "train mode"
+    assert ours["timing"]["device_ms"] is None and "n/a" in ours["device_timing"]  # the CPU has no device clock
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_warm_up_leaves_the_mode_it_found(mode):
+    from batchscale.trainer import warm_up
+
+    model = CifarResNet18(width=2)
+    model.train(mode == "train")
+    x = torch.randn(4, 3, 32, 32)
+    warm_up(model, (x, torch.zeros(4, dtype=torch.long)), [x[:2]], FP32)
+    assert model.training == (mode == "train")
+    assert all(m.training == (mode == "train") for m in model.modules())
+
+
+def test_compiled_bench_traces_batch_norm_in_train_mode_only_and_counts_its_graphs(tmp_path, monkeypatch):
+    """A counting backend sees every graph Dynamo hands over and the training flag of each batch norm in it;
+    the bench's own count of compiled graphs must match what the backend saw."""
+    real_compile = torch.compile
+    graphs: list[list[bool]] = []
+
+    def counting(gm, example_inputs):
+        graphs.append([n.args[5] if len(n.args) > 5 else n.kwargs["training"] for n in gm.graph.nodes
+                       if n.op == "call_function" and getattr(n.target, "__name__", "") == "batch_norm"])
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counting))
+    torch._dynamo.reset()
+    config = bench.BenchConfig(width=2, batch_size=8, steps=2, warmup=1, rounds=2, baseline=False, compile=True,
+                               output=str(tmp_path / "b.json"), no_cuda=True)
+    ours = bench.run(config)["ours"]
+    modes = [m for g in graphs for m in g]
+    assert len(modes) == 20 and all(modes)  # ResNet-18's 20 batch norms, traced once, in train mode
+    assert ours["graphs_compiled"] == {"warm_up": len(graphs), "while_timing": 0}
+    assert ours["batch_norm"] == "train mode"
+
+
+def test_round_timing_separates_host_issue_from_wall_on_a_known_clock(monkeypatch):
+    """A fake clock: each step costs the host 2 ms to issue, and the device needs 10 ms more to finish the
+    round after the last issue (what the final sync waits for)."""
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+
+    def step() -> None:
+        now[0] += 0.002
+
+    def wait() -> None:
+        now[0] += 0.010
+
+    rounds = [bench.time_round(step, 5, torch.device("cpu"), wait) for _ in range(3)]
+    assert rounds[0]["host_issue_ms"] == pytest.approx(2.0) and rounds[0]["wall_ms"] == pytest.approx(4.0)
+    assert rounds[0]["device_ms"] is None
+    slow = bench.time_round(lambda: now.__setitem__(0, now[0] + 0.004), 5, torch.device("cpu"), wait)
+    summary = bench.summarize_rounds([*rounds, slow])
+    assert summary["wall_ms"]["min"] == pytest.approx(4.0) and summary["wall_ms"]["median"] == pytest.approx(4.0)
+    assert summary["host_issue_ms"]["median"] == pytest.approx(2.0) and len(summary["rounds"]) == 4
+    config = bench.BenchConfig(steps=20, rounds=5)
+    found = bench.timing_warnings(config, summary, bench.summarize_rounds(rounds))
+    assert len(found) == 1 and "ours: rounds disagree, the slowest 50% above the fastest" in found[0]  # 6 ms vs 4

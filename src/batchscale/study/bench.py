@@ -27,7 +27,7 @@ from ..metrics import write_json_atomic
 from ..models import build_model
 from ..parallel import Backend, init_backend
 from ..precision import Precision, resolve
-from ..trainer import build_model_and_optimizer, train_step, warm_up
+from ..trainer import StepForward, build_model_and_optimizer, train_step, warm_up
 
 # Dense peak TFLOP/s by GPU from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
 # More specific names first: "H100 NVL" and "H100 PCIe" before "H100".
@@ -49,6 +49,10 @@ ORIGINAL_MODEL = "resnet18-imagenet-1000"  # torchvision's, built as the origina
 
 
 BENCH = "what to time"
+# Below these a median is one noisy sample: the 3-step, 1-round bench once printed "-27% overhead".
+MIN_STEPS, MIN_ROUNDS = 10, 5
+# Rounds whose slowest is more than this above their fastest disagree: the machine's speed drifted.
+MAX_SPREAD = 0.10
 
 
 @dataclass
@@ -61,9 +65,10 @@ class BenchConfig:
     precision: str = same_as(Config, "precision", group=BENCH)
     compile: bool = same_as(Config, "compile", group=BENCH)
     compile_mode: str = same_as(Config, "compile_mode", group=BENCH)
-    steps: int = flag(20, "timed steps per round", group=BENCH)
+    steps: int = flag(20, f"timed steps per round (fewer than {MIN_STEPS} is flagged as too short)", group=BENCH)
     warmup: int = flag(5, "untimed steps first", group=BENCH)
-    rounds: int = flag(3, "interleaved rounds of ours and the bare loop", group=BENCH)
+    rounds: int = flag(5, f"interleaved rounds of ours and the bare loop, each kept in the JSON (fewer than "
+                       f"{MIN_ROUNDS} is flagged as too few)", group=BENCH)
     data: str = flag("synthetic", "synthetic images, or the real set from --train-dir", group=BENCH,
                      choices=("synthetic", "real"))
     train_dir: str = same_as(Config, "train_dir", group=BENCH)
@@ -133,12 +138,56 @@ def time_steps(step: Callable[[], Any], steps: int, device: torch.device) -> flo
     """Mean seconds per call over `steps` calls, with one device sync at the end (as in training)."""
     if steps == 0:
         return 0.0
-    sync(device)
+    return time_round(step, steps, device)["wall_ms"] / 1e3
+
+
+def time_round(step: Callable[[], Any], steps: int, device: torch.device,
+               wait: Callable[[], None] | None = None) -> dict[str, float | None]:
+    """One round of `steps` calls, in ms per step: host issue (until the last call returns: what the host spends
+    launching), wall (until the device has finished too: one sync at the end, as in training) and, on CUDA,
+    device (CUDA events recorded on the stream before the first and after the last step: the device's span,
+    idle gaps included). A device-bound step has host issue well under wall; a host-bound one, about equal."""
+    wait = wait or (lambda: sync(device))
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if device.type == "cuda" else None
+    wait()
     start = time.perf_counter()
+    if events:
+        events[0].record()
     for _ in range(steps):
         step()
-    sync(device)
-    return (time.perf_counter() - start) / steps
+    if events:
+        events[1].record()
+    issued = time.perf_counter()
+    wait()
+    done = time.perf_counter()
+    return {"host_issue_ms": (issued - start) * 1e3 / steps, "wall_ms": (done - start) * 1e3 / steps,
+            "device_ms": events[0].elapsed_time(events[1]) / steps if events else None}
+
+
+def summarize_rounds(rounds: list[dict[str, float | None]]) -> dict[str, Any]:
+    """Median and min of each per-step figure over the rounds, and the rounds themselves."""
+    out: dict[str, Any] = {"rounds": rounds}
+    for key in ("wall_ms", "host_issue_ms", "device_ms"):
+        values = [r[key] for r in rounds if r[key] is not None]
+        out[key] = {"median": statistics.median(values), "min": min(values)} if values else None
+    return out
+
+
+def timing_warnings(bench: BenchConfig, ours: dict[str, Any], bare: dict[str, Any]) -> list[str]:
+    """What makes the figures doubtful, in words the JSON and the printout both carry."""
+    found = []
+    if bench.steps < MIN_STEPS or bench.rounds < MIN_ROUNDS:
+        found.append(f"sample too short ({bench.rounds} round(s) x {bench.steps} steps; use at least {MIN_ROUNDS} x "
+                     f"{MIN_STEPS}): the figures are single noisy samples")
+    for name, timing in (("ours", ours), ("bare loop", bare)):
+        walls = [r["wall_ms"] for r in timing["rounds"]]
+        spread = max(walls) / min(walls) - 1
+        if spread > MAX_SPREAD:
+            found.append(f"{name}: rounds disagree, the slowest {100 * spread:.0f}% above the fastest "
+                         f"(more than {100 * MAX_SPREAD:.0f}%): the machine's speed drifted")
+    if ours["wall_ms"]["min"] < bare["wall_ms"]["min"]:
+        found.append("our step came out faster than the bare loop, which does less: the difference is noise")
+    return found
 
 
 def endless(batches: data.TrainBatches) -> Iterator[list[tuple[Tensor, Tensor]]]:
@@ -161,10 +210,15 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     criterion = nn.CrossEntropyLoss()
     stream = endless(batches)
     compile_seconds = 0.0
+    graphs_before = compiled_graphs()
+    model.train()  # what is timed is training: train-mode batch norm, the graph the trainer runs
+    forward: nn.Module = StepForward(model, criterion, precision)  # the trainer's step: forward, loss, metrics
+    graphs = bench.compile and bench.compile_mode == "reduce-overhead"
     if bench.compile:
-        model = torch.compile(model, mode=bench.compile_mode)  # type: ignore[assignment]
+        forward = torch.compile(forward, mode=bench.compile_mode)  # type: ignore[assignment]
         first = next(stream)[0]
-        compile_seconds = warm_up(model, first, [], precision)  # the bench times training steps only
+        compile_seconds = warm_up(model, first, [], precision, forward)  # the bench times training steps only
+    graphs_warm = compiled_graphs()
     fixed = next(stream)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -176,15 +230,17 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
         micro = next(stream)
         for group in optimizer.param_groups:
             group["lr"] = 0.01
-        step_loss, step_correct = train_step(model, optimizer, micro, backend, criterion, precision)
+        step_loss, step_correct = train_step(model, optimizer, micro, backend, criterion, precision, None, forward,
+                                             graphs)
         bad.masked_fill_((bad < 0) & ~torch.isfinite(step_loss), 1)
         loss_sum += step_loss
         correct += step_correct
 
     def bare_step() -> None:
         optimizer.zero_grad()
-        with precision.autocast():
-            loss = criterion(model(fixed[0][0]), fixed[0][1])
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = forward(*fixed[0])[0]
         precision.backward(loss)
         backend.optimizer_step(optimizer, precision.scaler)
 
@@ -192,27 +248,41 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
         torch.cuda.reset_peak_memory_stats(device)
     time_steps(our_step, bench.warmup, device)
     time_steps(bare_step, bench.warmup, device)
-    ours, bare = [], []
+    ours_rounds, bare_rounds = [], []
     for _ in range(bench.rounds):  # interleaved, so drift in machine speed hits both alike
-        ours.append(time_steps(our_step, bench.steps, device))
-        bare.append(time_steps(bare_step, bench.steps, device))
-    step_s, bare_s = statistics.median(ours), statistics.median(bare)
-    parts = split_step(model, optimizer, stream, backend, criterion, precision, bench.steps)
+        ours_rounds.append(time_round(our_step, bench.steps, device))
+        bare_rounds.append(time_round(bare_step, bench.steps, device))
+    ours, bare = summarize_rounds(ours_rounds), summarize_rounds(bare_rounds)
+    step_s, bare_s = ours["wall_ms"]["median"] / 1e3, bare["wall_ms"]["median"] / 1e3
+    graphs_timed = compiled_graphs()
+    parts = split_step(model, forward, optimizer, stream, backend, precision, bench.steps, graphs)
     peak = peak_tflops(device, precision)
     achieved = flops / step_s / 1e12
+    warnings_found = timing_warnings(bench, ours, bare)
+    if graphs_timed > graphs_warm:
+        warnings_found.append(f"{graphs_timed - graphs_warm} graph(s) compiled while timing: the figures include "
+                              "compiling")
     return {
-        "pipeline": "batchscale: data on device, batched crop/flip, "
+        "pipeline": "batchscale: data on device, the epoch's crop/flip at once, forward+loss+metrics one callable, "
         f"{precision.name}, {'channels_last, ' if backend.memory_format == torch.channels_last else ''}"
         f"{f'compiled ({bench.compile_mode}), ' if bench.compile else ''}no per-step host sync",
         "model": f"{bench.model} (width {bench.width})",
         "precision": precision.name,
+        "batch_norm": "train mode" if model.training else "eval mode",
         "images_per_sec": bench.batch_size * backend.world_size / step_s,
+        "images_per_sec_best": bench.batch_size * backend.world_size / (ours["wall_ms"]["min"] / 1e3),
         "step_ms": step_s * 1e3,
+        "timing": ours,
+        "device_timing": "CUDA events around each round" if device.type == "cuda"
+        else "n/a: on the CPU the host runs the kernels, so device time is wall time",
         "parts_ms": parts,
         "synced_step_ms": sum(parts.values()),
         "bare_loop_step_ms": bare_s * 1e3,
+        "bare_loop_timing": bare,
         "overhead_vs_bare_loop": step_s / bare_s,
         "compile_seconds": compile_seconds,
+        "graphs_compiled": {"warm_up": graphs_warm - graphs_before, "while_timing": graphs_timed - graphs_warm},
+        "warnings": warnings_found,
         "flops_per_step": flops,
         "achieved_tflops": achieved,
         "peak_tflops": peak,
@@ -221,14 +291,22 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     }
 
 
+def compiled_graphs() -> int:
+    """Graphs Dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def split_step(
     model: nn.Module,
+    forward: nn.Module,
     optimizer: torch.optim.Optimizer,
     stream: Iterator[list[tuple[Tensor, Tensor]]],
     backend: Backend,
-    criterion: nn.Module,
     precision: Precision,
     steps: int,
+    graphs: bool = False,
 ) -> dict[str, float]:
     """Milliseconds per step in data, forward+backward, exposed allreduce and optimizer, with a sync
     after each. The allreduce hidden behind the backward pass costs nothing; what is left over is
@@ -244,9 +322,9 @@ def split_step(
         t1 = time.perf_counter()
         optimizer.zero_grad()
         with backend.accumulating(model) if local else contextlib.nullcontext():
-            with precision.autocast():
-                loss = criterion(model(x), y)
-            precision.backward(loss)
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            precision.backward(forward(x, y)[0])
         sync(device)
         t2 = time.perf_counter()
         if local:
@@ -411,6 +489,10 @@ def describe(result: dict[str, Any]) -> str:
     lines = [
         f"{result['device']}, {result['world_size']} worker(s), batch {result['batch_size']}, {result['data']} data",
         f"ours:     {ours['images_per_sec']:9.0f} img/s  {ours['step_ms']:8.2f} ms/step  ({parts} ms)",
+        f"          median of {len(ours['timing']['rounds'])} rounds, fastest {ours['timing']['wall_ms']['min']:.2f} ms; "
+        f"host issue {ours['timing']['host_issue_ms']['median']:.2f} ms/step, device "
+        + (f"{ours['timing']['device_ms']['median']:.2f} ms/step" if ours["timing"]["device_ms"] else "n/a (CPU)")
+        + f"; batch norm in {ours['batch_norm']}",
         f"          overhead over a bare fwd/bwd/step loop: {100 * (ours['overhead_vs_bare_loop'] - 1):+.1f}%",
         f"          {ours['achieved_tflops']:.2f} TFLOP/s counted"
         + (f", {100 * ours['fraction_of_peak']:.0f}% of peak" if ours["fraction_of_peak"] else "")
@@ -426,4 +508,5 @@ def describe(result: dict[str, Any]) -> str:
     if "speedup_vs_original_model" in result:
         lines.append(f"(against the original's own ImageNet ResNet-18, a different network with a sixteenth of the "
                      f"FLOPs at 32x32: {result['speedup_vs_original_model']:.2f}x)")
+    lines += [f"warning: {text}" for text in ours["warnings"]]
     return "\n".join(lines)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +259,11 @@ def diverged_why(run_dir: Path) -> str:
 
 def execute(config: Any, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
     """Runs `pending` where `config`'s execution fields say (a sweep's or a study's), showing `progress`."""
+    with shared_compile_cache(out):
+        run_pending(config, out, pending, progress, say)
+
+
+def run_pending(config: Any, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
     if config.executor == "slurm":
         queue = SlurmQueue(out / ".slurm", config.partition, config.time, config.gpus_per_run, config.cpus_per_run,
                            dict(option.split("=", 1) for option in config.sbatch), nodes=config.nodes_per_run)
@@ -274,6 +281,21 @@ def execute(config: Any, out: Path, pending: list[Job], progress: Progress, say:
             progress.show()
 
         LocalPool(config.slots, gpu_count()).run(pending, progress.outcomes, tick)
+
+
+@contextlib.contextmanager
+def shared_compile_cache(out: Path) -> Iterator[None]:
+    """Every trial of a sweep or study compiles the same graphs: one inductor cache under --out, in the
+    environment the trainings inherit (local and SLURM alike) while they are launched and waited on, lets the
+    first trial compile and the rest load. A cache the user set wins."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((out / ".compile-cache").resolve())
+    try:
+        yield
+    finally:
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 def gpu_count() -> int:
