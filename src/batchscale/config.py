@@ -48,6 +48,9 @@ class Config:
     train_dir: str = flag("./data", "folder holding cifar-10-batches-py/ for training", group=DATA)
     val_dir: str = flag("./data", "folder holding cifar-10-batches-py/ for validation", group=DATA)
     download: bool = flag(True, "never download CIFAR-10; stop if it is missing", group=DATA, name="--no-download")
+    train_subset: int = flag(0, "train on only the first N training images (after --holdout is set aside), the same "
+                             "ones for every seed: the knob for a quick smoke run (default: 0, all)", group=DATA,
+                             metavar="N")
     log_dir: str = flag("./logs", "TensorBoard events, metrics.jsonl and summary.json", group=OUTPUTS)
     checkpoint_format: str = flag("{log_dir}/checkpoint-{epoch}.pth.tar",
                                   "checkpoint path with {epoch} (and optionally {log_dir})", group=OUTPUTS)
@@ -130,7 +133,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 1 (got {value!r})")
-        for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps"):
+        for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps", "train_subset"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 0, 0 meaning off (got {value!r})")

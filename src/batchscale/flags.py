@@ -39,6 +39,24 @@ def option(field: dataclasses.Field) -> str:
     return field.metadata.get("name") or "--" + field.name.replace("_", "-")
 
 
+def given_options(cls: type, argv: list[str]) -> dict[str, str]:
+    """The fields of `cls` that `argv` sets (as the command that receives `argv` will parse them, abbreviations
+    and `--flag=value` included), each with the option it was given by; other words are left alone."""
+    parser = _Silent(add_help=False)
+    add_flags(parser, cls, only_given=True)
+    spelled = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    try:
+        given, _ = parser.parse_known_args(argv)
+    except ValueError:  # a malformed value: the training's own parser reports it, in its words
+        return {}
+    return {name: spelled[name] for name in vars(given)}
+
+
+class _Silent(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+
 def shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)

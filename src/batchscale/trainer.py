@@ -199,6 +199,8 @@ class Trainer:
             raise ConfigError(f"--holdout {config.holdout} is half or more of the {train_x.shape[0]} training images; "
                               "hold out fewer")
         train_x, train_y, held_x, held_y = data.split_holdout(train_x, train_y, config.holdout)
+        if config.train_subset:  # after the holdout, so a subset never changes which images are held out
+            train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
         self.precision = resolve(config, device)
         memory_format = backend.memory_format
         self.simulated = config.simulate_workers

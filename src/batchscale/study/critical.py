@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import data
+from ..config import Config
 from ..errors import ConfigError
 from ..flags import flag, same_as
 from ..metrics import write_json_atomic
 from .executors import Job
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, lr_grid
 from .runs import read_json
-from .sweep import EXECUTION, Progress, SweepConfig, _ints, execute
+from .sweep import EXECUTION, Progress, SweepConfig, _ints, execute, refuse_overrides
 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
 PAPER_WORKERS = 4
@@ -61,6 +62,9 @@ class StudyConfig:
     holdout: int = flag(5000, "training images held out to judge the target (the test set stays for final accuracy)",
                         group=PROTOCOL)
     width: int = flag(64, "channels of ResNet-18's first stage", group=PROTOCOL)
+    train_subset: int = same_as(Config, "train_subset", group=PROTOCOL,
+                                help="every trial trains on only the first N training images left after --holdout: "
+                                "a quick smoke run (default: 0, all)")
     budget_epochs: float = flag(60.0, "a trial's budget in images, as epochs of the training split", group=PROTOCOL)
     budget_steps: int = flag(40_000, "a trial's budget in optimizer steps (whichever comes first)", group=PROTOCOL)
     warmup: float = flag(0.05, "warmup from LR 0, as a share of the trial's step budget", group=PROTOCOL)
@@ -101,6 +105,9 @@ class StudyConfig:
             raise ConfigError(f"every batch size above --micro-batch {self.micro_batch} must be a multiple of it")
         if not self.wait and self.executor != "slurm":
             raise ConfigError("--no-wait needs --executor slurm: local trainings end with the study")
+        if self.train_subset < 0:
+            raise ConfigError(f"--train-subset must be an integer >= 0, 0 meaning all (got {self.train_subset})")
+        refuse_overrides("study", self.train_args, STUDY_SETS)
         return self
 
     @property
@@ -115,6 +122,11 @@ class StudyConfig:
                 raise ConfigError(f"batch {max(self.batch_sizes)} is larger than the {images - self.holdout} training "
                                   "images; lower --batch-sizes or --holdout")
             self._images = images - self.holdout
+            if self.train_subset:
+                self._images = min(self._images, self.train_subset)
+                if max(self.batch_sizes) > self._images:
+                    raise ConfigError(f"batch {max(self.batch_sizes)} is larger than --train-subset {self.train_subset}"
+                                      "; lower --batch-sizes or raise --train-subset")
         return self._images
 
 
@@ -136,6 +148,18 @@ def study_preset(name: str, config: StudyConfig, given: set[str] = frozenset()) 
     return StudyConfig(**{**asdict(config), **chosen, "preset": name})
 
 
+# The training flags every trial gets from the study, and the study flag that sets them instead.
+STUDY_SETS = {
+    "train_dir": "--data", "val_dir": "--data", "width": "--width", "holdout": "--holdout",
+    "target_accuracy": "--target", "batch_size": "--batch-sizes", "batches_per_allreduce": "--micro-batch",
+    "lr_scaling": "--lr-per-128", "base_lr": "--lr-per-128, --lr-points, --lr-spacing",
+    "warmup_start_lr": "--warmup", "warmup_steps": "--warmup", "warmup_epochs": "--warmup",
+    "lr_schedule": "--schedule", "lr_decay_epochs": "--paper-epochs", "epochs": "--budget-epochs or --paper-epochs",
+    "max_steps": "--budget-steps", "eval_growth": "--eval-growth", "seed": "--seeds", "log_dir": "--out",
+    "simulate_workers": "--no-paper (the paper grid has 4 workers)", "train_subset": "--train-subset",
+}
+
+
 @dataclass(frozen=True)
 class Planned:
     """A trial or paper run: its folder name, training flags, and the most images it may train."""
@@ -155,7 +179,7 @@ def common_args(config: StudyConfig) -> list[str]:
     return ["--train-dir", folder, "--val-dir", folder, "--no-download", "--width", str(config.width), "--holdout", str(config.holdout), "--target-accuracy", str(config.target),
             "--val-batch-size", "500", "--keep-checkpoints", "1", "--no-progress",
             "--noise-every", "1",  # a trial is short: B_simple from every step, not one in ten
-            *config.train_args]
+            "--train-subset", str(config.train_subset), *config.train_args]
 
 
 def curve_trial(config: StudyConfig, batch: int, lr: float, seed: int) -> Planned:
