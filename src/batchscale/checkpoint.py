@@ -29,7 +29,7 @@ BEFORE_IT_EXISTED = {"train_subset": 0}
 # Where outputs go and how often they are checked or kept: never part of what trained.
 NOT_RECORDED = ("train_dir", "val_dir", "download", "log_dir", "checkpoint_format", "resume", "resume_from", "progress",
                 "checkpoint_every_steps", "keep_checkpoints", "finite_check_every", "collective_timeout",
-                "target_accuracy", "backend", "no_cuda")
+                "target_accuracy", "backend", "no_cuda", "tracker")
 # Schedules whose LR at a step depends on the number of epochs.
 EPOCH_BOUND_SCHEDULES = ("cosine", "onecycle")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .config import Config
-from .errors import BatchscaleError
+from .errors import BatchscaleError, Stopped
 from .flags import add_flags, build
 from .parallel.launch import launcher_rank
 
@@ -35,7 +35,8 @@ def guarded(prog: str, work: Callable[[], str | None]) -> int:
         message = work()
     except BatchscaleError as err:
         if not err.quiet and (err.agreed or launcher_rank() == 0):
-            print(f"{prog}: error: {err}", file=sys.stderr)
+            kind = "" if isinstance(err, Stopped) else "error: "  # a stop asked for is not a failure
+            print(f"{prog}: {kind}{err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         if launcher_rank() == 0:
@@ -48,10 +49,12 @@ def guarded(prog: str, work: Callable[[], str | None]) -> int:
 
 def run_train(argv: Sequence[str], prog: str) -> int:
     args = train_parser(prog).parse_args(argv)
+    from .metrics import closing_line
     from .trainer import train
 
-    def work() -> None:
-        train(build(Config, args))  # rank 0 has printed every epoch and written summary.json
+    def work() -> str:
+        config = build(Config, args)
+        return closing_line(train(config), config.log_dir)  # rank 0 has printed every epoch and written summary.json
 
     return guarded(prog, work)
 

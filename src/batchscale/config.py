@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import string
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 from .errors import ConfigError
 from .flags import flag
 from .target import COARSE_GROWTH, NEAR
+from .trackers import EXTRA, TRACKERS, parse_trackers
 
 MODELS = ("resnet18", "resnet18-imagenet")
 # torch.compile's modes: reduce-overhead replays CUDA graphs, the cure for launch-bound small-batch steps.
@@ -63,6 +65,10 @@ class Config:
     keep_checkpoints: int = flag(0, "keep only the newest N epoch checkpoints (default: 0, keep all, as the original)",
                                  group=OUTPUTS, metavar="N")
     progress: bool = flag(True, "no progress bars (epoch lines only)", group=OUTPUTS, name="--no-progress")
+    tracker: tuple[str, ...] = flag(("tensorboard",), "where scalars go, comma-separated: tensorboard, mlflow "
+                                    "(MLFLOW_TRACKING_URI, default ./mlruns), wandb (WANDB_MODE=offline keeps it "
+                                    "local); the last two are optional extras", group=OUTPUTS, parse=parse_trackers,
+                                    metavar="NAMES")
     epochs: int = flag(50, "epochs to train", group=SCHEDULE)
     batch_size: int = flag(256, "training batch per worker", group=SCHEDULE)
     val_batch_size: int = flag(256, "validation batch per worker", group=SCHEDULE)
@@ -183,6 +189,11 @@ class Config:
         if self.fp16_allreduce and self.bf16_allreduce:
             raise ConfigError("choose one of --fp16-allreduce and --bf16-allreduce, not both")
         _check_checkpoint_format(self.checkpoint_format)
+        for name in self.tracker:
+            _choice("tracker", name, TRACKERS)
+            if name in EXTRA and importlib.util.find_spec(name) is None:
+                raise ConfigError(f"--tracker {name} needs the {EXTRA[name]} package: pip install "
+                                  f"'batchscale[{name}]', or drop {name} from --tracker")
         if self.resume_from is not None and not self.resume:
             raise ConfigError("--resume PATH and --no-resume contradict each other; keep one")
         return self
@@ -193,6 +204,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["lr_decay_epochs"] = list(self.lr_decay_epochs)
+        data["tracker"] = list(self.tracker)
         return data
 
 

@@ -16,9 +16,12 @@ from tqdm import tqdm
 
 from .config import Config, global_batch
 from .rundir import write_error
+from .trackers import Tracker, open_trackers
 
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
+LOG_POINTS = 20
+COST_STEPS = 5
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -58,22 +61,30 @@ threading.excepthook = _quiet_tensorboard_thread
 
 
 class RunLog:
-    """Every output of a run. On ranks other than 0 each method does nothing."""
+    """Every output of a run. On ranks other than 0 each method does nothing.
 
-    def __init__(self, config: Config, enabled: bool, history: list[dict[str, Any]], global_batch: int) -> None:
+    Every scalar goes to the trackers against the optimizer step, so epoch figures and the in-epoch LR and
+    training loss line up on one axis."""
+
+    def __init__(self, config: Config, enabled: bool, history: list[dict[str, Any]], global_batch: int,
+                 total_steps: int = 0, steps_per_epoch: int = 0) -> None:
         self.enabled = enabled
         self.global_batch = global_batch
         self.show_bars = enabled and config.progress
         self.dir = Path(config.log_dir)
-        self.writer = None
+        self.trackers: list[Tracker] = []
+        self.total_steps = total_steps
+        # About LOG_POINTS points per epoch of the in-epoch curves: each costs one host sync.
+        self.every = max(1, steps_per_epoch // LOG_POINTS)
         self._last_refresh = 0.0
+        self._mark = (0.0, 0)  # the epoch's loss sum and images at the last in-epoch point
+        self._timing: tuple[int, float] | None = None  # (step, time) the cost estimate counts from
+        self._bar: tqdm | None = None
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(self.dir))
+            self.trackers = open_trackers(config.tracker, self.dir, config.to_dict())
         # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
         write_text_atomic(self.dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
 
@@ -81,18 +92,35 @@ class RunLog:
         if self.enabled:
             tqdm.write(message)
 
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        with writing(self.dir):
+            for tracker in self.trackers:
+                tracker.scalars(values, step)
+
     def bar(self, total: int, desc: str, initial: int = 0) -> tqdm | None:
+        """Starts an epoch's output (and its bar, if bars are on)."""
+        self._mark = (0.0, 0)
         if not self.show_bars:
             return None
-        return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        return self._bar
+
+    def end_bar(self) -> None:
+        """Closes the epoch's bar, so what is printed next starts on a line of its own."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def step(self, bar: tqdm | None, step: int, lr: float, seen: int, loss_sum: Tensor, correct: Tensor) -> None:
-        """Per step: the LR to TensorBoard; the bar's loss and accuracy at most once a second (a host sync)."""
+        """Every `every` steps: the LR and the mean training loss since the last point (a host sync); the bar's
+        loss, accuracy and the whole run's time left at most once a second; once, the run's cost."""
         if not self.enabled:
             return
-        assert self.writer is not None
-        with writing(self.dir):
-            self.writer.add_scalar("train/lr", lr, step)
+        self.estimate_cost(step)
+        if step % self.every == 0 and seen > self._mark[1]:
+            total = loss_sum.item()
+            self.scalars({"train/lr": lr, "train/step_loss": (total - self._mark[0]) / (seen - self._mark[1])}, step)
+            self._mark = (total, seen)
         if bar is None:
             return
         bar.update(1)
@@ -100,29 +128,45 @@ class RunLog:
         if now - self._last_refresh >= REFRESH_SECONDS and seen:
             self._last_refresh = now
             steps_per_sec = bar.format_dict["rate"] or 0.0
+            left = (self.total_steps - step) / steps_per_sec if steps_per_sec and self.total_steps else None
             bar.set_postfix(
                 loss=f"{loss_sum.item() / seen:.3f}",
                 acc=f"{correct.item() / seen:.3f}",
                 img_s=f"{steps_per_sec * self.global_batch:.0f}",
+                **({"run_left": clock(left)} if left is not None else {}),
                 refresh=False,
             )
+
+    def estimate_cost(self, step: int) -> None:
+        """After the first steps, one line: what the rest of the run will take at the rate they ran (the first
+        step is left out: it pays for allocation and warm-up)."""
+        if self._timing is None:
+            self._timing = (step, time.perf_counter())
+            return
+        first, start = self._timing
+        if first < 0 or step - first < COST_STEPS:
+            return
+        per_step = (time.perf_counter() - start) / (step - first)
+        left = self.total_steps - step
+        self._timing = (-1, 0.0)
+        if left > 0:
+            self.say(f"cost: about {clock(per_step * left)} for the {left} steps left ({per_step:.3g} s/step over "
+                     f"{step - first} steps, evaluations not counted); --train-subset N or --epochs make it shorter")
 
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        assert self.writer is not None
-        epoch = record["epoch"]
+        epoch, step = record["epoch"], record["step"]
+        values = {f"{key.split('_')[0]}/{key.split('_')[1]}": record[key] for key in
+                  ("train_loss", "train_acc", "val_loss", "val_acc", "holdout_loss", "holdout_acc") if key in record}
+        values.update({"train/epoch": epoch, "perf/images_per_sec": record["images_per_sec"],
+                       "perf/epoch_seconds": record["epoch_seconds"]})
+        if record.get("noise_scale") is not None:
+            values["noise/b_simple"] = record["noise_scale"]
         with writing(self.dir):
-            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "holdout_loss", "holdout_acc"):
-                if key not in record:
-                    continue
-                split, name = key.split("_")
-                self.writer.add_scalar(f"{split}/{name}", record[key], epoch)
-            self.writer.add_scalar("perf/images_per_sec", record["images_per_sec"], epoch)
-            self.writer.add_scalar("perf/epoch_seconds", record["epoch_seconds"], epoch)
-            if record.get("noise_scale") is not None:
-                self.writer.add_scalar("noise/b_simple", record["noise_scale"], epoch)
-            self.writer.flush()
+            for tracker in self.trackers:
+                tracker.scalars(values, step)
+                tracker.flush()
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         tqdm.write(
@@ -135,18 +179,34 @@ class RunLog:
     def finish(self, summary: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        assert self.writer is not None
         with writing(self.dir):
-            self.writer.add_hparams(hparams(summary), hparam_metrics(summary), run_name=".")
-            self.writer.flush()
+            for tracker in self.trackers:
+                tracker.finish(hparams(summary), hparam_metrics(summary))
+                tracker.flush()
         write_json_atomic(self.dir / "summary.json", summary)  # last: its presence means the run is complete
 
     def close(self) -> None:
         """Leaves quietly even after a failed write: the error that matters was already raised."""
-        if self.writer is not None:
+        self.end_bar()
+        for tracker in self.trackers:
             with contextlib.suppress(OSError):
-                self.writer.close()
-            self.writer = None
+                tracker.close()
+        self.trackers = []
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def closing_line(summary: dict[str, Any], log_dir: str) -> str:
+    """The one line a finished run ends with."""
+    best = (f" (best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']})"
+            if summary.get("best_epoch") not in (None, summary["epochs_completed"]) else "")
+    final = f"test acc {summary['final_val_acc']:.4f}{best}, " if summary.get("final_val_acc") is not None else ""
+    rate = f", {summary['images_per_sec']:.0f} img/s" if summary.get("images_per_sec") else ""
+    return (f"done: {summary['epochs_completed']} epoch(s), {final}{clock(summary['train_seconds'])} training{rate}; "
+            f"summary in {Path(log_dir) / 'summary.json'}")
 
 
 HPARAMS = ("batch_size", "batches_per_allreduce", "base_lr", "lr_scaling", "lr_schedule", "warmup_epochs", "wd",

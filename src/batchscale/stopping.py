@@ -5,6 +5,7 @@ A second Ctrl-C interrupts at once."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -12,8 +13,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class StopRequest:
-    def __init__(self) -> None:
+    def __init__(self, loud: bool = False) -> None:
         self.signal_name: str | None = None
+        self.loud = loud  # rank 0 says at once that the stop was heard; a step may take many seconds on a CPU
         self._previous: dict[int, object] = {}
 
     @property
@@ -34,4 +36,10 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt
+        if self.loud and not self.requested:
+            from tqdm import tqdm  # above an open progress bar, not glued onto it
+
+            again = "; Ctrl-C again to abort without saving" if signum == signal.SIGINT else ""
+            tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint{again}",
+                       file=sys.stderr)
         self.signal_name = self.signal_name or signal.Signals(signum).name

@@ -171,7 +171,7 @@ def train(config: Config) -> dict[str, Any]:
     check_writable(config.log_dir, "--log-dir")
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
     backend = init_backend(config)
-    stop = StopRequest().install()
+    stop = StopRequest(loud=backend.is_main).install()
     trainer = None
     try:
         trainer = Trainer(config, backend, stop)
@@ -287,7 +287,8 @@ class Trainer:
             batch = next(iter(self.batches.epoch(1)))[0]
             shapes = self.evals.shapes() + self.quick.shapes() + (self.holdout.shapes() if self.holdout else [])
             compile_seconds = warm_up(self.model, batch, shapes, self.precision)
-        self.log = RunLog(config, self.backend.is_main, state.history, self.batches.global_batch)
+        self.log = RunLog(config, self.backend.is_main, state.history, self.batches.global_batch,
+                          self.total_steps(), self.steps_per_epoch)
         self.announce()
         try:
             while not self.finished():
@@ -305,6 +306,10 @@ class Trainer:
         self.backend.agree(lambda: self.log.finish(summary))  # type: ignore[union-attr]
         return summary
 
+    def total_steps(self) -> int:
+        steps = self.config.epochs * self.steps_per_epoch
+        return min(steps, self.config.max_steps) if self.config.max_steps else steps
+
     def finished(self) -> bool:
         return self.state.epoch >= self.config.epochs or self.state.trial.ended is not None
 
@@ -312,8 +317,11 @@ class Trainer:
         assert self.log is not None
         state, config, backend = self.state, self.config, self.backend
         simulating = f", simulating {self.simulated} workers" if self.simulated > 1 else ""
-        resumed = ""
-        if self.resumed_from is not None:
+        resumed = f", {self.total_steps()} steps in all"
+        if self.resumed_from is not None and self.finished():
+            resumed = (f"; already complete ({state.epoch} epoch(s) in {self.resumed_from.parent}): nothing to train. "
+                       "Another --log-dir or --no-resume starts a new run")
+        elif self.resumed_from is not None:
             resumed = f"; resumed from {self.resumed_from} after epoch {state.epoch}"
             resumed += f", step {state.epoch_step}" if state.epoch_step else ""
         self.log.say(
@@ -380,8 +388,7 @@ class Trainer:
                     faults.point("after-step-checkpoint", step + 1, backend.rank)
                     if stopping:
                         self.stopped(path)
-        if bar is not None:
-            bar.close()
+        self.log.end_bar()  # type: ignore[union-attr]
         sums.seconds += time.perf_counter() - clock
         self.end_epoch(sums, bad_step)
 

@@ -3,7 +3,7 @@
 BATCHSCALE_FAULT=POINT:VALUE[:RANK] acts when rank RANK (default 0) reaches that point, e.g.
 `after-checkpoint:1`, `step:5:1`, `during-save:2`. BATCHSCALE_FAULT_ACTION says how:
 `kill` (SIGKILL, the default), `stop` (SIGSTOP: a hung rank), `term` (SIGTERM, as a scheduler sends
-before a kill), `nan` (the weights become NaN) or `fill` (fills the disk holding the folder
+before a kill), `int` (SIGINT, a Ctrl-C), `nan` (the weights become NaN) or `fill` (fills the disk holding the folder
 BATCHSCALE_FAULT_FILL with one file, as another program might).
 With BATCHSCALE_FAULT_ONCE=FILE it acts only if FILE does not exist yet, and creates it,
 so a restarted worker runs on.
@@ -46,7 +46,7 @@ def point(name: str, value: int, rank: int = 0, model: nn.Module | None = None) 
     if action == "fill":
         _fill(Path(os.environ["BATCHSCALE_FAULT_FILL"]))
         return
-    os.kill(os.getpid(), {"stop": signal.SIGSTOP, "term": signal.SIGTERM}.get(action, signal.SIGKILL))
+    os.kill(os.getpid(), {"stop": signal.SIGSTOP, "term": signal.SIGTERM, "int": signal.SIGINT}.get(action, signal.SIGKILL))
 
 
 def _fill(folder: Path) -> None:
