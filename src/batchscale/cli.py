@@ -108,6 +108,7 @@ def run_sweep(argv: Sequence[str]) -> int:
 
 def run_study(argv: Sequence[str]) -> int:
     from .study.critical import StudyConfig, study, study_preset
+    from .study.runs import pyplot
     from .study.study_report import write_report
 
     argv, train_args = split_train_args(argv)
@@ -120,6 +121,8 @@ def run_study(argv: Sequence[str]) -> int:
         config = StudyConfig(**given, train_args=tuple(train_args))
         if config.preset:
             config = study_preset(config.preset, config, set(given))
+        if config.wait and not config.dry_run:
+            pyplot()  # the report at the end draws plots: say now, not after hours of trials, if it cannot
         failed = study(config)
         if config.dry_run:
             return ""

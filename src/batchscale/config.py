@@ -66,7 +66,7 @@ class Config:
                                  group=OUTPUTS, metavar="N")
     progress: bool = flag(True, "no progress bars (epoch lines only)", group=OUTPUTS, name="--no-progress")
     tracker: tuple[str, ...] = flag(("tensorboard",), "where scalars go, comma-separated: tensorboard, mlflow "
-                                    "(MLFLOW_TRACKING_URI, default ./mlruns), wandb (WANDB_MODE=offline keeps it "
+                                    "(where MLFLOW_TRACKING_URI says), wandb (WANDB_MODE=offline keeps it "
                                     "local); the last two are optional extras", group=OUTPUTS, parse=parse_trackers,
                                     metavar="NAMES")
     epochs: int = flag(50, "epochs to train", group=SCHEDULE)

@@ -7,6 +7,7 @@ store); W&B reads WANDB_PROJECT, WANDB_MODE (offline: nothing leaves the machine
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,10 +79,9 @@ class WandB:
 
         # The folder names the run; a rerun of it (a resume) continues the same W&B run.
         id_file = folder / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id + "\n")
-        self.run = wandb.init(dir=str(folder), id=run_id, resume="allow", name=folder.name, config=settings,
-                              project=None, reinit=True)
+        self.run = wandb.init(dir=str(folder), id=run_id, resume="allow", name=folder.name, config=settings)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
@@ -115,9 +115,13 @@ def open_trackers(names: tuple[str, ...], folder: Path, settings: dict[str, Any]
             continue
         try:
             opened.append(MLflow(folder, settings) if name == "mlflow" else WandB(folder, settings))
-        except ImportError:
+        except Exception as err:  # noqa: BLE001 -- each library fails in its own types; the run must not start half-logged
             for tracker in opened:
                 tracker.close()
-            raise ConfigError(f"--tracker {name} needs the {EXTRA[name]} package: pip install 'batchscale[{name}]' "
-                              f"(or pip install {EXTRA[name]}), or drop {name} from --tracker") from None
+            if isinstance(err, ImportError):
+                raise ConfigError(f"--tracker {name} needs the {EXTRA[name]} package: pip install "
+                                  f"'batchscale[{name}]', or drop {name} from --tracker") from None
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"--tracker {name} could not start ({first}); fix its settings or drop {name} "
+                              "from --tracker") from None
     return opened

@@ -15,8 +15,8 @@ from batchscale.trainer import train
 
 
 def tiny(data, log_dir, **changes) -> Config:
-    settings = dict(train_dir=str(data), val_dir=str(data), log_dir=str(log_dir), download=False, no_cuda=True,
-                    width=4, batch_size=32, epochs=1, progress=False)
+    settings = {"train_dir": str(data), "val_dir": str(data), "log_dir": str(log_dir), "download": False,
+                "no_cuda": True, "width": 4, "batch_size": 32, "epochs": 1, "progress": False}
     return Config(**{**settings, **changes})
 
 

@@ -155,7 +155,8 @@ class SlurmQueue:
         try:
             import submitit
         except ImportError:
-            raise ConfigError("--executor slurm needs submitit: pip install submitit") from None
+            raise ConfigError("--executor slurm needs submitit: pip install 'batchscale[slurm]' (or pip install "
+                              "submitit)") from None
         executor = submitit.SlurmExecutor(folder=str(self.folder / "%j"), max_num_timeout=0)
         params: dict[str, Any] = {"time": self.time_minutes, "ntasks_per_node": 1, "nodes": self.nodes,
                                   "cpus_per_task": self.cpus_per_run, "array_parallelism": self.max_parallel,

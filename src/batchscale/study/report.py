@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .runs import RunResult, load_runs, read_json
+from .runs import RunResult, load_runs, pyplot, read_json
 
 
 def knee(runs: list[RunResult]) -> int | None:
@@ -25,10 +25,7 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None) -> list[tuple[str, str]]:
     """Returns (file name, caption) for each plot written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     plots: list[tuple[str, str]] = []
 

@@ -11,6 +11,19 @@ from typing import Any
 from ..errors import ConfigError
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files; an optional extra, so its absence is one line saying what to install."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the report's plots need matplotlib: pip install 'batchscale[plots]' (or pip install "
+                          "matplotlib), then rerun batchscale report") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 @dataclass
 class RunResult:
     name: str

@@ -8,7 +8,7 @@ from typing import Any
 from ..metrics import write_json_atomic, write_text_atomic
 from .critical import PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name
 from .protocol import MISSED, REACHED, Analysis, Trial, analyze
-from .runs import read_json, read_records
+from .runs import pyplot, read_json, read_records
 
 
 def paper_results(out: Path, tuned: dict[int, float]) -> list[dict[str, Any]]:
@@ -44,10 +44,7 @@ def num(value: float | None, digits: int = 0) -> str:
 
 
 def write_plots(out: Path, trials: list[Trial], analysis: Analysis) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     plots: list[tuple[str, str]] = []
     fit = analysis.fit
