@@ -177,20 +177,53 @@ def run_plan(argv: Sequence[str]) -> int:
     return guarded("batchscale plan", work)
 
 
+COMMANDS = {
+    "train": "train ResNet-18 on CIFAR-10 (the same as python train.py)",
+    "bench": "time training steps against the original's pipeline",
+    "sweep": "run a grid of trainings over batch sizes and workers",
+    "study": "measure the critical batch size and test the paper's grid",
+    "report": "turn a sweep or study folder into report.md and plots",
+    "plan": "predict step time and time to target for N workers from a sweep",
+}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("batchscale")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """`batchscale COMMAND ...`: argparse subcommands for the listing, --version and an unknown command; each command
+    then parses its own flags (a sweep's or study's flags after -- belong to its trainings, not to it)."""
+    p = _Parser(prog="batchscale", description="Train ResNet-18 on CIFAR-10 with synchronous data-parallel SGD and "
+                "measure how batch size and worker count change throughput and accuracy.",
+                epilog="batchscale COMMAND --help shows a command's flags.")
+    p.add_argument("--version", action="version", version=f"batchscale {version()}")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, text in COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {
-        "train": "train ResNet-18 on CIFAR-10 (see batchscale train --help)",
-        "bench": "time training steps against the original's pipeline (see batchscale bench --help)",
-        "sweep": "run a grid of trainings over batch sizes and workers (see batchscale sweep --help)",
-        "study": "measure the critical batch size and test the paper's grid (see batchscale study --help)",
-        "report": "turn a sweep or study folder into report.md and plots",
-        "plan": "predict step time and time to target for N workers from a sweep",
-    }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        listing = "\n".join(f"  {name:8s} {text}" for name, text in commands.items())
-        print(f"usage: batchscale COMMAND [FLAGS]\n\ncommands:\n{listing}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    parser = top_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        print(f"batchscale: error: unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)} "
+              "(see batchscale --help)", file=sys.stderr)
+        return 2
+    try:
+        if not argv:
+            parser.print_help(sys.stderr)
+            return 2
+        parser.parse_args(argv[:1])  # --help, --version, or a bad top-level flag; the command's own flags come next
+    except SystemExit as exit:
+        return int(exit.code or 0)
     runners = {"bench": run_bench, "sweep": run_sweep, "study": run_study, "report": run_report, "plan": run_plan}
     if argv[0] in runners:
         return runners[argv[0]](argv[1:])

@@ -53,7 +53,8 @@ class Config:
     train_subset: int = flag(0, "train on only the first N training images (after --holdout is set aside), the same "
                              "ones for every seed: the knob for a quick smoke run (default: 0, all)", group=DATA,
                              metavar="N")
-    log_dir: str = flag("./logs", "TensorBoard events, metrics.jsonl and summary.json", group=OUTPUTS)
+    log_dir: str = flag("./logs", "TensorBoard events, metrics.jsonl and summary.json", group=OUTPUTS,
+                        aliases=("--out",))
     checkpoint_format: str = flag("{log_dir}/checkpoint-{epoch}.pth.tar",
                                   "checkpoint path with {epoch} (and optionally {log_dir})", group=OUTPUTS)
     resume: bool = flag(True, "start afresh: remove this run's earlier checkpoints, events and summary",
@@ -121,8 +122,8 @@ class Config:
                               group=MEASURE, metavar="R")
     stop_at_target: bool = flag(False, "end the run at the first evaluation that reaches --target-accuracy",
                                 group=MEASURE)
-    max_steps: int = flag(0, "end the run after K optimizer steps, even inside an epoch (a trial's budget; "
-                          "default: 0, --epochs alone)", group=MEASURE, metavar="K")
+    max_steps: int = flag(0, "end the run after K optimizer steps, even inside an epoch, as a trial's budget "
+                          "(default: 0, --epochs alone)", group=MEASURE, metavar="K")
     seed: int = flag(42, "model init, data order and augmentation", group=REPRO)
     deterministic: bool = flag(False, "deterministic kernels: bit-identical reruns on one machine", group=REPRO)
     no_cuda: bool = flag(False, "train on the CPU even if a GPU is present", group=REPRO)

@@ -46,7 +46,7 @@ class StudyConfig:
 
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
-                     group=PROTOCOL)
+                     group=PROTOCOL, aliases=("--train-dir",))
     preset: str | None = flag(None, "cpu: a small model and a low target, about an hour on 2 CPU cores; full: "
                               "width 64, 94%, B 32-8192 (see the README for its cost)", group=PROTOCOL,
                               choices=STUDY_PRESETS)
@@ -58,7 +58,7 @@ class StudyConfig:
     extend_edges: int = flag(2, "where a batch's best LR is the grid's smallest or largest, try up to N more LRs "
                              "beyond it, one at a time", group=PROTOCOL)
     seeds: tuple[int, ...] = flag((42,), "seeds of every (batch, LR) trial", group=PROTOCOL, parse=_ints)
-    target: float = flag(0.94, "held-out accuracy a trial must reach", group=PROTOCOL)
+    target: float = flag(0.94, "held-out accuracy a trial must reach", group=PROTOCOL, aliases=("--target-accuracy",))
     holdout: int = flag(5000, "training images held out to judge the target (the test set stays for final accuracy)",
                         group=PROTOCOL)
     width: int = flag(64, "channels of ResNet-18's first stage", group=PROTOCOL)
@@ -67,7 +67,8 @@ class StudyConfig:
                                 "a quick smoke run (default: 0, all)")
     budget_epochs: float = flag(60.0, "a trial's budget in images, as epochs of the training split", group=PROTOCOL)
     budget_steps: int = flag(40_000, "a trial's budget in optimizer steps (whichever comes first)", group=PROTOCOL)
-    warmup: float = flag(0.05, "warmup from LR 0, as a share of the trial's step budget", group=PROTOCOL)
+    warmup: float = flag(0.05, "LR warmup from 0, as a share of the trial's step budget", group=PROTOCOL,
+                         name="--warmup-share", aliases=("--warmup",))
     schedule: str = flag("linear", "LR after warmup: constant, or linear decay to 0 at the budget's end",
                          group=PROTOCOL, choices=tuple(SCHEDULES))
     micro_batch: int = flag(512, "larger batches are accumulated from micro-batches this size (batch norm's batch, "
@@ -84,7 +85,8 @@ class StudyConfig:
     gpus_per_run: int = same_as(SweepConfig, "gpus_per_run")
     cpus_per_run: int = same_as(SweepConfig, "cpus_per_run")
     sbatch: tuple[str, ...] = same_as(SweepConfig, "sbatch")
-    wait: bool = same_as(SweepConfig, "wait")
+    wait: bool = same_as(SweepConfig, "wait", help="submit and return; rerun the same command to look again, wait "
+                         "and write the report")
     dry_run: bool = flag(False, "print the trials and the most images they may train, then stop", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
     nodes_per_run: int = 1
@@ -100,7 +102,7 @@ class StudyConfig:
         if self.holdout < 1:
             raise ConfigError(f"--holdout must be at least 1 image, like 5000 (got {self.holdout})")
         if self.budget_epochs <= 0 or self.budget_steps < 1 or not 0 <= self.warmup < 1:
-            raise ConfigError("--budget-epochs and --budget-steps must be positive, --warmup in [0, 1)")
+            raise ConfigError("--budget-epochs and --budget-steps must be positive, --warmup-share in [0, 1)")
         if self.micro_batch < 1 or any(b > self.micro_batch and b % self.micro_batch for b in self.batch_sizes):
             raise ConfigError(f"every batch size above --micro-batch {self.micro_batch} must be a multiple of it")
         if not self.wait and self.executor != "slurm":
@@ -153,7 +155,7 @@ STUDY_SETS = {
     "train_dir": "--data", "val_dir": "--data", "width": "--width", "holdout": "--holdout",
     "target_accuracy": "--target", "batch_size": "--batch-sizes", "batches_per_allreduce": "--micro-batch",
     "lr_scaling": "--lr-per-128", "base_lr": "--lr-per-128, --lr-points, --lr-spacing",
-    "warmup_start_lr": "--warmup", "warmup_steps": "--warmup", "warmup_epochs": "--warmup",
+    "warmup_start_lr": "--warmup-share", "warmup_steps": "--warmup-share", "warmup_epochs": "--warmup-share",
     "lr_schedule": "--schedule", "lr_decay_epochs": "--paper-epochs", "epochs": "--budget-epochs or --paper-epochs",
     "max_steps": "--budget-steps", "eval_growth": "--eval-growth", "seed": "--seeds", "log_dir": "--out",
     "simulate_workers": "--no-paper (the paper grid has 4 workers)", "train_subset": "--train-subset",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -50,16 +51,18 @@ def parse_list(text: str, kind: type) -> tuple:
         raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return parse_list(text, int)
+def _as_flag_value(kind: type) -> Callable[[str], tuple]:
+    """A list parser for argparse: its error says what was expected, not the parser's own name."""
+    def parse(text: str) -> tuple:
+        try:
+            return parse_list(text, kind)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return parse_list(text, float)
-
-
-def _strings(text: str) -> tuple[str, ...]:
-    return parse_list(text, str)
+_ints, _floats, _strings = _as_flag_value(int), _as_flag_value(float), _as_flag_value(str)
 
 
 GRID = "the grid (flags after -- go to every run)"
