@@ -53,8 +53,7 @@ def run_train(argv: Sequence[str], prog: str) -> int:
     from .trainer import train
 
     def work() -> str:
-        config = build(Config, args)
-        return closing_line(train(config), config.log_dir)  # rank 0 has printed every epoch and written summary.json
+        return closing_line(train(build(Config, args)))  # rank 0 has printed every epoch and written summary.json
 
     return guarded(prog, work)
 

@@ -22,6 +22,7 @@ LR_SCALINGS = ("linear", "sqrt", "none")
 LR_SCHEDULES = ("cosine", "step", "onecycle", "constant")
 BACKENDS = ("auto", "single", "torch", "horovod")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+RUN = "{run}"  # in --log-dir: replaced by run_name()
 # torch.distributed keeps timeouts as int64 milliseconds; 1e7 s (115 days) is far beyond any real wait.
 MAX_TIMEOUT = 1e7
 
@@ -53,8 +54,10 @@ class Config:
     train_subset: int = flag(0, "train on only the first N training images (after --holdout is set aside), the same "
                              "ones for every seed: the knob for a quick smoke run (default: 0, all)", group=DATA,
                              metavar="N")
-    log_dir: str = flag("./logs", "TensorBoard events, metrics.jsonl and summary.json", group=OUTPUTS,
-                        aliases=("--out",))
+    log_dir: str = flag(f"./logs/{RUN}", f"TensorBoard events, metrics.jsonl, summary.json and checkpoints; {RUN} "
+                        "is a name made of the settings a resume must keep (model, width, batch layout, schedule, "
+                        "seed, ...), so runs that differ in them never share a folder and the same command resumes",
+                        group=OUTPUTS, aliases=("--out",))
     checkpoint_format: str = flag("{log_dir}/checkpoint-{epoch}.pth.tar",
                                   "checkpoint path with {epoch} (and optionally {log_dir})", group=OUTPUTS)
     resume: bool = flag(True, "start afresh: remove this run's earlier checkpoints, events and summary",
@@ -198,6 +201,24 @@ class Config:
         if self.resume_from is not None and not self.resume:
             raise ConfigError("--resume PATH and --no-resume contradict each other; keep one")
         return self
+
+    def run_name(self, workers: int) -> str:
+        """The settings checkpoint.MUST_MATCH (and the batch layout) pins, as a folder name: `resnet18-w64-b256-n1-
+        linear-cosine-e50-s42`. The epochs are part of it where the schedule's LR depends on them."""
+        parts = [self.model, *([f"w{self.width}"] if self.model == "resnet18" else []),
+                 f"b{self.batch_size}" + (f"x{self.batches_per_allreduce}" if self.batches_per_allreduce > 1 else ""),
+                 f"n{workers * self.simulate_workers}" + ("sim" if self.simulate_workers > 1 else ""),
+                 "adasum" if self.use_adasum else self.lr_scaling, self.lr_schedule]
+        if self.lr_schedule in ("cosine", "onecycle"):
+            parts.append(f"e{self.epochs}")
+        parts += [f"holdout{self.holdout}"] * bool(self.holdout) + [f"subset{self.train_subset}"] * bool(self.train_subset)
+        return "-".join([*parts, f"s{self.seed}"])
+
+    def for_run(self, workers: int) -> "Config":
+        """This config with {run} in --log-dir filled in (every rank computes the same name)."""
+        if RUN not in self.log_dir:
+            return self
+        return dataclasses.replace(self, log_dir=self.log_dir.replace(RUN, self.run_name(workers)))
 
     def checkpoint_path(self, epoch: int) -> str:
         return self.checkpoint_format.format(epoch=epoch, log_dir=self.log_dir)

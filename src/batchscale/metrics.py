@@ -199,14 +199,14 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def closing_line(summary: dict[str, Any], log_dir: str) -> str:
+def closing_line(summary: dict[str, Any]) -> str:
     """The one line a finished run ends with."""
     best = (f" (best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']})"
             if summary.get("best_epoch") not in (None, summary["epochs_completed"]) else "")
     final = f"test acc {summary['final_val_acc']:.4f}{best}, " if summary.get("final_val_acc") is not None else ""
     rate = f", {summary['images_per_sec']:.0f} img/s" if summary.get("images_per_sec") else ""
     return (f"done: {summary['epochs_completed']} epoch(s), {final}{clock(summary['train_seconds'])} training{rate}; "
-            f"summary in {Path(log_dir) / 'summary.json'}")
+            f"summary in {Path(summary['config']['log_dir']) / 'summary.json'}")
 
 
 HPARAMS = ("batch_size", "batches_per_allreduce", "base_lr", "lr_scaling", "lr_schedule", "warmup_epochs", "wd",

@@ -23,6 +23,7 @@ from .metrics import RunLog, summarize, write_json_atomic
 from .models import build_model
 from .noise import GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
+from .parallel.launch import launcher_world_size
 from .precision import FP32, Precision, resolve
 from .rundir import RunLock, check_space, check_writable
 from .schedule import LRSchedule
@@ -167,7 +168,7 @@ def build_model_and_optimizer(config: Config, backend: Backend) -> tuple[nn.Modu
 
 def train(config: Config) -> dict[str, Any]:
     """Trains as `config` says and returns the run's summary (also written to summary.json)."""
-    config.validate()
+    config = config.validate().for_run(launcher_world_size())
     check_writable(config.log_dir, "--log-dir")
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
     backend = init_backend(config)

@@ -4,6 +4,7 @@ otherwise override without a word."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,34 @@ def test_study_honours_pass_through_flags_it_only_defaults(tiny_cifar):
     config.validate()
     args = common_args(config)
     assert args[len(args) - 1 - args[::-1].index("--val-batch-size") + 1] == "50"  # the last one wins, and is ours
+
+
+def test_the_default_log_dir_keeps_runs_that_cannot_share_a_folder_apart(tiny_cifar, tmp_path, monkeypatch):
+    """The first experiment left a checkpoint; a second one with another width used to stop with '--width 4, this run
+    has 8'. With the default --log-dir each gets its own folder, and rerunning the first finds its own again."""
+    monkeypatch.chdir(tmp_path)
+    common = {"train_dir": str(tiny_cifar), "val_dir": str(tiny_cifar), "download": False, "no_cuda": True,
+              "batch_size": 32, "epochs": 1, "progress": False}
+    first = train(Config(width=4, **common))
+    second = train(Config(width=8, **common))
+    assert first["config"]["log_dir"] != second["config"]["log_dir"]
+    assert Path(first["config"]["log_dir"]).parent == Path("logs")
+    assert "w4" in first["config"]["log_dir"] and "w8" in second["config"]["log_dir"]
+    again = train(Config(width=4, **common))  # the same command: the same folder, found complete
+    assert again["config"]["log_dir"] == first["config"]["log_dir"] and again["epochs_completed"] == 1
+
+
+def test_run_names_differ_in_exactly_what_a_resume_refuses():
+    base = Config()
+    refused = [Config(width=8), Config(seed=1), Config(batch_size=128), Config(batches_per_allreduce=2),
+               Config(lr_scaling="sqrt"), Config(lr_schedule="step"), Config(holdout=100), Config(train_subset=10),
+               Config(epochs=10), Config(simulate_workers=2)]
+    names = {c.run_name(1) for c in refused} | {base.run_name(1), base.run_name(2)}
+    assert len(names) == len(refused) + 2
+    # What a resume applies and records may change without moving the run to another folder.
+    assert Config(base_lr=0.2, wd=0.001, momentum=0.8, epochs=50).run_name(1) == base.run_name(1)
+    assert Config(lr_schedule="step", epochs=90).run_name(1) == Config(lr_schedule="step", epochs=60).run_name(1)
+
+
+def test_an_explicit_log_dir_is_used_as_given(tmp_path):
+    assert Config(log_dir=str(tmp_path / "logs")).for_run(1).log_dir == str(tmp_path / "logs")
