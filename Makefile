@@ -17,8 +17,8 @@ TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	if [ -n "$(TORCH_INDEX)" ]; then $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt --index-url $(TORCH_INDEX) torch torchvision 2>&1 | $(QUIET_PIP); fi
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e . 2>&1 | $(QUIET_PIP)
-	$(PY) -c "import batchscale, torch, torchvision"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[plots]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import batchscale, torch, torchvision, matplotlib"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -39,7 +39,7 @@ horovod: $(VENV)/.installed
 	scripts/install_horovod.sh $(PY)
 	touch $(VENV)/.installed-horovod
 
-# Where this workplace's offline copy of CIFAR-10 sits beside the checkout, use it instead of downloading.
+# Where an offline copy of CIFAR-10 sits beside the checkout (../shared/cifar10), use it instead of downloading.
 data:
 	@if [ ! -d data/cifar-10-batches-py ] && [ -x $(SHARED_CIFAR)/unpack.sh ]; then $(SHARED_CIFAR)/unpack.sh data; fi
 

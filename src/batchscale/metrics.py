@@ -21,7 +21,7 @@ from .trackers import Tracker, open_trackers
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
 LOG_POINTS = 20
-COST_STEPS = 5
+COST_SKIP, COST_STEPS = 3, 10
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -78,7 +78,7 @@ class RunLog:
         self.every = max(1, steps_per_epoch // LOG_POINTS)
         self._last_refresh = 0.0
         self._mark = (0.0, 0)  # the epoch's loss sum and images at the last in-epoch point
-        self._timing: tuple[int, float] | None = None  # (step, time) the cost estimate counts from
+        self._timing: tuple[int, float | None] | None = None  # (step, time) the cost estimate counts from
         self._bar: tqdm | None = None
         if not enabled:
             return
@@ -139,19 +139,24 @@ class RunLog:
 
     def estimate_cost(self, step: int) -> None:
         """After the first steps, one line: what the rest of the run will take at the rate they ran (the first
-        step is left out: it pays for allocation and warm-up)."""
+        COST_SKIP steps are left out: they pay for allocation and warm-up, several times a later step on a CPU)."""
         if self._timing is None:
+            self._timing = (step + COST_SKIP, None)
+        first, start = self._timing
+        if first < 0 or step < first:
+            return
+        if start is None:
             self._timing = (step, time.perf_counter())
             return
-        first, start = self._timing
-        if first < 0 or step - first < COST_STEPS:
+        if step - first < COST_STEPS:
             return
         per_step = (time.perf_counter() - start) / (step - first)
         left = self.total_steps - step
         self._timing = (-1, 0.0)
         if left > 0:
             self.say(f"cost: about {clock(per_step * left)} for the {left} steps left ({per_step:.3g} s/step over "
-                     f"{step - first} steps, evaluations not counted); --train-subset N or --epochs make it shorter")
+                     f"steps {first + 1}-{step}, epoch-end evaluations not counted); --train-subset N or --epochs "
+                     "make it shorter")
 
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -47,7 +47,7 @@ class StudyConfig:
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
                      group=PROTOCOL, aliases=("--train-dir",))
-    preset: str | None = flag(None, "cpu: a small model and a low target, about an hour on 2 CPU cores; full: "
+    preset: str | None = flag(None, "cpu: a small model and a low target, about 30 minutes on 2 CPU cores; full: "
                               "width 64, 94%, B 32-8192 (see the README for its cost)", group=PROTOCOL,
                               choices=STUDY_PRESETS)
     batch_sizes: tuple[int, ...] = flag(tuple(2**i for i in range(5, 14)), "global batch sizes", group=PROTOCOL,
@@ -137,7 +137,7 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
     "full": {"width": 64, "target": 0.94, "batch_sizes": tuple(2**i for i in range(5, 14)), "holdout": 5000,
              "budget_epochs": 60.0, "budget_steps": 40_000, "schedule": "linear", "micro_batch": 512,
              "paper_epochs": 90},
-    # Everything scaled to about an hour on 2 CPU cores (benchmarks/results/cpu-study): width 8, a low target a
+    # Everything scaled to about 30 minutes on 2 CPU cores (1,731 s: benchmarks/results/cpu-study): width 8, a low target a
     # constant LR reaches, a smaller holdout, a short paper grid.
     "cpu": {"width": 8, "target": 0.45, "batch_sizes": (16, 32, 64, 128, 256, 512, 1024), "holdout": 2000,
             "budget_epochs": 4.0, "budget_steps": 6000, "schedule": "constant", "micro_batch": 128,
