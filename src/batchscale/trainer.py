@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ from torch import Tensor, nn
 
 from . import checkpoint, data
 from .config import Config
-from .errors import ConfigError, Diverged, Stopped
+from .errors import BatchscaleError, ConfigError, Diverged, Stopped
 from .metrics import RunLog, summarize, write_json_atomic
 from .models import build_model
 from .noise import GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
+from .parallel.base import TEARDOWN_SECONDS, bounded
 from .parallel.launch import launcher_world_size
 from .precision import FP32, Precision, resolve
 from .rundir import RunLock, check_space, check_writable
@@ -174,15 +176,19 @@ def train(config: Config) -> dict[str, Any]:
     backend = init_backend(config)
     stop = StopRequest(loud=backend.is_main).install()
     trainer = None
+    quiet = not backend.is_main
     try:
         trainer = Trainer(config, backend, stop)
         summary = trainer.run()
-        backend.finish()
+        bounded(backend.finish, TEARDOWN_SECONDS, 0, quiet)
         return summary
     finally:
         if trainer is not None:
             trainer.close()
-        backend.shutdown()
+        failure = sys.exc_info()[1]
+        code = (failure.exit_code if isinstance(failure, BatchscaleError) else
+                130 if isinstance(failure, KeyboardInterrupt) else 1 if failure is not None else 0)
+        bounded(backend.shutdown, TEARDOWN_SECONDS, code, quiet)
         stop.restore()  # last: a launcher's SIGTERM during teardown must not turn a saved stop into a kill
 
 
