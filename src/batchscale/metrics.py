@@ -179,7 +179,15 @@ class RunLog:
             f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
             + (f"holdout acc {record['holdout_acc']:.4f}  " if "holdout_acc" in record else "")
             + f"{record['images_per_sec']:.0f} img/s  {record['epoch_seconds']:.1f} s  lr {record['lr']:.4g}"
+            + self.time_left(record)
         )
+
+    def time_left(self, record: dict[str, Any]) -> str:
+        """The whole run's time left at the pace so far (evaluations included), for the lines without a bar."""
+        left = self.total_steps - record["step"]
+        if left <= 0 or not record["step"]:
+            return ""
+        return f"  ~{clock(left * record['wall_seconds'] / record['step'])} left"
 
     def finish(self, summary: dict[str, Any]) -> None:
         if not self.enabled:

@@ -106,3 +106,11 @@ def test_ctrl_c_closes_the_bar_and_is_worded_as_a_stop(tiny_cifar, tmp_path):
     assert len(heard) == 1 and len(stopped) == 1, result.stderr[-2000:]
     assert heard[0].startswith("SIGINT: stopping") and stopped[0].startswith("train.py: stopped by SIGINT after step")
     assert "error" not in stopped[0]
+
+
+def test_epoch_lines_carry_the_whole_runs_time_left(tiny_cifar, tmp_path, capsys):
+    assert main(["train", *flags(tiny_cifar, tmp_path, "--epochs", "2", "--batch-size", "32")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2
+    assert lines[0].rstrip().endswith(" left") and "~0:" in lines[0]  # a bar-less run still sees the run's end coming
+    assert not lines[1].rstrip().endswith(" left")
