@@ -88,3 +88,17 @@ def test_plan_without_a_target_curve_shows_no_nan():
     text = describe_plan({"network": {"bandwidth_gbs": 25.0, "latency_us": 5.0}, "gradient_bytes": 4e6,
                           "steps_curve": None, "rows": [row], "best": None})
     assert "nan" not in text and "No time to target" in text
+
+
+def test_study_report_leaves_out_a_negative_noise_scale_and_draws_no_empty_b_simple_plot(tmp_path, figures):
+    from batchscale.study.protocol import REACHED, Trial, analyze
+    from batchscale.study.study_report import write_plots
+
+    trials = [Trial(32, 0.1, 42, REACHED, 100, 95, 1000, 0.5, b_simple=-3.0, b_simple_curve=((3200.0, -3.0),)),
+              Trial(64, 0.1, 42, REACHED, 60, 57, 1000, 0.5, b_simple=None)]
+    analysis = analyze(trials, replicates=0)
+    assert analysis.b_simple == {} and analysis.predicted is None  # not a median of impossible values
+    (tmp_path / "b_simple.png").write_bytes(b"an earlier report's")
+    names = [name for name, _ in write_plots(tmp_path, trials, analysis, "ResNet-18 width 8, target 45%")]
+    assert "b_simple.png" not in names and not (tmp_path / "b_simple.png").exists()
+    assert all("width 8, target 45%" in fig._suptitle.get_text() for fig in figures)
