@@ -51,3 +51,10 @@ def test_citation_names_the_original_paper():
     text = (ROOT / "CITATION.cff").read_text()
     assert "Performance analysis of model training by batch size in synchronous distributed deep learning" in text
     assert "2023" in text and "KIPS" in text
+
+
+def test_the_configured_linter_passes():
+    pytest.importorskip("ruff")  # installed by the dev extra
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks"], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
