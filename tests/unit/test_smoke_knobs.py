@@ -125,3 +125,13 @@ def test_run_names_differ_in_exactly_what_a_resume_refuses():
 
 def test_an_explicit_log_dir_is_used_as_given(tmp_path):
     assert Config(log_dir=str(tmp_path / "logs")).for_run(1).log_dir == str(tmp_path / "logs")
+
+
+def test_the_issues_sweep_command_is_refused_in_one_line_before_anything_runs(tmp_path, capsys):
+    from batchscale.cli import main
+
+    assert main(["sweep", "--out", str(tmp_path / "s"), "--", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("batchscale sweep: error: --epochs (use batchscale sweep --epochs) after -- is set by batchscale "
+                   "sweep for every run; give it before -- as shown")
+    assert not (tmp_path / "s").exists()
