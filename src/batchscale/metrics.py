@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .config import Config, global_batch
 from .rundir import write_error
-from .trackers import Tracker, open_trackers
+from .trackers import RUN_ID_FILES, Tracker, open_trackers
 
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
@@ -84,6 +84,9 @@ class RunLog:
             return
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
+            if not config.resume:  # a fresh start is a new tracker run too, not the old one continued
+                for name in RUN_ID_FILES:
+                    (self.dir / name).unlink(missing_ok=True)
             self.trackers = open_trackers(config.tracker, self.dir, config.to_dict())
         # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
         write_text_atomic(self.dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))

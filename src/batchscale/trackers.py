@@ -15,6 +15,7 @@ from .errors import ConfigError
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 EXTRA = {"mlflow": "mlflow-skinny", "wandb": "wandb"}
+RUN_ID_FILES = ("mlflow_run_id", "wandb_run_id")  # in the run folder: a resumed run continues its tracker run
 
 
 class Tracker(Protocol):
@@ -53,7 +54,7 @@ class MLflow:
 
         self.mlflow = mlflow
         # A rerun of the same folder (a resume) continues its MLflow run rather than starting a second one.
-        id_file = folder / "mlflow_run_id"
+        id_file = folder / RUN_ID_FILES[0]
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         self.run = mlflow.start_run(run_id=run_id, run_name=folder.name)
         id_file.write_text(self.run.info.run_id + "\n")
@@ -78,7 +79,7 @@ class WandB:
         import wandb
 
         # The folder names the run; a rerun of it (a resume) continues the same W&B run.
-        id_file = folder / "wandb_run_id"
+        id_file = folder / RUN_ID_FILES[1]
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(dir=str(folder), id=run_id, resume="allow", name=folder.name, config=settings)

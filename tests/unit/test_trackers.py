@@ -18,10 +18,10 @@ from batchscale.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(data: Path, log_dir: Path, tracker: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run(data: Path, log_dir: Path, tracker: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     args = [sys.executable, str(ROOT / "train.py"), "--train-dir", str(data), "--val-dir", str(data), "--log-dir",
             str(log_dir), "--no-download", "--no-cuda", "--width", "4", "--batch-size", "32", "--epochs", "2",
-            "--no-progress", "--tracker", tracker]
+            "--no-progress", "--tracker", tracker, *extra]
     # No proxy, no key: were either library to reach for the network, it would fail here, not pass quietly.
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "BATCHSCALE_"))}
     return subprocess.run(args, check=False, capture_output=True, text=True, timeout=300,
@@ -44,6 +44,11 @@ def test_mlflow_gets_every_scalar_against_the_step(tiny_cifar, tmp_path):
     assert logged.data.params["width"] == "4"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert logged.data.metrics["hparam.final_val_acc"] == pytest.approx(summary["final_val_acc"])
+    # --no-resume starts afresh: a new MLflow run, not more points on the old one.
+    again = run(tiny_cifar, tmp_path / "run", "tensorboard,mlflow", {"MLFLOW_TRACKING_URI": store}, "--no-resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    fresh = (tmp_path / "run" / "mlflow_run_id").read_text().strip()
+    assert fresh != run_id and [m.step for m in client.get_metric_history(fresh, "val.acc")] == [10, 20]
 
 
 def test_wandb_offline_gets_the_run(tiny_cifar, tmp_path):
