@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from .config import Config, global_batch
+from .errors import OutputError
 from .rundir import write_error
 from .trackers import RUN_ID_FILES, Tracker, open_trackers
 
@@ -77,7 +79,9 @@ class RunLog:
         # About LOG_POINTS points per epoch of the in-epoch curves: each costs one host sync.
         self.every = max(1, steps_per_epoch // LOG_POINTS)
         self._last_refresh = 0.0
-        self._mark = (0.0, 0)  # the epoch's loss sum and images at the last in-epoch point
+        self._mark = (0.0, 0)  # the epoch's loss sum and images at the last in-epoch point written
+        self._points: list[tuple[int, float, Tensor, int]] = []  # (step, lr, loss sum, images) not yet written
+        self._last_flush = 0.0
         self._timing: tuple[int, float | None] | None = None  # (step, time) the cost estimate counts from
         self._bar: tqdm | None = None
         if not enabled:
@@ -102,32 +106,48 @@ class RunLog:
 
     def bar(self, total: int, desc: str, initial: int = 0) -> tqdm | None:
         """Starts an epoch's output (and its bar, if bars are on)."""
-        self._mark = (0.0, 0)
+        self._mark, self._points = (0.0, 0), []
         if not self.show_bars:
             return None
         self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
         return self._bar
 
+    def flush_points(self) -> None:
+        """Writes the in-epoch points kept so far, each the mean training loss since the one before: one host
+        sync for all of them, at most once a second and at the epoch's end, so logging never stalls a fast step."""
+        if not self._points:
+            return
+        sums = torch.stack([total for _, _, total, _ in self._points]).tolist()
+        for (step, lr, _, seen), total in zip(self._points, sums):
+            if seen > self._mark[1]:
+                self.scalars({"train/lr": lr, "train/step_loss": (total - self._mark[0]) / (seen - self._mark[1])}, step)
+            self._mark = (total, seen)
+        self._points = []
+
     def end_bar(self) -> None:
-        """Closes the epoch's bar, so what is printed next starts on a line of its own."""
+        """Writes the epoch's last in-epoch points and closes its bar, so what is printed next starts on a line of
+        its own."""
+        if self.enabled:
+            self.flush_points()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
     def step(self, bar: tqdm | None, step: int, lr: float, seen: int, loss_sum: Tensor, correct: Tensor) -> None:
-        """Every `every` steps: the LR and the mean training loss since the last point (a host sync); the bar's
+        """Every `every` steps a point of the LR and the training loss (written by `flush_points`); the bar's
         loss, accuracy and the whole run's time left at most once a second; once, the run's cost."""
         if not self.enabled:
             return
         self.estimate_cost(step)
-        if step % self.every == 0 and seen > self._mark[1]:
-            total = loss_sum.item()
-            self.scalars({"train/lr": lr, "train/step_loss": (total - self._mark[0]) / (seen - self._mark[1])}, step)
-            self._mark = (total, seen)
+        if step % self.every == 0:
+            self._points.append((step, lr, loss_sum.detach().clone(), seen))  # on the device: no sync here
+        now = time.perf_counter()
+        if now - self._last_flush >= REFRESH_SECONDS:
+            self._last_flush = now
+            self.flush_points()
         if bar is None:
             return
         bar.update(1)
-        now = time.perf_counter()
         if now - self._last_refresh >= REFRESH_SECONDS and seen:
             self._last_refresh = now
             steps_per_sec = bar.format_dict["rate"] or 0.0
@@ -203,7 +223,8 @@ class RunLog:
 
     def close(self) -> None:
         """Leaves quietly even after a failed write: the error that matters was already raised."""
-        self.end_bar()
+        with contextlib.suppress(OSError, OutputError):  # a stopped run keeps the points of its last steps
+            self.end_bar()
         for tracker in self.trackers:
             with contextlib.suppress(OSError):
                 tracker.close()

@@ -114,3 +114,38 @@ def test_epoch_lines_carry_the_whole_runs_time_left(tiny_cifar, tmp_path, capsys
     assert len(lines) == 2
     assert lines[0].rstrip().endswith(" left") and "~0:" in lines[0]  # a bar-less run still sees the run's end coming
     assert not lines[1].rstrip().endswith(" left")
+
+
+class _NoSync:
+    """An epoch's loss sum that fails if read on the host: a step may only keep a copy on the device."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def detach(self) -> "_NoSync":
+        return self
+
+    def clone(self):
+        import torch
+
+        return torch.tensor(self.value)
+
+    def item(self) -> float:
+        raise AssertionError("a host sync inside the step loop")
+
+
+def test_in_epoch_points_cost_no_host_sync_per_step(tmp_path, monkeypatch):
+    from batchscale import metrics
+    from batchscale.config import Config
+
+    monkeypatch.setattr(metrics, "REFRESH_SECONDS", 1e9)  # no timed flush: only the epoch's end writes
+    log = metrics.RunLog(Config(log_dir=str(tmp_path), progress=False), True, [], 32, total_steps=40,
+                         steps_per_epoch=40)
+    log.bar(40, "epoch 1/1")
+    for step in range(1, 41):
+        log.step(None, step, 0.1, 32 * step, _NoSync(2.0 * step), None)  # loss 2.0 per image, summed
+    log.end_bar()
+    log.close()
+    losses = EventAccumulator(str(tmp_path)).Reload().Scalars("train/step_loss")
+    assert [e.step for e in losses] == list(range(2, 41, 2))
+    assert all(e.value == pytest.approx(2.0 / 32) for e in losses)
