@@ -15,7 +15,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 class StopRequest:
     def __init__(self, loud: bool = False) -> None:
         self.signal_name: str | None = None
-        self.loud = loud  # rank 0 says at once that the stop was heard; a step may take many seconds on a CPU
+        self.loud = loud  # rank 0 says at once that a Ctrl-C was heard; a step may take many seconds on a CPU
         self._previous: dict[int, object] = {}
 
     @property
@@ -36,10 +36,9 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt
-        if self.loud and not self.requested:
+        if self.loud and not self.requested and signum == signal.SIGINT:  # a person at the keyboard, waiting
             from tqdm import tqdm  # above an open progress bar, not glued onto it
 
-            again = "; Ctrl-C again to abort without saving" if signum == signal.SIGINT else ""
-            tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint{again}",
-                       file=sys.stderr)
+            tqdm.write("SIGINT: stopping after this step and saving a checkpoint; Ctrl-C again to abort without "
+                       "saving", file=sys.stderr)
         self.signal_name = self.signal_name or signal.Signals(signum).name

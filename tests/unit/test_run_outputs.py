@@ -84,13 +84,15 @@ def test_a_stop_is_said_at_once_and_a_second_ctrl_c_aborts(capsys):
         stop.restore()
 
 
-def test_a_quiet_rank_says_nothing_when_stopped(capsys):
-    stop = StopRequest(loud=False).install()
+@pytest.mark.parametrize("loud,sig", [(False, signal.SIGINT), (True, signal.SIGTERM)])
+def test_other_ranks_and_a_schedulers_signal_add_no_line(loud, sig, capsys):
+    """Other ranks stay quiet; a SIGTERM's one line is the stop itself (a log, not a person waiting)."""
+    stop = StopRequest(loud=loud).install()
     try:
-        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(sig)
     finally:
         stop.restore()
-    assert stop.signal_name == "SIGTERM" and capsys.readouterr().err == ""
+    assert stop.signal_name == signal.Signals(sig).name and capsys.readouterr().err == ""
 
 
 def test_ctrl_c_closes_the_bar_and_is_worded_as_a_stop(tiny_cifar, tmp_path):
