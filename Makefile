@@ -11,15 +11,19 @@ SHARED_CIFAR := ../shared/cifar10
 
 .PHONY: train test test-fast setup dev horovod data clean
 
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu make train: a CPU-only torch (about 1 GB instead of 5-6 GB).
+TORCH_INDEX ?=
+
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e . 2>&1 | $(QUIET_PIP)
-	$(PY) -c "import batchscale, torch, torchvision"
+	if [ -n "$(TORCH_INDEX)" ]; then $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt --index-url $(TORCH_INDEX) torch torchvision 2>&1 | $(QUIET_PIP); fi
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[plots]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import batchscale, torch, torchvision, matplotlib"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
-	$(PY) -c "import pytest"
+	$(PY) -c "import pytest, matplotlib, submitit, mlflow, wandb"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -35,7 +39,7 @@ horovod: $(VENV)/.installed
 	scripts/install_horovod.sh $(PY)
 	touch $(VENV)/.installed-horovod
 
-# Where this workplace's offline copy of CIFAR-10 sits beside the checkout, use it instead of downloading.
+# Where an offline copy of CIFAR-10 sits beside the checkout (../shared/cifar10), use it instead of downloading.
 data:
 	@if [ ! -d data/cifar-10-batches-py ] && [ -x $(SHARED_CIFAR)/unpack.sh ]; then $(SHARED_CIFAR)/unpack.sh data; fi
 

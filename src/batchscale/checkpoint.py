@@ -23,11 +23,13 @@ from .state import problem
 from .testing import faults
 
 # Change what the saved weights are, which images come next, or how the LR is scaled: refused.
-MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum", "holdout")
+MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum", "holdout", "train_subset")
+# What a checkpoint written before a setting existed ran with.
+BEFORE_IT_EXISTED = {"train_subset": 0}
 # Where outputs go and how often they are checked or kept: never part of what trained.
 NOT_RECORDED = ("train_dir", "val_dir", "download", "log_dir", "checkpoint_format", "resume", "resume_from", "progress",
                 "checkpoint_every_steps", "keep_checkpoints", "finite_check_every", "collective_timeout",
-                "target_accuracy", "backend", "no_cuda")
+                "target_accuracy", "backend", "no_cuda", "tracker")
 # Schedules whose LR at a step depends on the number of epochs.
 EPOCH_BOUND_SCHEDULES = ("cosine", "onecycle")
 
@@ -172,7 +174,7 @@ def settings_changes(state: dict[str, Any], config: Config, workers: int, path: 
     from the resumed step on and are recorded (summary.json lists them)."""
     saved, current = state["config"], config.to_dict()
     for key in MUST_MATCH:
-        if saved.get(key) != current[key]:
+        if saved.get(key, BEFORE_IT_EXISTED.get(key)) != current[key]:
             raise ConfigError(
                 f"{path} was written with --{_flag(key)} {saved.get(key)!r}, this run has {current[key]!r}; "
                 "use the same value, another --log-dir, or --no-resume"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .config import Config
-from .errors import BatchscaleError
+from .errors import BatchscaleError, Stopped
 from .flags import add_flags, build
 from .parallel.launch import launcher_rank
 
@@ -35,7 +35,8 @@ def guarded(prog: str, work: Callable[[], str | None]) -> int:
         message = work()
     except BatchscaleError as err:
         if not err.quiet and (err.agreed or launcher_rank() == 0):
-            print(f"{prog}: error: {err}", file=sys.stderr)
+            kind = "" if isinstance(err, Stopped) else "error: "  # a stop asked for is not a failure
+            print(f"{prog}: {kind}{err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         if launcher_rank() == 0:
@@ -58,11 +59,12 @@ def train_config(argv: Sequence[str], prog: str = "train.py") -> Config:
 
 
 def run_train(argv: Sequence[str], prog: str) -> int:
-    config = train_config(argv, prog)
+    train_parser(prog).parse_args(argv)  # argparse's own errors first, as every command's
+    from .metrics import closing_line
     from .trainer import train
 
-    def work() -> None:
-        train(config)  # rank 0 has printed every epoch and written summary.json
+    def work() -> str:
+        return closing_line(train(train_config(argv, prog)))  # rank 0 has printed every epoch and summary.json
 
     return guarded(prog, work)
 
@@ -116,6 +118,7 @@ def run_sweep(argv: Sequence[str]) -> int:
 
 def run_study(argv: Sequence[str]) -> int:
     from .study.critical import StudyConfig, study, study_preset
+    from .study.runs import pyplot
     from .study.study_report import write_report
 
     argv, train_args = split_train_args(argv)
@@ -128,6 +131,8 @@ def run_study(argv: Sequence[str]) -> int:
         config = StudyConfig(**given, train_args=tuple(train_args))
         if config.preset:
             config = study_preset(config.preset, config, set(given))
+        if config.wait and not config.dry_run:
+            pyplot()  # the report at the end draws plots: say now, not after hours of trials, if it cannot
         failed = study(config)
         if config.dry_run:
             return ""
@@ -182,20 +187,53 @@ def run_plan(argv: Sequence[str]) -> int:
     return guarded("batchscale plan", work)
 
 
+COMMANDS = {
+    "train": "train ResNet-18 on CIFAR-10 (the same as python train.py)",
+    "bench": "time training steps against the original's pipeline",
+    "sweep": "run a grid of trainings over batch sizes and workers",
+    "study": "measure the critical batch size and test the paper's grid",
+    "report": "turn a sweep or study folder into report.md and plots",
+    "plan": "predict step time and time to target for N workers from a sweep",
+}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("batchscale")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """`batchscale COMMAND ...`: argparse subcommands for the listing, --version and an unknown command; each command
+    then parses its own flags (a sweep's or study's flags after -- belong to its trainings, not to it)."""
+    p = _Parser(prog="batchscale", description="Train ResNet-18 on CIFAR-10 with synchronous data-parallel SGD and "
+                "measure how batch size and worker count change throughput and accuracy.",
+                epilog="batchscale COMMAND --help shows a command's flags.")
+    p.add_argument("--version", action="version", version=f"batchscale {version()}")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, text in COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {
-        "train": "train ResNet-18 on CIFAR-10 (see batchscale train --help)",
-        "bench": "time training steps against the original's pipeline (see batchscale bench --help)",
-        "sweep": "run a grid of trainings over batch sizes and workers (see batchscale sweep --help)",
-        "study": "measure the critical batch size and test the paper's grid (see batchscale study --help)",
-        "report": "turn a sweep or study folder into report.md and plots",
-        "plan": "predict step time and time to target for N workers from a sweep",
-    }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        listing = "\n".join(f"  {name:8s} {text}" for name, text in commands.items())
-        print(f"usage: batchscale COMMAND [FLAGS]\n\ncommands:\n{listing}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    parser = top_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        print(f"batchscale: error: unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)} "
+              "(see batchscale --help)", file=sys.stderr)
+        return 2
+    try:
+        if not argv:
+            parser.print_help(sys.stderr)
+            return 2
+        parser.parse_args(argv[:1])  # --help, --version, or a bad top-level flag; the command's own flags come next
+    except SystemExit as exit:
+        return int(exit.code or 0)
     runners = {"bench": run_bench, "sweep": run_sweep, "study": run_study, "report": run_report, "plan": run_plan}
     if argv[0] in runners:
         return runners[argv[0]](argv[1:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import string
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 from .errors import ConfigError
 from .flags import flag
 from .target import COARSE_GROWTH, NEAR
+from .trackers import EXTRA, TRACKERS, parse_trackers
 
 MODELS = ("resnet18", "resnet18-imagenet")
 # torch.compile's modes: reduce-overhead replays CUDA graphs, the cure for launch-bound small-batch steps.
@@ -33,6 +35,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                "warmup_start_lr": 0.04, "label_smoothing": 0.0, "translate": 4, "translate_pad": "reflect",
                "cutout": 12, "tta": "flip-translate"},
 }
+RUN = "{run}"  # in --log-dir: replaced by run_name()
 # torch.distributed keeps timeouts as int64 milliseconds; 1e7 s (115 days) is far beyond any real wait.
 MAX_TIMEOUT = 1e7
 
@@ -62,7 +65,13 @@ class Config:
     train_dir: str = flag("./data", "folder holding cifar-10-batches-py/ for training", group=DATA)
     val_dir: str = flag("./data", "folder holding cifar-10-batches-py/ for validation", group=DATA)
     download: bool = flag(True, "never download CIFAR-10; stop if it is missing", group=DATA, name="--no-download")
-    log_dir: str = flag("./logs", "TensorBoard events, metrics.jsonl and summary.json", group=OUTPUTS)
+    train_subset: int = flag(0, "train on only the first N training images (after --holdout is set aside), the same "
+                             "ones for every seed: the knob for a quick smoke run (default: 0, all)", group=DATA,
+                             metavar="N")
+    log_dir: str = flag(f"./logs/{RUN}", f"TensorBoard events, metrics.jsonl, summary.json and checkpoints; {RUN} "
+                        "is a name made of the settings a resume must keep (model, width, batch layout, schedule, "
+                        "seed, ...), so runs that differ in them never share a folder and the same command resumes",
+                        group=OUTPUTS, aliases=("--out",))
     checkpoint_format: str = flag("{log_dir}/checkpoint-{epoch}.pth.tar",
                                   "checkpoint path with {epoch} (and optionally {log_dir})", group=OUTPUTS)
     resume: bool = flag(True, "start afresh: remove this run's earlier checkpoints, events and summary",
@@ -74,6 +83,10 @@ class Config:
     keep_checkpoints: int = flag(0, "keep only the newest N epoch checkpoints (default: 0, keep all, as the original)",
                                  group=OUTPUTS, metavar="N")
     progress: bool = flag(True, "no progress bars (epoch lines only)", group=OUTPUTS, name="--no-progress")
+    tracker: tuple[str, ...] = flag(("tensorboard",), "where scalars go, comma-separated: tensorboard, mlflow "
+                                    "(where MLFLOW_TRACKING_URI says), wandb (WANDB_MODE=offline keeps it "
+                                    "local); the last two are optional extras", group=OUTPUTS, parse=parse_trackers,
+                                    metavar="NAMES")
     epochs: int = flag(50, "epochs to train", group=SCHEDULE)
     batch_size: int = flag(256, "training batch per worker", group=SCHEDULE)
     val_batch_size: int = flag(256, "validation batch per worker", group=SCHEDULE)
@@ -141,8 +154,8 @@ class Config:
                               group=MEASURE, metavar="R")
     stop_at_target: bool = flag(False, "end the run at the first evaluation that reaches --target-accuracy",
                                 group=MEASURE)
-    max_steps: int = flag(0, "end the run after K optimizer steps, even inside an epoch (a trial's budget; "
-                          "default: 0, --epochs alone)", group=MEASURE, metavar="K")
+    max_steps: int = flag(0, "end the run after K optimizer steps, even inside an epoch, as a trial's budget "
+                          "(default: 0, --epochs alone)", group=MEASURE, metavar="K")
     seed: int = flag(42, "model init, data order and augmentation", group=REPRO)
     deterministic: bool = flag(False, "deterministic kernels: bit-identical reruns on one machine", group=REPRO)
     no_cuda: bool = flag(False, "train on the CPU even if a GPU is present", group=REPRO)
@@ -159,7 +172,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 1 (got {value!r})")
-        for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps"):
+        for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps", "train_subset"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 0, 0 meaning off (got {value!r})")
@@ -217,6 +230,11 @@ class Config:
         if self.fp16_allreduce and self.bf16_allreduce:
             raise ConfigError("choose one of --fp16-allreduce and --bf16-allreduce, not both")
         _check_checkpoint_format(self.checkpoint_format)
+        for name in self.tracker:
+            _choice("tracker", name, TRACKERS)
+            if name in EXTRA and importlib.util.find_spec(name) is None:
+                raise ConfigError(f"--tracker {name} needs the {EXTRA[name]} package: pip install "
+                                  f"'batchscale[{name}]', or drop {name} from --tracker")
         if self.resume_from is not None and not self.resume:
             raise ConfigError("--resume PATH and --no-resume contradict each other; keep one")
         return self
@@ -229,12 +247,31 @@ class Config:
         _choice("recipe", self.recipe, tuple(RECIPES))
         return dataclasses.replace(self, **{k: v for k, v in RECIPES[self.recipe].items() if k not in given})
 
+    def run_name(self, workers: int) -> str:
+        """The settings checkpoint.MUST_MATCH (and the batch layout) pins, as a folder name: `resnet18-w64-b256-n1-
+        linear-cosine-e50-s42`. The epochs are part of it where the schedule's LR depends on them."""
+        parts = [self.model, *([f"w{self.width}"] if self.model == "resnet18" else []),
+                 f"b{self.batch_size}" + (f"x{self.batches_per_allreduce}" if self.batches_per_allreduce > 1 else ""),
+                 f"n{workers * self.simulate_workers}" + ("sim" if self.simulate_workers > 1 else ""),
+                 "adasum" if self.use_adasum else self.lr_scaling, self.lr_schedule]
+        if self.lr_schedule in ("cosine", "onecycle"):
+            parts.append(f"e{self.epochs}")
+        parts += [f"holdout{self.holdout}"] * bool(self.holdout) + [f"subset{self.train_subset}"] * bool(self.train_subset)
+        return "-".join([*parts, f"s{self.seed}"])
+
+    def for_run(self, workers: int) -> "Config":
+        """This config with {run} in --log-dir filled in (every rank computes the same name)."""
+        if RUN not in self.log_dir:
+            return self
+        return dataclasses.replace(self, log_dir=self.log_dir.replace(RUN, self.run_name(workers)))
+
     def checkpoint_path(self, epoch: int) -> str:
         return self.checkpoint_format.format(epoch=epoch, log_dir=self.log_dir)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["lr_decay_epochs"] = list(self.lr_decay_epochs)
+        data["tracker"] = list(self.tracker)
         return data
 
 

@@ -16,11 +16,13 @@ T = TypeVar("T")
 
 
 def flag(default: Any, help: str, *, group: str, name: str | None = None, choices: tuple[str, ...] | None = None,
-         metavar: str | None = None, parse: Callable[[str], Any] | None = None, toggle: bool = False) -> Any:
+         metavar: str | None = None, parse: Callable[[str], Any] | None = None, toggle: bool = False,
+         aliases: tuple[str, ...] = ()) -> Any:
     """A config field and its flag. `name` overrides the flag spelled from the field (`--no-download` for
-    `download`); `toggle` gives both `--x` and `--no-x`; `parse` reads the text (default: the default's type)."""
+    `download`); `toggle` gives both `--x` and `--no-x`; `parse` reads the text (default: the default's type);
+    `aliases` are other spellings of the same flag (the name another command uses for it)."""
     meta = {"help": help, "group": group, "name": name, "choices": choices, "metavar": metavar, "parse": parse,
-            "toggle": toggle}
+            "toggle": toggle, "aliases": aliases}
     if isinstance(default, (list, tuple, dict)):
         return dataclasses.field(default_factory=lambda: default, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -32,11 +34,30 @@ def same_as(cls: type, name: str, **changes: Any) -> Any:
     source = next(f for f in dataclasses.fields(cls) if f.name == name)
     meta = {**source.metadata, **{k: v for k, v in changes.items() if k != "default"}}
     default = changes.get("default", getattr(cls(), name))
-    return flag(default, **{k: meta[k] for k in ("help", "group", "name", "choices", "metavar", "parse", "toggle")})
+    return flag(default, **{k: meta[k] for k in ("help", "group", "name", "choices", "metavar", "parse", "toggle",
+                                                  "aliases")})
 
 
 def option(field: dataclasses.Field) -> str:
     return field.metadata.get("name") or "--" + field.name.replace("_", "-")
+
+
+def given_options(cls: type, argv: list[str]) -> dict[str, str]:
+    """The fields of `cls` that `argv` sets (as the command that receives `argv` will parse them, abbreviations
+    and `--flag=value` included), each with the option it was given by; other words are left alone."""
+    parser = _Silent(add_help=False)
+    add_flags(parser, cls, only_given=True)
+    spelled = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    try:
+        given, _ = parser.parse_known_args(argv)
+    except ValueError:  # a malformed value: the training's own parser reports it, in its words
+        return {}
+    return {name: spelled[name] for name in vars(given)}
+
+
+class _Silent(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
 
 
 def shown(value: Any) -> str:
@@ -72,7 +93,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, only_given: bool = Fal
             if default is not None and "(default" not in help_text:
                 help_text = f"{help_text} (default: {shown(default)})"
         kwargs["default"] = argparse.SUPPRESS if only_given else default
-        group.add_argument(option(field), help=help_text.replace("%", "%%"), **kwargs)
+        group.add_argument(option(field), *meta.get("aliases", ()), help=help_text.replace("%", "%%"), **kwargs)
 
 
 def build(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:

@@ -11,14 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from .config import Config, global_batch
+from .errors import OutputError
 from .rundir import write_error
+from .trackers import RUN_ID_FILES, Tracker, open_trackers
 
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
+LOG_POINTS = 20
+COST_SKIP, COST_STEPS = 3, 10
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -58,22 +63,35 @@ threading.excepthook = _quiet_tensorboard_thread
 
 
 class RunLog:
-    """Every output of a run. On ranks other than 0 each method does nothing."""
+    """Every output of a run. On ranks other than 0 each method does nothing.
 
-    def __init__(self, config: Config, enabled: bool, history: list[dict[str, Any]], global_batch: int) -> None:
+    Every scalar goes to the trackers against the optimizer step, so epoch figures and the in-epoch LR and
+    training loss line up on one axis."""
+
+    def __init__(self, config: Config, enabled: bool, history: list[dict[str, Any]], global_batch: int,
+                 total_steps: int = 0, steps_per_epoch: int = 0) -> None:
         self.enabled = enabled
         self.global_batch = global_batch
         self.show_bars = enabled and config.progress
         self.dir = Path(config.log_dir)
-        self.writer = None
+        self.trackers: list[Tracker] = []
+        self.total_steps = total_steps
+        # About LOG_POINTS points per epoch of the in-epoch curves: each costs one host sync.
+        self.every = max(1, steps_per_epoch // LOG_POINTS)
         self._last_refresh = 0.0
+        self._mark = (0.0, 0)  # the epoch's loss sum and images at the last in-epoch point written
+        self._points: list[tuple[int, float, Tensor, int]] = []  # (step, lr, loss sum, images) not yet written
+        self._last_flush = 0.0
+        self._timing: tuple[int, float | None] | None = None  # (step, time) the cost estimate counts from
+        self._bar: tqdm | None = None
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(self.dir))
+            if not config.resume:  # a fresh start is a new tracker run too, not the old one continued
+                for name in RUN_ID_FILES:
+                    (self.dir / name).unlink(missing_ok=True)
+            self.trackers = open_trackers(config.tracker, self.dir, config.to_dict())
         # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
         write_text_atomic(self.dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
 
@@ -81,48 +99,102 @@ class RunLog:
         if self.enabled:
             tqdm.write(message)
 
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        with writing(self.dir):
+            for tracker in self.trackers:
+                tracker.scalars(values, step)
+
     def bar(self, total: int, desc: str, initial: int = 0) -> tqdm | None:
+        """Starts an epoch's output (and its bar, if bars are on)."""
+        self._mark, self._points = (0.0, 0), []
         if not self.show_bars:
             return None
-        return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        return self._bar
+
+    def flush_points(self) -> None:
+        """Writes the in-epoch points kept so far, each the mean training loss since the one before: one host
+        sync for all of them, at most once a second and at the epoch's end, so logging never stalls a fast step."""
+        if not self._points:
+            return
+        sums = torch.stack([total for _, _, total, _ in self._points]).tolist()
+        for (step, lr, _, seen), total in zip(self._points, sums):
+            if seen > self._mark[1]:
+                self.scalars({"train/lr": lr, "train/step_loss": (total - self._mark[0]) / (seen - self._mark[1])}, step)
+            self._mark = (total, seen)
+        self._points = []
+
+    def end_bar(self) -> None:
+        """Writes the epoch's last in-epoch points and closes its bar, so what is printed next starts on a line of
+        its own."""
+        if self.enabled:
+            self.flush_points()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def step(self, bar: tqdm | None, step: int, lr: float, seen: int, loss_sum: Tensor, correct: Tensor) -> None:
-        """Per step: the LR to TensorBoard; the bar's loss and accuracy at most once a second (a host sync)."""
+        """Every `every` steps a point of the LR and the training loss (written by `flush_points`); the bar's
+        loss, accuracy and the whole run's time left at most once a second; once, the run's cost."""
         if not self.enabled:
             return
-        assert self.writer is not None
-        with writing(self.dir):
-            self.writer.add_scalar("train/lr", lr, step)
+        self.estimate_cost(step)
+        if step % self.every == 0:
+            self._points.append((step, lr, loss_sum.detach().clone(), seen))  # on the device: no sync here
+        now = time.perf_counter()
+        if now - self._last_flush >= REFRESH_SECONDS:
+            self._last_flush = now
+            self.flush_points()
         if bar is None:
             return
         bar.update(1)
-        now = time.perf_counter()
         if now - self._last_refresh >= REFRESH_SECONDS and seen:
             self._last_refresh = now
             steps_per_sec = bar.format_dict["rate"] or 0.0
+            left = (self.total_steps - step) / steps_per_sec if steps_per_sec and self.total_steps else None
             bar.set_postfix(
                 loss=f"{loss_sum.item() / seen:.3f}",
                 acc=f"{correct.item() / seen:.3f}",
                 img_s=f"{steps_per_sec * self.global_batch:.0f}",
+                **({"run_left": clock(left)} if left is not None else {}),
                 refresh=False,
             )
+
+    def estimate_cost(self, step: int) -> None:
+        """After the first steps, one line: what the rest of the run will take at the rate they ran (the first
+        COST_SKIP steps are left out: they pay for allocation and warm-up, several times a later step on a CPU)."""
+        if self._timing is None:
+            self._timing = (step + COST_SKIP, None)
+        first, start = self._timing
+        if first < 0 or step < first:
+            return
+        if start is None:
+            self._timing = (step, time.perf_counter())
+            return
+        if step - first < COST_STEPS:
+            return
+        per_step = (time.perf_counter() - start) / (step - first)
+        left = self.total_steps - step
+        self._timing = (-1, 0.0)
+        if left > 0:
+            self.say(f"cost: about {clock(per_step * left)} for the {left} steps left ({per_step:.3g} s/step over "
+                     f"steps {first + 1}-{step}, epoch-end evaluations not counted); --train-subset N or --epochs "
+                     "make it shorter")
 
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        assert self.writer is not None
-        epoch = record["epoch"]
+        epoch, step = record["epoch"], record["step"]
+        values = {f"{key.split('_')[0]}/{key.split('_')[1]}": record[key] for key in
+                  ("train_loss", "train_acc", "val_loss", "val_acc", "holdout_loss", "holdout_acc") if key in record}
+        values.update({"train/epoch": epoch, "perf/images_per_sec": record["images_per_sec"],
+                       "perf/epoch_seconds": record["epoch_seconds"]})
+        if record.get("noise_scale") is not None:
+            values["noise/b_simple"] = record["noise_scale"]
         with writing(self.dir):
-            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "holdout_loss", "holdout_acc"):
-                if key not in record:
-                    continue
-                split, name = key.split("_")
-                self.writer.add_scalar(f"{split}/{name}", record[key], epoch)
-            self.writer.add_scalar("perf/images_per_sec", record["images_per_sec"], epoch)
-            self.writer.add_scalar("perf/epoch_seconds", record["epoch_seconds"], epoch)
-            if record.get("noise_scale") is not None:
-                self.writer.add_scalar("noise/b_simple", record["noise_scale"], epoch)
-            self.writer.flush()
+            for tracker in self.trackers:
+                tracker.scalars(values, step)
+                tracker.flush()
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         tqdm.write(
@@ -130,23 +202,48 @@ class RunLog:
             f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
             + (f"holdout acc {record['holdout_acc']:.4f}  " if "holdout_acc" in record else "")
             + f"{record['images_per_sec']:.0f} img/s  {record['epoch_seconds']:.1f} s  lr {record['lr']:.4g}"
+            + self.time_left(record)
         )
+
+    def time_left(self, record: dict[str, Any]) -> str:
+        """The whole run's time left at the pace so far (evaluations included), for the lines without a bar."""
+        left = self.total_steps - record["step"]
+        if left <= 0 or not record["step"]:
+            return ""
+        return f"  ~{clock(left * record['wall_seconds'] / record['step'])} left"
 
     def finish(self, summary: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        assert self.writer is not None
         with writing(self.dir):
-            self.writer.add_hparams(hparams(summary), hparam_metrics(summary), run_name=".")
-            self.writer.flush()
+            for tracker in self.trackers:
+                tracker.finish(hparams(summary), hparam_metrics(summary))
+                tracker.flush()
         write_json_atomic(self.dir / "summary.json", summary)  # last: its presence means the run is complete
 
     def close(self) -> None:
         """Leaves quietly even after a failed write: the error that matters was already raised."""
-        if self.writer is not None:
+        with contextlib.suppress(OSError, OutputError):  # a stopped run keeps the points of its last steps
+            self.end_bar()
+        for tracker in self.trackers:
             with contextlib.suppress(OSError):
-                self.writer.close()
-            self.writer = None
+                tracker.close()
+        self.trackers = []
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def closing_line(summary: dict[str, Any]) -> str:
+    """The one line a finished run ends with."""
+    best = (f" (best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']})"
+            if summary.get("best_epoch") not in (None, summary["epochs_completed"]) else "")
+    final = f"test acc {summary['final_val_acc']:.4f}{best}, " if summary.get("final_val_acc") is not None else ""
+    rate = f", {summary['images_per_sec']:.0f} img/s" if summary.get("images_per_sec") else ""
+    return (f"done: {summary['epochs_completed']} epoch(s), {final}{clock(summary['train_seconds'])} training{rate}; "
+            f"summary in {Path(summary['config']['log_dir']) / 'summary.json'}")
 
 
 HPARAMS = ("batch_size", "batches_per_allreduce", "base_lr", "lr_scaling", "lr_schedule", "warmup_epochs", "wd",

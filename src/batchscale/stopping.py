@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -25,9 +26,10 @@ LAUNCHER_MARKS = {"torch.distributed.run": "torchrun", "torchrun": "torchrun", "
 
 
 class StopRequest:
-    def __init__(self) -> None:
+    def __init__(self, loud: bool = False) -> None:
         self.signal_name: str | None = None
         self.launcher_gone: str | None = None  # set when a watched launcher ended: why this rank stopped
+        self.loud = loud  # rank 0 says at once that a Ctrl-C was heard; a step may take many seconds on a CPU
         self._previous: dict[int, object] = {}
         self._wake: int | None = None  # written to end the watching thread
 
@@ -59,6 +61,11 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt
+        if self.loud and not self.requested and signum == signal.SIGINT:  # a person at the keyboard, waiting
+            from tqdm import tqdm  # above an open progress bar, not glued onto it
+
+            tqdm.write("SIGINT: stopping after this step and saving a checkpoint; Ctrl-C again to abort without "
+                       "saving", file=sys.stderr)
         self.signal_name = self.signal_name or signal.Signals(signum).name
 
     def _watch(self, watched: list[tuple[int, str, str]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,11 +21,13 @@ from torch import Tensor, nn
 
 from . import checkpoint, data
 from .config import Config
-from .errors import ConfigError, Diverged, Stopped
+from .errors import BatchscaleError, ConfigError, Diverged, Stopped
 from .metrics import RunLog, summarize, write_json_atomic
 from .models import build_model, check_fits, tta_logits
 from .noise import MIN_PAIRS, GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
+from .parallel.base import TEARDOWN_SECONDS, bounded
+from .parallel.launch import launcher_world_size
 from .precision import FP32, Precision, resolve
 from .rundir import RunLock, check_space, check_writable
 from .schedule import LRSchedule
@@ -247,23 +250,27 @@ def build_model_and_optimizer(config: Config, backend: Backend) -> tuple[nn.Modu
 
 def train(config: Config) -> dict[str, Any]:
     """Trains as `config` says and returns the run's summary (also written to summary.json)."""
-    config.validate()
+    config = config.validate().for_run(launcher_world_size())
     check_writable(config.log_dir, "--log-dir")
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
     backend = init_backend(config)
     check_fits(config.model, config.width, backend.device)
-    stop = StopRequest().install()
+    stop = StopRequest(loud=backend.is_main).install()
     trainer = None
+    quiet = not backend.is_main
     try:
         trainer = Trainer(config, backend, stop)
         summary = trainer.run()
-        backend.finish()
+        bounded(backend.finish, TEARDOWN_SECONDS, 0, quiet)
         return summary
     finally:
         gc.unfreeze()  # a process that trains again (a study's long-lived trial) must collect this run's objects
         if trainer is not None:
             trainer.close()
-        backend.shutdown()
+        failure = sys.exc_info()[1]
+        code = (failure.exit_code if isinstance(failure, BatchscaleError) else
+                130 if isinstance(failure, KeyboardInterrupt) else 1 if failure is not None else 0)
+        bounded(backend.shutdown, TEARDOWN_SECONDS, code, quiet)
         stop.restore()  # last: a launcher's SIGTERM during teardown must not turn a saved stop into a kill
 
 
@@ -281,6 +288,8 @@ class Trainer:
             raise ConfigError(f"--holdout {config.holdout} is half or more of the {train_x.shape[0]} training images; "
                               "hold out fewer")
         train_x, train_y, held_x, held_y = data.split_holdout(train_x, train_y, config.holdout)
+        if config.train_subset:  # after the holdout, so a subset never changes which images are held out
+            train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
         self.precision = resolve(config, device)
         memory_format = backend.memory_format
         self.simulated = config.simulate_workers
@@ -372,7 +381,8 @@ class Trainer:
         # Everything alive now lives to the end: the collector need not walk it again during training.
         gc.collect()
         gc.freeze()
-        self.log = RunLog(config, self.backend.is_main, state.history, self.batches.global_batch)
+        self.log = RunLog(config, self.backend.is_main, state.history, self.batches.global_batch,
+                          self.total_steps(), self.steps_per_epoch)
         self.announce()
         try:
             while not self.finished():
@@ -422,6 +432,10 @@ class Trainer:
                           "graphs (TORCH_LOGS=perf_hints says why), so those steps replay no graphs", stacklevel=1)
         return seconds
 
+    def total_steps(self) -> int:
+        steps = self.config.epochs * self.steps_per_epoch
+        return min(steps, self.config.max_steps) if self.config.max_steps else steps
+
     def finished(self) -> bool:
         return self.state.epoch >= self.config.epochs or self.state.trial.ended is not None
 
@@ -429,8 +443,11 @@ class Trainer:
         assert self.log is not None
         state, config, backend = self.state, self.config, self.backend
         simulating = f", simulating {self.simulated} workers" if self.simulated > 1 else ""
-        resumed = ""
-        if self.resumed_from is not None:
+        resumed = f", {self.total_steps()} steps in all"
+        if self.resumed_from is not None and self.finished():
+            resumed = (f"; already complete ({state.epoch} epoch(s) in {self.resumed_from.parent}): nothing to train. "
+                       "Another --log-dir or --no-resume starts a new run")
+        elif self.resumed_from is not None:
             resumed = f"; resumed from {self.resumed_from} after epoch {state.epoch}"
             resumed += f", step {state.epoch_step}" if state.epoch_step else ""
         self.log.say(
@@ -497,8 +514,7 @@ class Trainer:
                     faults.point("after-step-checkpoint", step + 1, backend.rank)
                     if stopping:
                         self.stopped(path)
-        if bar is not None:
-            bar.close()
+        self.log.end_bar()  # type: ignore[union-attr]
         sums.seconds += time.perf_counter() - clock
         self.end_epoch(sums, bad_step)
 

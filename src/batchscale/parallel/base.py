@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import socket
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -21,6 +24,31 @@ from ..errors import BatchscaleError, ConfigError
 from ..noise import GradNorms
 
 T = TypeVar("T")
+# A teardown (a barrier, destroy_process_group, hvd.shutdown) after the outputs are written: a rank stuck in it must
+# not hold the job, so past this many seconds the process leaves without it.
+TEARDOWN_SECONDS = 60.0
+
+
+def bounded(work: Callable[[], None], seconds: float, exit_code: int, quiet: bool = False) -> None:
+    """Runs `work`; if it has not returned after `seconds`, ends the process with `exit_code` (the code the run had
+    earned before teardown), saying so in one line unless `quiet`."""
+    done = threading.Event()
+
+    def watchdog() -> None:
+        if done.wait(seconds):
+            return
+        if not quiet:
+            sys.stderr.write(f"batchscale: the workers' teardown did not end within {seconds:g} s; leaving without it "
+                             f"(every output was written before it; exit code {exit_code})\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+
+    threading.Thread(target=watchdog, name="teardown-watchdog", daemon=True).start()
+    try:
+        work()
+    finally:
+        done.set()
 
 
 def pick_device(local_rank: int, no_cuda: bool) -> torch.device:

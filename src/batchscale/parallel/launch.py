@@ -22,3 +22,11 @@ def launched_by() -> str:
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         return "torch"
     return "single"
+
+
+def launcher_world_size() -> int:
+    """How many processes the launcher started (1 when not launched), before any backend exists."""
+    for var in ("WORLD_SIZE", "HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 1

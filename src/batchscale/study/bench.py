@@ -66,7 +66,7 @@ class BenchConfig:
     compile: bool = same_as(Config, "compile", group=BENCH)
     compile_mode: str = same_as(Config, "compile_mode", group=BENCH)
     steps: int = flag(20, f"timed steps per round (fewer than {MIN_STEPS} is flagged as too short)", group=BENCH)
-    warmup: int = flag(5, "untimed steps first", group=BENCH)
+    warmup: int = flag(5, "untimed steps first", group=BENCH, aliases=("--untimed-steps",))
     rounds: int = flag(5, f"interleaved rounds of ours and the bare loop, each kept in the JSON (fewer than "
                        f"{MIN_ROUNDS} is flagged as too few)", group=BENCH)
     data: str = flag("synthetic", "synthetic images, or the real set from --train-dir", group=BENCH,
@@ -74,7 +74,8 @@ class BenchConfig:
     train_dir: str = same_as(Config, "train_dir", group=BENCH)
     baseline: bool = flag(True, "skip the original's pipeline", group=BENCH, name="--no-baseline")
     baseline_steps: int = flag(10, "timed steps of the original's pipeline", group=BENCH)
-    output: str | None = flag("bench.json", "JSON results, rewritten as each part finishes", group=BENCH)
+    output: str | None = flag("bench.json", "JSON results, rewritten as each part finishes", group=BENCH,
+                              aliases=("--out",))
     no_cuda: bool = same_as(Config, "no_cuda", group=BENCH)
 
     def validate(self) -> "BenchConfig":

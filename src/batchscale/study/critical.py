@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data
+from ..config import Config
 from ..errors import ConfigError
 from ..flags import flag, same_as
 from ..metrics import write_json_atomic
@@ -30,7 +31,7 @@ from ..rundir import check_writable
 from .executors import Job
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, lr_grid
 from .runs import read_json
-from .sweep import EXECUTION, Progress, SweepConfig, _ints, check_execution, check_seeds, execute
+from .sweep import EXECUTION, Progress, SweepConfig, _ints, check_execution, check_seeds, execute, refuse_overrides
 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
 PAPER_WORKERS = 4
@@ -46,8 +47,8 @@ class StudyConfig:
 
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
-                     group=PROTOCOL)
-    preset: str | None = flag(None, "cpu: a small model and a low target, about an hour on 2 CPU cores; full: "
+                     group=PROTOCOL, aliases=("--train-dir",))
+    preset: str | None = flag(None, "cpu: a small model and a low target, about 30 minutes on 2 CPU cores; full: "
                               "width 64, 94%, B 32-8192 (see the README for its cost)", group=PROTOCOL,
                               choices=STUDY_PRESETS)
     batch_sizes: tuple[int, ...] = flag(tuple(2**i for i in range(5, 14)), "global batch sizes", group=PROTOCOL,
@@ -58,13 +59,17 @@ class StudyConfig:
     extend_edges: int = flag(2, "where a batch's best LR is the grid's smallest or largest, try up to N more LRs "
                              "beyond it, one at a time", group=PROTOCOL)
     seeds: tuple[int, ...] = flag((42,), "seeds of every (batch, LR) trial", group=PROTOCOL, parse=_ints)
-    target: float = flag(0.94, "held-out accuracy a trial must reach", group=PROTOCOL)
+    target: float = flag(0.94, "held-out accuracy a trial must reach", group=PROTOCOL, aliases=("--target-accuracy",))
     holdout: int = flag(5000, "training images held out to judge the target (the test set stays for final accuracy)",
                         group=PROTOCOL)
     width: int = flag(64, "channels of ResNet-18's first stage", group=PROTOCOL)
+    train_subset: int = same_as(Config, "train_subset", group=PROTOCOL,
+                                help="every trial trains on only the first N training images left after --holdout: "
+                                "a quick smoke run (default: 0, all)")
     budget_epochs: float = flag(60.0, "a trial's budget in images, as epochs of the training split", group=PROTOCOL)
     budget_steps: int = flag(40_000, "a trial's budget in optimizer steps (whichever comes first)", group=PROTOCOL)
-    warmup: float = flag(0.05, "warmup from LR 0, as a share of the trial's step budget", group=PROTOCOL)
+    warmup: float = flag(0.05, "LR warmup from 0, as a share of the trial's step budget", group=PROTOCOL,
+                         name="--warmup-share", aliases=("--warmup",))
     schedule: str = flag("linear", "LR after warmup: constant, or linear decay to 0 at the budget's end",
                          group=PROTOCOL, choices=tuple(SCHEDULES))
     micro_batch: int = flag(512, "larger batches are accumulated from micro-batches this size (batch norm's batch, "
@@ -81,7 +86,8 @@ class StudyConfig:
     gpus_per_run: int = same_as(SweepConfig, "gpus_per_run")
     cpus_per_run: int = same_as(SweepConfig, "cpus_per_run")
     sbatch: tuple[str, ...] = same_as(SweepConfig, "sbatch")
-    wait: bool = same_as(SweepConfig, "wait")
+    wait: bool = same_as(SweepConfig, "wait", help="submit and return; rerun the same command to look again, wait "
+                         "and write the report")
     dry_run: bool = flag(False, "print the trials and the most images they may train, then stop", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
     nodes_per_run: int = 1
@@ -97,7 +103,7 @@ class StudyConfig:
         if self.holdout < 1:
             raise ConfigError(f"--holdout must be at least 1 image, like 5000 (got {self.holdout})")
         if self.budget_epochs <= 0 or self.budget_steps < 1 or not 0 <= self.warmup < 1:
-            raise ConfigError("--budget-epochs and --budget-steps must be positive, --warmup in [0, 1)")
+            raise ConfigError("--budget-epochs and --budget-steps must be positive, --warmup-share in [0, 1)")
         if self.micro_batch < 1 or any(b > self.micro_batch and b % self.micro_batch for b in self.batch_sizes):
             raise ConfigError(f"every batch size above --micro-batch {self.micro_batch} must be a multiple of it")
         if self.extend_edges < 0 or self.paper_epochs < 1 or self.width < 1:
@@ -107,6 +113,9 @@ class StudyConfig:
             raise ConfigError(f"--eval-growth must be in (1, 2], like 1.05 (got {self.eval_growth})")
         check_seeds(self.seeds)
         check_execution(self, "study")
+        if self.train_subset < 0:
+            raise ConfigError(f"--train-subset must be an integer >= 0, 0 meaning all (got {self.train_subset})")
+        refuse_overrides("study", self.train_args, STUDY_SETS)
         return self
 
     @property
@@ -121,6 +130,11 @@ class StudyConfig:
                 raise ConfigError(f"batch {max(self.batch_sizes)} is larger than the {images - self.holdout} training "
                                   "images; lower --batch-sizes or --holdout")
             self._images = images - self.holdout
+            if self.train_subset:
+                self._images = min(self._images, self.train_subset)
+                if max(self.batch_sizes) > self._images:
+                    raise ConfigError(f"batch {max(self.batch_sizes)} is larger than --train-subset {self.train_subset}"
+                                      "; lower --batch-sizes or raise --train-subset")
         return self._images
 
 
@@ -129,7 +143,7 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
     "full": {"width": 64, "target": 0.94, "batch_sizes": tuple(2**i for i in range(5, 14)), "holdout": 5000,
              "budget_epochs": 60.0, "budget_steps": 40_000, "schedule": "linear", "micro_batch": 512,
              "paper_epochs": 90},
-    # Everything scaled to about an hour on 2 CPU cores (benchmarks/results/cpu-study): width 8, a low target a
+    # Everything scaled to about 30 minutes on 2 CPU cores (1,731 s: benchmarks/results/cpu-study): width 8, a low target a
     # constant LR reaches, a smaller holdout, a short paper grid.
     "cpu": {"width": 8, "target": 0.45, "batch_sizes": (16, 32, 64, 128, 256, 512, 1024), "holdout": 2000,
             "budget_epochs": 4.0, "budget_steps": 6000, "schedule": "constant", "micro_batch": 128,
@@ -140,6 +154,18 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
 def study_preset(name: str, config: StudyConfig, given: set[str] = frozenset()) -> StudyConfig:  # type: ignore[assignment]
     chosen = {k: v for k, v in STUDY_PRESET_VALUES[name].items() if k not in given}
     return StudyConfig(**{**asdict(config), **chosen, "preset": name})
+
+
+# The training flags every trial gets from the study, and the study flag that sets them instead.
+STUDY_SETS = {
+    "train_dir": "--data", "val_dir": "--data", "width": "--width", "holdout": "--holdout",
+    "target_accuracy": "--target", "batch_size": "--batch-sizes", "batches_per_allreduce": "--micro-batch",
+    "lr_scaling": "--lr-per-128", "base_lr": "--lr-per-128, --lr-points, --lr-spacing",
+    "warmup_start_lr": "--warmup-share", "warmup_steps": "--warmup-share", "warmup_epochs": "--warmup-share",
+    "lr_schedule": "--schedule", "lr_decay_epochs": "--paper-epochs", "epochs": "--budget-epochs or --paper-epochs",
+    "max_steps": "--budget-steps", "eval_growth": "--eval-growth", "seed": "--seeds", "log_dir": "--out",
+    "simulate_workers": "--no-paper (the paper grid has 4 workers)", "train_subset": "--train-subset",
+}
 
 
 @dataclass(frozen=True)
@@ -161,7 +187,7 @@ def common_args(config: StudyConfig) -> list[str]:
     return ["--train-dir", folder, "--val-dir", folder, "--no-download", "--width", str(config.width), "--holdout", str(config.holdout), "--target-accuracy", str(config.target),
             "--val-batch-size", "500", "--keep-checkpoints", "1", "--no-progress",
             "--noise-every", "1",  # a trial is short: B_simple from every step, not one in ten
-            *config.train_args]
+            "--train-subset", str(config.train_subset), *config.train_args]
 
 
 def curve_trial(config: StudyConfig, batch: int, lr: float, seed: int) -> Planned:

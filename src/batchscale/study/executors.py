@@ -160,7 +160,8 @@ class SlurmQueue:
         try:
             import submitit
         except ImportError:
-            raise ConfigError("--executor slurm needs submitit: pip install submitit") from None
+            raise ConfigError("--executor slurm needs submitit: pip install 'batchscale[slurm]' (or pip install "
+                              "submitit)") from None
         usable_cluster()
         executor = submitit.SlurmExecutor(folder=str(self.folder / "%j"), max_num_timeout=0)
         params: dict[str, Any] = {"time": self.time_minutes, "ntasks_per_node": 1, "nodes": self.nodes,

@@ -151,6 +151,8 @@ def plan(
 
 
 def describe_plan(result: dict[str, Any]) -> str:
+    from .runs import positive
+
     net = result["network"]
     lines = [
         "## Scaling model",
@@ -169,8 +171,11 @@ def describe_plan(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['workers']} | {r['batch_per_worker']} | {r['global_batch']} | {r['step_s_no_overlap']:.4f} "
             f"| {r['step_s_overlap']:.4f} | {f'{measured:.4f}' if measured else '-'} | {error} "
-            f"| {r['images_per_sec_overlap']:.0f} | {r.get('seconds_to_target_overlap', float('nan')):.1f} |"
+            f"| {r['images_per_sec_overlap']:.0f} | {positive(r.get('seconds_to_target_overlap'), 1)} |"
         )
+    if not result["steps_curve"]:
+        lines += ["", "No time to target: fewer than two runs reached the target, so there is no S(B) curve to "
+                  "predict it from (a lower --target-accuracy, or longer runs, give one)."]
     checked = [r for r in result["rows"] if r.get("measured_step_s") and r["workers"] > 1]
     if not checked:
         lines += ["", "No real multi-worker run in this sweep to check the prediction against "

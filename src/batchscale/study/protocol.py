@@ -179,6 +179,7 @@ def analyze(trials: list[Trial], replicates: int = 1000) -> Analysis:
     bests = best_per_batch(trials)
     points = [(b.batch, b.steps) for b in bests if b.steps is not None]
     fit = fit_curve(points)  # type: ignore[arg-type]
-    b_simple = {b.batch: b.trial.b_simple for b in bests if b.trial is not None and b.trial.b_simple}
+    # An estimate that is not yet positive (|G|^2 too noisy early on) is no noise scale: left out, not averaged in.
+    b_simple = {b.batch: b.trial.b_simple for b in bests if b.trial is not None and (b.trial.b_simple or 0) > 0}
     return Analysis(bests, fit, bootstrap(trials, replicates) if fit else None, b_simple,  # type: ignore[arg-type]
                     median(b_simple.values()) if b_simple else None)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .runs import RunResult, Unfinished, load_runs, load_unfinished, read_json
+from .runs import MEAN_LAST, RunResult, Unfinished, load_runs, load_unfinished, positive, pyplot, read_json
 
 
 def knee(runs: list[RunResult]) -> int | None:
@@ -23,34 +23,58 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def settings(runs: list[RunResult]) -> str:
+    """What the runs were run with, for every plot's title: the model and what the whole sweep shares."""
+    config = runs[0].summary["config"]
+    model = config["model"] + (f" width {config['width']}" if config["model"] == "resnet18" else "")
+    epochs = sorted({r.summary["epochs_completed"] for r in runs})
+    subset = f", {config['train_subset']} training images" if config.get("train_subset") else ""
+    shown = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
+    return f"{model}, {shown} epoch(s){subset}, {config['lr_schedule']} LR, {config['lr_scaling']} scaling"
+
+
 def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
                 unfinished: list[Unfinished] = ()) -> list[tuple[str, str]]:  # type: ignore[assignment]
     """Returns (file name, caption) for each plot written."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None) -> list[tuple[str, str]]:
+    """Returns (file name, caption) for each plot written; a plot with nothing to show is not drawn."""
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     plots: list[tuple[str, str]] = []
+    title = settings(runs)
 
     def save(fig: Any, name: str, caption: str) -> None:
+        fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         plots.append((name, caption))
 
+    def batch_axis(ax: Any) -> None:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 64, 128, 256 rather than 2^6, 2^7, 2^8
+        ax.set_xlabel("global batch")
+
+    def epoch_axis(ax: Any) -> None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+
     by_workers: dict[int, list[RunResult]] = {}
     for r in runs:
         by_workers.setdefault(r.workers, []).append(r)
+    colours = {workers: f"C{i}" for i, workers in enumerate(sorted(by_workers))}
 
-    def per_workers(ax: Any, value: Callable[[RunResult], float | None], label: str, style: str = "o-") -> None:
+    def per_workers(ax: Any, value: Callable[[RunResult], float | None], label: str, **style: Any) -> None:
         for workers, group in sorted(by_workers.items()):
             points = [(r.global_batch, value(r)) for r in group if value(r) is not None]
             if points:
                 xs, ys = zip(*sorted(points))
-                ax.plot(xs, ys, style, label=f"{label}, {workers} worker(s)")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("global batch")
+                ax.plot(xs, ys, color=colours[workers], label=f"{label}, {workers} worker(s)", **style)
+        batch_axis(ax)
         ax.legend(fontsize=8)
 
     def mark_unfinished(ax: Any) -> None:
@@ -62,8 +86,10 @@ def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
                         transform=ax.get_xaxis_transform(), label=f"{status} ({len(xs)}), no accuracy")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    per_workers(ax, lambda r: r.summary["final_val_acc"], "final")
-    per_workers(ax, lambda r: r.summary["best_val_acc"], "best", "s--")
+    # Best drawn first, large and hollow, so a final that equals it shows inside it in the same colour.
+    per_workers(ax, lambda r: r.summary["best_val_acc"], "best", marker="o", markersize=10, markerfacecolor="none",
+                linestyle="--")
+    per_workers(ax, lambda r: r.summary["final_val_acc"], "final", marker="o", markersize=4, linestyle="-")
     mark_unfinished(ax)
     if unfinished:
         ax.legend(fontsize=8)
@@ -72,14 +98,14 @@ def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
          + ("; runs that did not finish marked on the axis" if unfinished else ""))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    per_workers(ax, lambda r: r.summary["images_per_sec"], "images/s")
+    per_workers(ax, lambda r: r.summary["images_per_sec"], "images/s", marker="o")
     ax.set_ylabel("training images/s")
     save(fig, "throughput_vs_batch.png", "Training throughput against the global batch")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     reached = sorted((r.global_batch, r.target["step"], r.target["train_seconds"]) for r in runs if r.target)
-    for ax, column, label in ((axes[0], 1, "steps to target"), (axes[1], 2, "training seconds to target")):
-        if reached:
+    if reached:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, column, label in ((axes[0], 1, "steps to target"), (axes[1], 2, "training seconds to target")):
             xs = [p[0] for p in reached]
             ys = [p[column] for p in reached]
             ax.plot(xs, ys, "o-", label="measured")
@@ -87,37 +113,39 @@ def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
             if knee_batch:
                 ax.axvline(knee_batch, color="r", ls="--", label=f"knee, B={knee_batch}")
             ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no run reached the target", ha="center", transform=ax.transAxes)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("global batch")
-        ax.set_ylabel(label)
-    save(fig, "time_to_target.png", "Steps and time to the target accuracy against the global batch (log-log)")
+            batch_axis(ax)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.set_ylabel(label)
+        save(fig, "time_to_target.png", "Steps and time to the target accuracy against the global batch (log-log)")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
-        points = [(x["epoch"], x["noise_scale"]) for x in r.records if x.get("noise_scale") is not None]
-        if points:
-            ax.plot(*zip(*points), label=r.name)
-    if knee_batch:
-        ax.axhline(knee_batch, color="r", ls="--", label=f"measured knee B={knee_batch}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("B_simple")
-    ax.set_yscale("log")
-    if ax.get_legend_handles_labels()[0]:
+    curves = {r.name: [(x["epoch"], x["noise_scale"]) for x in r.records
+                       if x.get("noise_scale") is not None and x["noise_scale"] > 0] for r in runs}
+    if any(curves.values()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, points in curves.items():
+            if points:
+                ax.plot(*zip(*points), marker=".", label=name)
+        if knee_batch:
+            ax.axhline(knee_batch, color="r", ls="--", label=f"measured knee B={knee_batch}")
+        values = [v for points in curves.values() for _, v in points] + ([knee_batch] if knee_batch else [])
+        if max(values) / min(values) > 10:  # a log axis only where the values span more than a decade
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+        epoch_axis(ax)
+        ax.set_ylabel("B_simple (images)")
         ax.legend(fontsize=6)
-    else:
-        ax.text(0.5, 0.5, "no noise-scale estimate yet", ha="center", transform=ax.transAxes)
-    save(fig, "noise_scale.png", "Gradient noise scale B_simple over training, against the measured knee")
+        save(fig, "noise_scale.png", "Gradient noise scale B_simple over training, against the measured knee")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in runs:
-        ax.plot([x["epoch"] for x in r.records], [x["val_acc"] for x in r.records], label=r.name)
-    ax.set_xlabel("epoch")
+        ax.plot([x["epoch"] for x in r.records], [x["val_acc"] for x in r.records], marker=".", label=r.name)
+    epoch_axis(ax)
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=6)
     save(fig, "accuracy_curves.png", "Test accuracy per epoch, every run")
+    for stale in {"time_to_target.png", "noise_scale.png"} - {name for name, _ in plots}:
+        (out / stale).unlink(missing_ok=True)  # an earlier report's plot would show what no longer holds
     return plots
 
 
@@ -138,12 +166,13 @@ def report(sweep_dir: str | Path) -> Path:
     if unfinished:
         counts = {status: sum(u.status == status for u in unfinished) for status in dict.fromkeys(u.status for u in unfinished)}
         about += f"Did not finish: {', '.join(f'{n} {status}' for status, n in counts.items())} (listed below the table). "
+    last = min(MEAN_LAST, max((r.summary["epochs_completed"] for r in runs), default=1))
     lines = [
         f"# Batch-size study: {sweep_dir.name}",
         "",
         about + "Every number below is read from the runs' `summary.json` (curves from `metrics.jsonl`).",
         "",
-        "| run | batch/worker | workers | global batch | final acc | best acc | mean acc (last 5) | train s | images/s "
+        f"| run | batch/worker | workers | global batch | final acc | best acc | mean acc (last {last}) | train s | images/s "
         "| steps to target | s to target | B_simple |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -153,7 +182,7 @@ def report(sweep_dir: str | Path) -> Path:
             f"| {r.name} | {s['config']['batch_size'] * s['config']['batches_per_allreduce']} | {r.workers}"
             f"{' (sim.)' if s.get('simulated_workers') else ''} | {r.global_batch} | {fmt(s['final_val_acc'])} "
             f"| {fmt(s['best_val_acc'])} | {fmt(r.mean_last)} | {fmt(s['train_seconds'], 1)} | {fmt(s['images_per_sec'], 1)} "
-            f"| {t.get('step', '-')} | {fmt(t.get('train_seconds'), 1)} | {fmt(s.get('noise_scale'), 1)} |"
+            f"| {t.get('step', '-')} | {fmt(t.get('train_seconds'), 1)} | {positive(s.get('noise_scale'), 1)} |"
         )
     if unfinished:
         lines += ["", "Runs without a result (no accuracy to report; never left out):", "",
@@ -171,6 +200,11 @@ def report(sweep_dir: str | Path) -> Path:
                      "(step efficiency below one half of the smallest batch's).")
     else:
         lines.append("No knee measured: fewer than two runs reached the target, or every batch still scaled.")
+    if not any(r.target for r in runs):
+        lines += ["", f"No run reached the target accuracy {target:.2f}, so there is no time-to-target plot."]
+    if any((r.summary.get("noise_scale") or 0) <= 0 for r in runs):
+        lines += ["", "B_simple \"-\": none measured (one worker without accumulation), or its estimate was not yet "
+                  "positive (early in training |G|^2 is too noisy)."]
     lines += ["", "## Plots", ""]
     lines += [f"- ![{caption}]({name}) {caption}" for name, caption in plots]
     plan = sweep_dir / "plan.json"

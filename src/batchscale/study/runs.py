@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+
+
+def positive(value: float | None, digits: int = 4) -> str:
+    """A measure that only exists when positive and finite (a noise scale, a time): anything else is shown as "-",
+    never as a value (an early B_simple estimate can come out negative; a missing time is nan)."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files; an optional extra, so its absence is one line saying what to install."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the report's plots need matplotlib: pip install 'batchscale[plots]' (or pip install "
+                          "matplotlib), then rerun batchscale report") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @dataclass
@@ -31,10 +53,11 @@ class RunResult:
 
     @property
     def mean_last(self) -> float:
-        """Mean test accuracy over the last 5 epochs (or all, if fewer): less noisy than the final one."""
-        return statistics.fmean(r["val_acc"] for r in self.records[-5:])
+        """Mean test accuracy over the last MEAN_LAST epochs (or all, if fewer): less noisy than the final one."""
+        return statistics.fmean(r["val_acc"] for r in self.records[-MEAN_LAST:])
 
 
+MEAN_LAST = 5
 SUMMARY_KEYS = ("config", "global_batch", "world_size", "final_val_acc", "best_val_acc", "train_seconds",
                 "images_per_sec", "epochs_completed")
 

@@ -9,7 +9,7 @@ from ..metrics import write_json_atomic, write_text_atomic
 from .critical import (PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name,
                        unfinished_trials)
 from .protocol import MISSED, REACHED, Analysis, Trial, analyze
-from .runs import read_json, read_records
+from .runs import positive, pyplot, read_json, read_records
 
 
 def paper_results(out: Path, tuned: dict[int, float]) -> list[dict[str, Any]]:
@@ -44,11 +44,10 @@ def num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def write_plots(out: Path, trials: list[Trial], analysis: Analysis) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str = "") -> list[tuple[str, str]]:
+    """Returns (file name, caption) for each plot written; every plot is titled with what the study ran."""
+    plt = pyplot()
+    from matplotlib.ticker import ScalarFormatter
 
     plots: list[tuple[str, str]] = []
     fit = analysis.fit
@@ -76,39 +75,50 @@ def write_plots(out: Path, trials: list[Trial], analysis: Analysis) -> list[tupl
             if analysis.interval:
                 ax.axvspan(analysis.interval.low, analysis.interval.high, color="C3", alpha=0.1, label="90% interval")
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_yscale("log")
         ax.set_xlabel("global batch B")
         ax.set_ylabel("steps to target" if per_step else "examples to target")
         ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         plots.append((name, "Steps to target against the batch size: every trial, the best LR per batch, the fit "
                       "S_min (1 + B_crit / B), perfect scaling through the smallest batch, and the knee" if per_step
                       else "Examples to target: E_min (1 + B / B_crit); flat is perfect scaling"))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    if analysis.b_simple:
-        xs = sorted(analysis.b_simple)
-        axes[0].plot(xs, [analysis.b_simple[x] for x in xs], "o-", label="B_simple at the target (best trial)")
-        if fit is not None:
-            axes[0].axhline(fit.b_noise, color="C3", ls="--", label=f"measured B_crit {fit.b_noise:,.0f}")
-        axes[0].set_xscale("log", base=2)
-        axes[0].set_yscale("log")
-        axes[0].set_xlabel("global batch B")
-        axes[0].legend(fontsize=7)
-    for b in reached:
-        if b.trial is not None and b.trial.b_simple_curve:
-            axes[1].plot(*zip(*b.trial.b_simple_curve), label=f"B={b.batch}")
-    axes[1].set_xscale("log")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("training examples")
-    axes[1].set_ylabel("B_simple")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "b_simple.png", dpi=110)
-    plt.close(fig)
-    plots.append(("b_simple.png", "B_simple (smoothed over 200,000 examples) per batch size at the target, and over "
-                  "training for each batch's best trial"))
+    at_target = {b: v for b, v in analysis.b_simple.items() if v is not None and v > 0}
+    curves = {b.batch: [(x, v) for x, v in b.trial.b_simple_curve if v > 0] for b in reached
+              if b.trial is not None and b.trial.b_simple_curve}
+    curves = {batch: points for batch, points in curves.items() if points}
+    panels = [kind for kind, has in (("at target", at_target), ("over training", curves)) if has]
+    if panels:  # no empty frame: a panel only where there is something to draw
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, kind in zip(axes[0], panels):
+            if kind == "at target":
+                xs = sorted(at_target)
+                ax.plot(xs, [at_target[x] for x in xs], "o-", label="B_simple at the target (best trial)")
+                if fit is not None:
+                    ax.axhline(fit.b_noise, color="C3", ls="--", label=f"measured B_crit {fit.b_noise:,.0f}")
+                ax.set_xscale("log", base=2)
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.set_xlabel("global batch B")
+            else:
+                for batch, points in sorted(curves.items()):
+                    ax.plot(*zip(*points), label=f"B={batch}")
+                ax.set_xscale("log")
+                ax.set_xlabel("training examples")
+            ax.set_yscale("log")
+            ax.set_ylabel("B_simple")
+            ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "b_simple.png", dpi=110)
+        plt.close(fig)
+        plots.append(("b_simple.png", "B_simple (smoothed over 200,000 examples) per batch size at the target, and "
+                      "over training for each batch's best trial"))
+    else:
+        (out / "b_simple.png").unlink(missing_ok=True)  # an earlier report's plot would show what no longer holds
     return plots
 
 
@@ -176,13 +186,16 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         known = f"({t.previous_eval}, {t.steps}]"
         lines.append(f"| {b.batch} | {t.lr:.4g}{edge} | {t.steps:,} | {t.examples:,} | "
                      f"{num(t.extra.get('train_seconds'))} | {known} | {b.missed}/{len(b.lrs) * len(config.seeds)} | "
-                     f"{num(t.b_simple)} |")
+                     f"{positive(t.b_simple, 0)} |")
     lines += ["", "## Every trial", "", "| B | LR | seed | outcome | steps | budget | best held-out acc |",
               "|---:|---:|---:|---|---:|---:|---:|"]
     for t in sorted(trials, key=lambda t: (t.batch, t.lr, t.seed)):
         lines.append(f"| {t.batch} | {t.lr:.4g} | {t.seed} | {t.status} | {num(t.steps)} | {num(t.budget)} | "
                      f"{pct(t.best_acc)} |")
-    plots = write_plots(out, trials, analysis) if trials else []
+    subset = f", {config.train_subset} training images" if config.train_subset else ""
+    title = (f"ResNet-18 width {config.width}, target {100 * config.target:g}% on {config.holdout} held-out images"
+             f"{subset}, {config.schedule} LR, seeds {','.join(map(str, config.seeds))}")
+    plots = write_plots(out, trials, analysis, title) if trials else []
     lines += ["", "## Plots", ""] + [f"![{caption}]({name})\n\n{caption}.\n" for name, caption in plots]
     if paper:
         lines += paper_section(paper, config)

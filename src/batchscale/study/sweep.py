@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import json
@@ -14,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import global_batch
+from ..config import Config, global_batch
 from ..errors import BatchscaleError, ConfigError, Diverged, Stopped
-from ..flags import flag
+from ..flags import flag, given_options, same_as
 from ..metrics import write_json_atomic
 from ..rundir import check_writable
 from .executors import Job, LocalPool, Outcome, SlurmQueue, forwarding_signals
@@ -54,16 +55,18 @@ def parse_list(text: str, kind: type) -> tuple:
         raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return parse_list(text, int)
+def _as_flag_value(kind: type) -> Callable[[str], tuple]:
+    """A list parser for argparse: its error says what was expected, not the parser's own name."""
+    def parse(text: str) -> tuple:
+        try:
+            return parse_list(text, kind)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return parse_list(text, float)
-
-
-def _strings(text: str) -> tuple[str, ...]:
-    return parse_list(text, str)
+_ints, _floats, _strings = _as_flag_value(int), _as_flag_value(float), _as_flag_value(str)
 
 
 GRID = "the grid (flags after -- go to every run)"
@@ -86,6 +89,9 @@ class SweepConfig:
     base_lrs: tuple[float, ...] = flag((0.1,), "base LRs", group=GRID, parse=_floats)
     seeds: tuple[int, ...] = flag((42,), "seeds", group=GRID, parse=_ints)
     epochs: int = flag(50, "epochs of every run", group=GRID)
+    train_subset: int = same_as(Config, "train_subset", group=GRID,
+                                help="every run trains on only the first N training images: a quick smoke run "
+                                "(default: 0, all)")
     launcher: str = flag("simulate", "simulate: N workers' arithmetic in one process; torchrun/horovodrun: N real "
                          "processes", group=GRID, choices=LAUNCHERS)
     executor: str = flag("local", "local: on this machine, --slots at a time; slurm: a job array on a SLURM cluster",
@@ -124,7 +130,24 @@ class SweepConfig:
         if self.nodes_per_run > 1 and (self.launcher != "torchrun" or any(w % self.nodes_per_run for w in self.workers)):
             raise ConfigError("--nodes-per-run > 1 needs --executor slurm, --launcher torchrun and worker counts that "
                               "split evenly across the nodes")
+        refuse_overrides("sweep", self.train_args, SWEEP_SETS)
         return self
+
+
+# The training flags every sweep run gets from the sweep itself, and the sweep flag to use instead.
+SWEEP_SETS = {"epochs": "--epochs", "batch_size": "--batch-sizes", "batches_per_allreduce": "--batch-sizes",
+              "lr_scaling": "--lr-scalings", "base_lr": "--base-lrs", "seed": "--seeds", "log_dir": "--out",
+              "simulate_workers": "--workers with --launcher simulate", "train_subset": "--train-subset"}
+
+
+def refuse_overrides(command: str, train_args: tuple[str, ...], sets: dict[str, str]) -> None:
+    """A training flag after -- that the command also sets would be overridden by the command's own value (the
+    last one wins): refuse it, naming the command's flag that sets it, rather than run something else."""
+    clashes = [f"{given} (use batchscale {command} {sets[name]})"
+               for name, given in given_options(Config, list(train_args)).items() if name in sets]
+    if clashes:
+        raise ConfigError(f"{', '.join(clashes)} after -- is set by batchscale {command} for every run; give it "
+                          "before -- as shown")
 
 
 def check_seeds(seeds: tuple[int, ...]) -> None:
@@ -179,7 +202,8 @@ def is_done(run_dir: Path, epochs: int) -> bool:
 def command(config: SweepConfig, run: Run, run_dir: Path) -> list[str]:
     args = [*config.train_args, "--epochs", str(config.epochs), "--batch-size", str(run.batch_size),
             "--batches-per-allreduce", str(run.batches_per_allreduce), "--lr-scaling", run.lr_scaling,
-            "--base-lr", str(run.base_lr), "--seed", str(run.seed), "--log-dir", str(run_dir), "--no-progress"]
+            "--base-lr", str(run.base_lr), "--seed", str(run.seed), "--log-dir", str(run_dir), "--no-progress",
+            "--train-subset", str(config.train_subset)]
     train = [sys.executable, "-m", "batchscale.cli", "train"]
     if run.workers == 1:
         return [*train, *args]

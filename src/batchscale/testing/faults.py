@@ -3,10 +3,10 @@
 BATCHSCALE_FAULT=POINT:VALUE[:RANK] acts when rank RANK (default 0) reaches that point, e.g.
 `after-checkpoint:1`, `step:5:1`, `during-save:2`. BATCHSCALE_FAULT_ACTION says how:
 `kill` (SIGKILL, the default), `stop` (SIGSTOP: a hung rank), `term` (SIGTERM, as a scheduler sends
-before a kill), `hup` (SIGHUP, a closed terminal), `nan` (the weights become NaN), `fill` (fills the disk holding the folder
-BATCHSCALE_FAULT_FILL with one file, as another program might) or `readonly` (makes the folder
-BATCHSCALE_FAULT_FILL refuse new files, as a chmod or a read-only remount would; chattr +i, so root is refused
-too, on file systems that have the flag).
+before a kill), `hup` (SIGHUP, a closed terminal), `int` (SIGINT, a Ctrl-C), `nan` (the weights become NaN),
+`fill` (fills the disk holding the folder BATCHSCALE_FAULT_FILL with one file, as another program might) or
+`readonly` (makes the folder BATCHSCALE_FAULT_FILL refuse new files, as a chmod or a read-only remount would;
+chattr +i, so root is refused too, on file systems that have the flag).
 With BATCHSCALE_FAULT_ONCE=FILE it acts only if FILE does not exist yet, and creates it,
 so a restarted worker runs on.
 """
@@ -53,7 +53,7 @@ def point(name: str, value: int, rank: int = 0, model: nn.Module | None = None) 
 
         subprocess.run(["chattr", "+i", os.environ["BATCHSCALE_FAULT_FILL"]], check=True)
         return
-    signals = {"stop": signal.SIGSTOP, "term": signal.SIGTERM, "hup": signal.SIGHUP}
+    signals = {"stop": signal.SIGSTOP, "term": signal.SIGTERM, "hup": signal.SIGHUP, "int": signal.SIGINT}
     os.kill(os.getpid(), signals.get(action, signal.SIGKILL))
 
 

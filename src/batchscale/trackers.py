@@ -1,0 +1,128 @@
+"""Where a run's scalars go: TensorBoard by default, MLflow and Weights & Biases as optional extras.
+
+A tracker takes scalars against the optimizer step (the one x-axis of every plot), the run's settings once, and
+its final metrics. Rank 0 alone opens one. MLflow reads MLFLOW_TRACKING_URI (default: a local ./mlruns file
+store); W&B reads WANDB_PROJECT, WANDB_MODE (offline: nothing leaves the machine) and its usual variables.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import ConfigError
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+EXTRA = {"mlflow": "mlflow-skinny", "wandb": "wandb"}
+RUN_ID_FILES = ("mlflow_run_id", "wandb_run_id")  # in the run folder: a resumed run continues its tracker run
+
+
+class Tracker(Protocol):
+    def scalars(self, values: dict[str, float], step: int) -> None: ...
+
+    def finish(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoard:
+    def __init__(self, folder: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def finish(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.writer.add_hparams(hparams, metrics, run_name=".")
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MLflow:
+    def __init__(self, folder: Path, settings: dict[str, Any]) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        # A rerun of the same folder (a resume) continues its MLflow run rather than starting a second one.
+        id_file = folder / RUN_ID_FILES[0]
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        self.run = mlflow.start_run(run_id=run_id, run_name=folder.name)
+        id_file.write_text(self.run.info.run_id + "\n")
+        if run_id is None:
+            mlflow.log_params({k: str(v) for k, v in settings.items()})
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.mlflow.log_metrics({tag.replace("/", "."): value for tag, value in values.items()}, step=step)
+
+    def finish(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()})
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+class WandB:
+    def __init__(self, folder: Path, settings: dict[str, Any]) -> None:
+        import wandb
+
+        # The folder names the run; a rerun of it (a resume) continues the same W&B run.
+        id_file = folder / RUN_ID_FILES[1]
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(dir=str(folder), id=run_id, resume="allow", name=folder.name, config=settings)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.run.log(values, step=step)
+
+    def finish(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.run.summary.update(metrics)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def parse_trackers(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown or not names:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(TRACKERS)}, comma-separated (got {text!r})")
+    return names
+
+
+def open_trackers(names: tuple[str, ...], folder: Path, settings: dict[str, Any]) -> list[Tracker]:
+    """The trackers `names` asks for; a missing optional one is one line saying what to install."""
+    opened: list[Tracker] = []
+    for name in names:
+        if name == "tensorboard":
+            opened.append(TensorBoard(folder))
+            continue
+        try:
+            opened.append(MLflow(folder, settings) if name == "mlflow" else WandB(folder, settings))
+        except Exception as err:  # noqa: BLE001 -- each library fails in its own types; the run must not start half-logged
+            for tracker in opened:
+                tracker.close()
+            if isinstance(err, ImportError):
+                raise ConfigError(f"--tracker {name} needs the {EXTRA[name]} package: pip install "
+                                  f"'batchscale[{name}]', or drop {name} from --tracker") from None
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"--tracker {name} could not start ({first}); fix its settings or drop {name} "
+                              "from --tracker") from None
+    return opened
