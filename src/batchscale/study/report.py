@@ -25,6 +25,8 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 def settings(runs: list[RunResult]) -> str:
     """What the runs were run with, for every plot's title: the model and what the whole sweep shares."""
+    if not runs:
+        return "no run finished"
     config = runs[0].summary["config"]
     model = config["model"] + (f" width {config['width']}" if config["model"] == "resnet18" else "")
     epochs = sorted({r.summary["epochs_completed"] for r in runs})
@@ -35,11 +37,6 @@ def settings(runs: list[RunResult]) -> str:
 
 def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
                 unfinished: list[Unfinished] = ()) -> list[tuple[str, str]]:  # type: ignore[assignment]
-    """Returns (file name, caption) for each plot written."""
-    import matplotlib
-
-
-def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None) -> list[tuple[str, str]]:
     """Returns (file name, caption) for each plot written; a plot with nothing to show is not drawn."""
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
