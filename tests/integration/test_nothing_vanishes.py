@@ -39,6 +39,7 @@ def test_a_diverged_run_is_a_result_in_the_sweep_its_exit_code_and_its_report(ti
     assert first.returncode == DIVERGED, first.stderr[-3000:]
     line = one_line(first.stderr)
     assert "1 of 2 runs diverged" in line and diverged in line and "batchscale report" in line
+    assert "NaN or infinite at step" in line  # the first non-finite step, as diverged.json and the report say
     assert "0 failed, 1 diverged" in first.stdout.splitlines()[-1]
     assert (out / diverged / "diverged.json").is_file() and not (out / diverged / "summary.json").exists()
 

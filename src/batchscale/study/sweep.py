@@ -276,7 +276,8 @@ def ended_badly(progress: Progress, out: Path, total: int, command: str) -> None
 def diverged_why(run_dir: Path) -> str:
     try:
         saved = json.loads((run_dir / "diverged.json").read_text())
-        return f"at step {saved['step']}"
+        # The message names the first non-finite step; `step` is where the check found it (the epoch's end, say).
+        return str(saved["message"]).split(";")[0]
     except (OSError, ValueError, KeyError, TypeError):
         return "diverged.json unreadable"
 
