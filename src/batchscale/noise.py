@@ -53,8 +53,10 @@ class NoiseScale:
         decay = math.exp(-examples / self.window)
         one = torch.ones_like(trace)
         values = torch.stack([one, one, trace, grad_sq, trace * trace, grad_sq * grad_sq, trace * grad_sq])
-        decays = torch.tensor([decay, decay**2] + [decay] * 5, dtype=torch.float64, device=small.device)
-        self.sums = decays * self.sums + torch.where(ok, values, torch.zeros_like(values))
+        # decay for every sum but the squared weights' (decay**2), computed on the device: no copy from the host
+        powers = torch.ones_like(self.sums)
+        powers[1] = 2.0
+        self.sums = torch.pow(decay, powers) * self.sums + torch.where(ok, values, torch.zeros_like(values))
         self.count = self.count + ok.to(self.count.dtype)
 
     @property
