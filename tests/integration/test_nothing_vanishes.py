@@ -5,7 +5,6 @@ summary counts whole epochs."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import select
@@ -144,12 +143,13 @@ def test_a_sweep_killed_outright_leaves_its_training_to_stop_itself(tiny_cifar, 
     out = tmp_path / "sweep"
     sweep, child = start_sweep(out, tiny_cifar, tmp_path / "once")
     run = out / "b32-w1-linear-lr0.1-s42"
-    holder = os.open(run / ".batchscale.lock", os.O_RDONLY)
+    watched = os.pidfd_open(child)  # before the kill: the pid stays this process until it is reaped
     sweep.kill()
     sweep.wait()
     os.kill(child, signal.SIGCONT)
-    fcntl.flock(holder, fcntl.LOCK_EX)  # returns once the training has let go of its folder: it has ended
-    os.close(holder)
+    # Its exit, not its lock: the lock goes in teardown, before the stop line is written.
+    assert select.select([watched], [], [], 300)[0], "the training outlived its sweep by 5 minutes"
+    os.close(watched)
     log = (run / "train.log").read_text()
     assert "stopped by the end of its launcher (the sweep" in log, log[-2000:]
     # It stops at the first step after it learns of it (the watcher wakes beside the loop): before its epoch ends.
