@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
-	$(PY) -c "import pytest, matplotlib, submitit, mlflow, wandb"
+	$(PY) -c "import pytest, xdist, matplotlib, submitit, mlflow, wandb"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -46,9 +46,11 @@ data:
 train: setup data
 	$(PY) train.py $(ARGS)
 
-# The full gate (what CI runs): unit and integration tests, Horovod included.
+# The full gate (what CI runs): unit and integration tests, Horovod included. One pytest worker per core, each
+# test file on one worker (its module fixtures built once): the tests' trainings run one thread each
+# (OMP_NUM_THREADS=1), so a serial run leaves all but one core idle. The slowest tests are listed at the end.
 test: dev $(VENV)/.installed-horovod
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n auto --dist loadfile --durations 15 $(ARGS)
 
 # The inner loop: unit tests only, no Horovod build, well under 2 minutes.
 test-fast: dev

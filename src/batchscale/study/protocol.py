@@ -23,6 +23,22 @@ def lr_grid(guess: float, points: int, spacing: float) -> tuple[float, ...]:
     return tuple(guess * spacing ** (i - (points - 1) / 2) for i in range(points))
 
 
+def centre_after(best_lr: float, batch: int, next_batch: int) -> float:
+    """The next batch size's grid centre from its neighbour's best LR: scaled by the square root of the batch
+    ratio, halfway (in log) between linear scaling, right far below the critical batch, and none, right far
+    above it; the grid and its extension cover the rest."""
+    return best_lr * math.sqrt(next_batch / batch)
+
+
+def next_lr(cells: Cells, spacing: float) -> float | None:
+    """Where one batch size's best LR is the smallest or largest tried (Shallue et al.: then it may not be the
+    best), the LR one spacing beyond it; else None."""
+    lr, _, at_edge, _ = optimum(cells)
+    if lr is None or not at_edge:
+        return None
+    return lr / spacing if lr == min(cells) else lr * spacing
+
+
 @dataclass(frozen=True)
 class Trial:
     """One (batch, LR, seed) trial's outcome, however it ran (a training run's summary, or a model problem)."""
@@ -51,35 +67,72 @@ class Trial:
 @dataclass(frozen=True)
 class Best:
     batch: int
-    trial: Trial | None  # None: no LR reached the target
+    trial: Trial | None  # the best LR's median-seed trial; None: no LR reached the target
     lrs: tuple[float, ...]
     at_edge: bool  # the best LR is the smallest or largest tried
     missed: int  # trials of this batch that did not reach the target (missed or diverged)
+    log_steps: float | None = None  # log steps to target at the optimum (see `optimum`)
+    fitted: bool = False  # log_steps is a parabola's minimum, not the best LR's mean
 
     @property
     def steps(self) -> float | None:
-        return None if self.trial is None else float(self.trial.steps)  # type: ignore[arg-type]
+        return None if self.log_steps is None else math.exp(self.log_steps)
+
+
+Cells = dict[float, list[float | None]]  # LR -> each seed's log steps to target (None: missed or diverged)
+
+
+def optimum(cells: Cells) -> tuple[float | None, float | None, bool, bool]:
+    """(best LR, log steps at the optimum, at the grid's edge, fitted) for one batch size.
+
+    The best LR is the one whose seeds all reached the target in the fewest steps (the mean of their logs).
+    Where both its neighbours' seeds reached it too, the steps come from the parabola in log LR through the
+    three means: the minimum of a smooth response rather than the value at the luckiest grid point, which a
+    x2 grid would put up to a few tens of percent above the optimum. Elsewhere (the grid's edge, or beside an
+    LR that missed) the best LR's mean is what there is."""
+    lrs = sorted(cells)
+    done = {lr: ys for lr, ys in cells.items() if ys and all(y is not None for y in ys)}
+    if not done:
+        return None, None, False, False
+    means: dict[float, float] = {lr: sum(ys) / len(ys) for lr, ys in done.items()}  # type: ignore[arg-type, misc]
+    best = min(done, key=lambda lr: means[lr])
+    tied = [lr for lr in done if means[lr] == means[best]]
+    at_edge = len(lrs) > 1 and all(lr in (lrs[0], lrs[-1]) for lr in tied)  # only if no inner LR does as well
+    i = lrs.index(best)
+    if 0 < i < len(lrs) - 1 and lrs[i - 1] in done and lrs[i + 1] in done:
+        (x0, y0), (x1, y1), (x2, y2) = ((math.log(lr), means[lr]) for lr in lrs[i - 1:i + 2])
+        # The parabola's minimum from divided differences; the middle mean is the lowest, so it is convex
+        # (or flat) and its minimum lies between the outer two.
+        slope01, slope12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+        curvature = (slope12 - slope01) / (x2 - x0)
+        if curvature > 0:
+            x = (x0 + x1) / 2 - slope01 / (2 * curvature)
+            return best, y0 + slope01 * (x - x0) + curvature * (x - x0) * (x - x1), at_edge, True
+    return best, means[best], at_edge, False
+
+
+def cells_of(trials: list[Trial]) -> dict[int, Cells]:
+    out: dict[int, Cells] = {}
+    for t in trials:
+        ys = out.setdefault(t.batch, {}).setdefault(t.lr, [])
+        ys.append(math.log(t.steps) if t.status == REACHED and t.steps else None)
+    return out
 
 
 def best_per_batch(trials: list[Trial]) -> list[Best]:
-    """Per batch size: the LR whose trials reach the target in the fewest steps (the median over seeds; an LR
-    counts only where every seed reached it)."""
+    """Per batch size: the best LR and the steps to target at the optimum (`optimum`), with the best LR's
+    median-seed trial as the record of what ran."""
     out = []
-    for batch in sorted({t.batch for t in trials}):
+    cells = cells_of(trials)
+    for batch in sorted(cells):
         mine = [t for t in trials if t.batch == batch]
-        lrs = tuple(sorted({t.lr for t in mine}))
-        cells = {lr: [t for t in mine if t.lr == lr] for lr in lrs}
-        done = {lr: ts for lr, ts in cells.items() if all(t.status == REACHED for t in ts)}
-        best_lr = min(done, key=lambda lr: median(t.steps for t in done[lr])) if done else None  # type: ignore[misc]
-        trial, at_edge = None, False
-        if best_lr is not None:
-            ts = sorted(done[best_lr], key=lambda t: t.steps)  # type: ignore[arg-type, return-value]
+        lr, log_steps, at_edge, fitted = optimum(cells[batch])
+        trial = None
+        if lr is not None:
+            ts = sorted((t for t in mine if t.lr == lr), key=lambda t: t.steps)  # type: ignore[arg-type, return-value]
             trial = ts[len(ts) // 2]
-            fewest = median(t.steps for t in done[best_lr])  # type: ignore[misc]
-            tied = [lr for lr, ts in done.items() if median(t.steps for t in ts) == fewest]  # type: ignore[misc]
-            # On the edge only if no LR inside the grid does as well.
-            at_edge = len(lrs) > 1 and all(lr in (lrs[0], lrs[-1]) for lr in tied)
-        out.append(Best(batch, trial, lrs, at_edge, sum(t.status != REACHED for t in mine)))
+        out.append(Best(batch, trial, tuple(sorted(cells[batch])), at_edge, sum(t.status != REACHED for t in mine),
+                        log_steps, fitted))
     return out
 
 
@@ -127,30 +180,48 @@ class Interval:
     low: float
     high: float
     replicates: int  # bootstrap replicates that gave a fit
+    scatter: float | None = None  # the seed-to-seed standard deviation of log steps it drew from (None: one seed)
+    values: tuple[float, ...] = field(default=(), repr=False, compare=False)  # every replicate's B_crit, sorted
+
+
+def scatter(cells: dict[int, Cells]) -> tuple[float, int] | None:
+    """The seed-to-seed standard deviation of log steps to target, pooled over every (batch, LR) whose seeds
+    all reached it, and its degrees of freedom; None where no LR has two seeds."""
+    squares, dof = 0.0, 0
+    for by_lr in cells.values():
+        for ys in by_lr.values():
+            if len(ys) > 1 and all(y is not None for y in ys):
+                mean = sum(ys) / len(ys)  # type: ignore[arg-type]
+                squares += sum((y - mean) ** 2 for y in ys)  # type: ignore[operator]
+                dof += len(ys) - 1
+    return (math.sqrt(squares / dof), dof) if dof else None
 
 
 def bootstrap(trials: list[Trial], replicates: int = 1000, seed: int = 0, level: float = 0.9) -> Interval | None:
-    """B_noise's `level` interval: each replicate resamples the batch sizes (with replacement) and, within each
-    (batch, LR), the seeds, then picks the best LR per batch and fits again. With one seed per trial it is
-    the spread from which batch sizes happened to be measured."""
+    """B_crit's `level` interval, from replicates of what a rerun could have measured. Each resamples the batch
+    sizes (with replacement: how much the answer hangs on which were measured, and on how well the curve fits
+    them) and, with several seeds, draws every reached trial's log steps anew about its (batch, LR) mean with
+    the measured seed-to-seed scatter (its standard deviation itself drawn from its chi-square, so that few
+    seeds widen the interval as they should); then finds each batch's optimum and fits again. The pick of the
+    best of a few noisy LRs is thus in every replicate, as in the measurement. With one seed no scatter is
+    measured, and the interval is the batch resampling alone (`scatter` None says so)."""
     if replicates < 1:
         return None
     rng = random.Random(seed)
-    batches = sorted({t.batch for t in trials})
-    cells: dict[tuple[int, float], list[Trial]] = {}
-    for t in trials:
-        cells.setdefault((t.batch, t.lr), []).append(t)
+    cells = cells_of(trials)
+    batches = sorted(cells)
+    spread = scatter(cells)
     values = []
     for _ in range(replicates):
         chosen = [rng.choice(batches) for _ in batches]
         if len(set(chosen)) < 3:
             continue
-        points = []
-        for batch in chosen:
-            sample = [rng.choice(ts) for (b, _), ts in cells.items() if b == batch for _ in ts]
-            best = best_per_batch(sample)[0]
-            if best.trial is not None:
-                points.append((batch, float(best.trial.steps)))  # type: ignore[arg-type]
+        if spread is not None:
+            sd = spread[0] * math.sqrt(spread[1] / rng.gammavariate(spread[1] / 2, 2))  # s / sqrt(chi2_dof / dof)
+            replicate = [(b, {lr: redraw(ys, sd, rng) for lr, ys in cells[b].items()}) for b in chosen]
+        else:
+            replicate = [(b, cells[b]) for b in chosen]
+        points = [(b, math.exp(y)) for b, c in replicate if (y := optimum(c)[1]) is not None]
         fit = fit_curve(points)
         if fit is not None:
             values.append(fit.b_noise)
@@ -158,7 +229,16 @@ def bootstrap(trials: list[Trial], replicates: int = 1000, seed: int = 0, level:
         return None
     values.sort()
     tail = (1 - level) / 2
-    return Interval(values[int(tail * (len(values) - 1))], values[int((1 - tail) * (len(values) - 1))], len(values))
+    return Interval(values[int(tail * (len(values) - 1))], values[int((1 - tail) * (len(values) - 1))], len(values),
+                    spread and spread[0], tuple(values))
+
+
+def redraw(ys: list[float | None], sd: float, rng: random.Random) -> list[float | None]:
+    """A (batch, LR) cell's seeds drawn again about their mean; a cell with a missed seed stays as it was."""
+    if not ys or any(y is None for y in ys):
+        return ys
+    mean = sum(ys) / len(ys)  # type: ignore[arg-type]
+    return [rng.gauss(mean, sd) for _ in ys]
 
 
 @dataclass(frozen=True)

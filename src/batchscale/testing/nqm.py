@@ -1,11 +1,21 @@
-"""A noisy quadratic whose critical batch is known in closed form, to test the study's protocol against.
+"""A noisy quadratic whose noise scale is known in closed form, to test the study's protocol against.
 
 Loss L(d) = 1/2 sum_i h_i d_i^2 with h_i = 1/i (an ill-conditioned spectrum, like a network's), gradient
-G = H d, and minibatch gradient noise of covariance Sigma / B with Sigma = kappa (G^T H G / tr(H^2)) H. Then
-McCandlish et al.'s B_noise = tr(H Sigma) / (G^T H G) = kappa at every point of training, so the critical
-batch is kappa; B_simple = tr(Sigma) / |G|^2 is known at every point too (and differs from kappa, as it does
-for real networks). Plain SGD; each trial is scored by -L (higher is better) at the steps the protocol's
-`TargetWatch` asks for, and stops at the target or its budget, as a training run does.
+G = H d, and a micro-batch of b examples sees G plus noise of covariance Sigma / b, with
+Sigma = kappa (G^T H G / tr(H M)) M and M = H^p. Then McCandlish et al.'s
+B_noise = tr(H Sigma) / (G^T H G) = kappa at every point of training, while B_simple = tr(Sigma) / |G|^2
+moves as training goes on and differs from kappa (it does for real networks); p = 1 would make Sigma
+proportional to H, the one case where the two track each other.
+
+A trial runs as the trainer runs one: plain SGD on the mean of `micro_batches` micro-batch gradients, each
+step feeding B_simple's estimator one pair (the micro-batches' mean squared norm against the step's), and
+evaluations at the steps `TargetWatch` asks for, each scored by -L seen through `eval_noise` (a held-out set
+is finite), stopping at the target or its budget.
+
+Two truths to test against, neither computed the way the protocol computes: B_simple's path average over
+a trial, from the exact tr(Sigma) and |G|^2 at every step; and the critical batch of the expected loss,
+`critical_batch`: E[d_i^2] obeys a closed linear recursion, so the expected steps to target at any (B, LR)
+are exact, and a fine LR search per batch gives S(B) with no seed noise, no grid and no noisy evaluations.
 """
 
 from __future__ import annotations
@@ -16,68 +26,160 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..noise import NoiseScale
-from ..study.protocol import DIVERGED, MISSED, REACHED, Trial
+from ..study.protocol import (DIVERGED, MISSED, REACHED, Fit, Trial, cells_of, centre_after, fit_curve,
+                              lr_grid, next_lr, optimum)
 from ..target import TargetWatch
 
 
 @dataclass(frozen=True)
 class NoisyQuadratic:
     dims: int = 50
-    kappa: float = 200.0  # B_noise = B_crit
+    kappa: float = 200.0  # B_noise
+    sigma_power: float = 0.5  # M = H^p: not 1, so Sigma is not proportional to H
     target_fraction: float = 0.01  # the target: this share of the starting loss
-    noise_window: float = 2_000.0  # B_simple's average forgets over this many examples
-    draws: int = 64  # small/large gradient pairs measured per step: one pair's estimate is far too noisy here
+    eval_noise: float = 0.0  # an evaluation sees the loss times (1 + eval_noise z), z standard normal
+    micro_batches: int = 4  # a step's gradient is the mean of this many micro-batches' (the trainer's accumulation)
+    noise_window: float = 1e12  # B_simple's average: the whole trial, as a study's trials run it
 
     @property
     def h(self) -> np.ndarray:
         return 1.0 / np.arange(1, self.dims + 1)
 
+    @property
+    def m(self) -> np.ndarray:
+        return self.h ** self.sigma_power
+
     def loss(self, d: np.ndarray) -> float:
         return 0.5 * float((self.h * d * d).sum())
 
     def sigma_diag(self, d: np.ndarray) -> np.ndarray:
-        h = self.h
-        ghg = float((h**3 * d * d).sum())
-        return self.kappa * ghg / float((h * h).sum()) * h
+        ghg = float((self.h**3 * d * d).sum())
+        return self.kappa * ghg / float((self.h * self.m).sum()) * self.m
 
-    def b_simple(self, d: np.ndarray) -> tuple[float, float]:
-        """(tr Sigma, |G|^2) at `d`: the truth B_simple's estimator targets."""
-        return float(self.sigma_diag(d).sum()), float(((self.h * d) ** 2).sum())
-
-    def trial(self, batch: int, lr: float, seed: int, budget: int, growth: float = 1.05) -> tuple[Trial, float]:
-        """One trial; returns it and the true B_simple (tr Sigma and |G|^2 averaged with the estimator's weights)
-        at its end."""
+    def trial(self, batch: int, lr: float, seed: int, budget: int, growth: float = 1.05,
+              measure_noise: bool = True) -> tuple[Trial, float]:
+        """One trial; returns it and the true B_simple averaged over it as its estimator averages (the sum of
+        tr(Sigma) over its steps over the sum of |G|^2). Without `measure_noise` the step's gradient is drawn
+        whole (the same distribution, a quarter of the work) and B_simple is not estimated."""
         rng = np.random.default_rng(seed)
+        h, m = self.h, self.m
+        h3, per_ghg = h**3, self.kappa * m / float((h * m).sum())
         d = np.ones(self.dims)
-        start = self.loss(d)
+        start = 0.5 * float(h.sum())
         watch = TargetWatch(-self.target_fraction * start, growth, stop=True, max_steps=budget, near=math.inf)
-        noise, truth = NoiseScale(window=self.noise_window), NoiseScale(window=self.noise_window)
-        small = max(1, batch // 4)
+        noise = NoiseScale(window=self.noise_window)
+        k = min(self.micro_batches, batch) if measure_noise else 1
+        micro = batch / k
+        trace_sum = grad_sq_sum = 0.0
         step = 0
         while watch.ended is None:
-            grad = self.h * d
-            scale = np.sqrt(self.sigma_diag(d))
-            if batch > small:  # B_simple from small batches' gradients against whole batches' (the first one steps)
-                g_small = grad + scale * rng.standard_normal((self.draws, self.dims)) / math.sqrt(small)
-                g_rest = grad + scale * rng.standard_normal((self.draws, self.dims)) / math.sqrt(batch - small)
-                whole = (small * g_small + (batch - small) * g_rest) / batch
-                noise.update(float((g_small**2).sum(1).mean()), float((whole**2).sum(1).mean()), small, batch,
-                             examples=batch)
-                trace, grad_sq = self.b_simple(d)
-                truth.update(grad_sq + trace / small, grad_sq + trace / batch, small, batch, examples=batch)
-                g = whole[0]
-            else:
-                g = grad + scale * rng.standard_normal(self.dims) / math.sqrt(batch)
+            grad = h * d
+            sigma = per_ghg * float(h3 @ (d * d))
+            if measure_noise:
+                trace_sum, grad_sq_sum = trace_sum + float(sigma.sum()), grad_sq_sum + float(grad @ grad)
+            parts = grad + np.sqrt(sigma / micro) * rng.standard_normal((k, self.dims))
+            g = parts.mean(0)
+            if k > 1:
+                noise.update(float((parts * parts).sum(1).mean()), float(g @ g), micro, batch, examples=batch)
             d = d - lr * g
             step += 1
-            loss = self.loss(d)
+            loss = 0.5 * float(h @ (d * d))
             if not math.isfinite(loss) or loss > 1e6 * start:
                 return Trial(batch, lr, seed, DIVERGED, None, budget=budget), math.nan
             watch.after_step(step)
             if watch.due(step):
-                watch.record(step, -loss, b_simple=noise.b_simple)
+                seen = loss * (1 + self.eval_noise * rng.standard_normal())
+                watch.record(step, -seen, b_simple=noise.b_simple)
         hit = watch.reached()
         trial = Trial(batch, lr, seed, REACHED if hit else MISSED, hit["step"] if hit else None,
                       hit["previous_eval"] if hit else None, budget, max(e["acc"] for e in watch.evals),
-                      noise.b_simple)
-        return trial, truth.b_simple or math.nan
+                      noise.b_simple, extra={"b_simple_se": noise.standard_error})
+        return trial, trace_sum / grad_sq_sum if grad_sq_sum else math.nan
+
+    def fewest_steps(self, batch: float, lrs: np.ndarray | None = None) -> tuple[int, float]:
+        """(steps, LR): the fewest steps to target of the expected loss over `lrs` (default: 300 LRs 2% apart
+        below the largest stable one, none of the protocol's grid), and the LR that takes them. E[d_i^2] after a
+        step is (1 - lr h_i)^2 E[d_i^2] + lr^2 / B E[Sigma_ii], and E[Sigma] is linear in E[d^2]: the recursion
+        is exact and closed. Every LR advances at once; the first to reach the target is the best."""
+        h, m = self.h, self.m
+        if lrs is None:
+            lrs = 2.5 / float(h.max()) * 0.98 ** np.arange(300)
+        rates = np.asarray(lrs, dtype=float)[:, None]
+        v = np.ones((rates.shape[0], self.dims))
+        start = 0.5 * float(h.sum())
+        keep, spread = (1 - rates * h) ** 2, rates * rates / batch * self.kappa * m / float((h * m).sum())
+        for step in range(1, 1_000_000):
+            v = keep * v + spread * (v @ h**3)[:, None]
+            loss = 0.5 * (v @ h)
+            v[~(loss < 1e6 * start)] = 0.0  # diverging: kept finite, and out of the race (its loss stays 0 below)
+            there = (loss <= self.target_fraction * start) & (loss > 0)
+            if there.any():
+                return step, float(rates[np.argmax(there), 0])
+        raise RuntimeError("no LR reaches the target")
+
+    def typical_steps(self, batch: int, lrs: np.ndarray, seeds: int = 64, seed: int = 0) -> np.ndarray:
+        """Brute force: per LR, the steps to target of `seeds` runs looked at after every step, with no
+        evaluation noise, as the geometric mean over the runs (inf where one of them diverged or was still short
+        of the target at 4x the best LR's); every LR and run advances at once."""
+        h, m = self.h, self.m
+        rng = np.random.default_rng(seed)
+        rates = np.asarray(lrs, dtype=float)[:, None, None]
+        d = np.ones((rates.shape[0], seeds, self.dims))
+        start, per_ghg = 0.5 * float(h.sum()), self.kappa * m / float((h * m).sum())
+        steps = np.zeros(d.shape[:2])
+        bad = np.zeros(d.shape[:2], dtype=bool)
+        step, limit = 0, math.inf
+        while step < limit and not (steps > 0).all():
+            step += 1
+            sigma = per_ghg * ((d * d) @ h**3)[..., None]
+            d = d - rates * (h * d + np.sqrt(sigma / batch) * rng.standard_normal(d.shape))
+            loss = 0.5 * ((d * d) @ h)
+            gone = ~(loss < 1e6 * start)
+            bad |= gone & (steps == 0)
+            d[gone] = 0.0  # out of the race (steps stays 0), and finite
+            steps[(steps == 0) & ~gone & (loss <= self.target_fraction * start)] = step
+            whole = ((steps > 0) & ~bad).all(1)
+            if whole.any() and limit == math.inf:
+                limit = 4 * step
+        logs = np.where((steps > 0).all(1) & ~bad.any(1), np.log(np.where(steps > 0, steps, 1)).mean(1), np.inf)
+        return np.exp(logs)
+
+    def critical_batch(self, batches: list[int], seeds: int = 64) -> Fit:
+        """The truth a study of this problem should find: S(B) as the fewest `typical_steps` over LRs 3% apart
+        around the best LR of the expected loss (`fewest_steps`), fitted as the protocol fits its points."""
+        points = []
+        for b in batches:
+            centre = self.fewest_steps(b)[1]
+            points.append((b, float(self.typical_steps(b, centre * 1.03 ** np.arange(-15, 16), seeds).min())))
+        fit = fit_curve(points)
+        assert fit is not None
+        return fit
+
+
+def run_study(problem: NoisyQuadratic, batches: list[int], seeds: list[int], first_lr: float, points: int = 5,
+              spacing: float = 2**0.5, extend: int = 4, budget: int = 5000, measure_noise: bool = False) -> list[Trial]:
+    """The study's curve stage on this problem, planned as `batchscale study` plans it: batch sizes in
+    ascending order, each with `points` LRs `spacing` apart centred on the last batch's best (`centre_after`),
+    extended one LR at a time while the best is on the grid's edge (`next_lr`), every (batch, LR) run with
+    every seed."""
+    trials: list[Trial] = []
+    centre = first_lr
+    previous = batches[0]
+    for batch in batches:
+        mine: list[Trial] = []
+
+        def run(lr: float) -> None:
+            mine.extend(problem.trial(batch, lr, seed, budget, measure_noise=measure_noise)[0] for seed in seeds)
+
+        for lr in lr_grid(centre_after(centre, previous, batch), points, spacing):
+            run(lr)
+        for _ in range(extend):
+            lr = next_lr(cells_of(mine)[batch], spacing)
+            if lr is None:
+                break
+            run(lr)
+        trials += mine
+        best = optimum(cells_of(mine)[batch])[0]
+        if best is not None:
+            centre, previous = best, batch
+    return trials
