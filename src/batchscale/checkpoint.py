@@ -20,7 +20,7 @@ from .config import Config, global_batch
 from .errors import ConfigError
 from .rundir import write_error
 from .state import problem
-from .testing import faults
+from . import faults
 
 # Change what the saved weights are, which images come next, or how the LR is scaled: refused.
 MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum", "holdout", "train_subset")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import checkpoint, data
+from . import checkpoint, data, faults
 from .config import Config
 from .errors import BatchscaleError, ConfigError, Diverged, Stopped
 from .metrics import RunLog, summarize, write_json_atomic
@@ -34,7 +34,6 @@ from .schedule import LRSchedule
 from .state import EpochSums, TrainState
 from .stopping import StopRequest
 from .target import QUICK_PART, TargetWatch
-from .testing import faults
 
 
 def forward_metrics(model: nn.Module, criterion: nn.Module, precision: Precision, x: Tensor,

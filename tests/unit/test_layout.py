@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, and no training-core function too long to read at once."""
+"""The package's shape: no import cycles, no training-core function or class too long to read at once, and no
+production module that needs the test package."""
 
 from __future__ import annotations
 
@@ -55,3 +56,12 @@ def test_training_core_functions_fit_on_a_screen():
         for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno < 60, f"{name}: {node.name} is {node.end_lineno - node.lineno + 1} lines"
+
+
+def test_no_production_module_imports_the_test_package():
+    known = modules()
+    for name, path in known.items():
+        if name.startswith("batchscale.testing"):
+            continue
+        found = {dep for dep in imports(name, path, known) if dep.startswith("batchscale.testing")}
+        assert not found, f"{name} imports {', '.join(sorted(found))}: production code must not need the test package"
