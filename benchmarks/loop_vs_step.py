@@ -29,7 +29,7 @@ import torch
 
 from batchscale import checkpoint, data
 from batchscale.config import Config
-from batchscale.metrics import write_json_atomic
+from batchscale.atomic import write_json_atomic
 from batchscale.study.bench import BenchConfig, run as run_bench
 from batchscale.trainer import train
 

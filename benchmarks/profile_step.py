@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from batchscale import data
 from batchscale.config import Config
-from batchscale.metrics import write_json_atomic
+from batchscale.atomic import write_json_atomic
 from batchscale.parallel import init_backend
 from batchscale.precision import resolve
 from batchscale.study.bench import BenchConfig, endless, load_images

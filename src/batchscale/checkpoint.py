@@ -9,13 +9,13 @@ from __future__ import annotations
 import glob
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
+from .atomic import write_atomic
 from .config import Config, global_batch
 from .errors import ConfigError
 from .rundir import write_error
@@ -30,36 +30,21 @@ BEFORE_IT_EXISTED = {"train_subset": 0}
 NOT_RECORDED = ("train_dir", "val_dir", "download", "log_dir", "checkpoint_format", "resume", "resume_from", "progress",
                 "checkpoint_every_steps", "keep_checkpoints", "finite_check_every", "collective_timeout",
                 "target_accuracy", "backend", "no_cuda", "tracker")
-# Schedules whose LR at a step depends on the number of epochs.
-EPOCH_BOUND_SCHEDULES = ("cosine", "onecycle")
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Temporary file, fsync, rename: a crash mid-save leaves the previous checkpoint intact."""
+    """Atomic (temporary file, fsync, rename): a crash mid-save leaves the previous checkpoint intact."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise write_error(path, err, "checkpoint", "--checkpoint-format") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            faults.point("during-save", int(state.get("step", -1)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError from its C++ writer
-        Path(tmp).unlink(missing_ok=True)
-        raise write_error(path, err, "checkpoint", "--checkpoint-format") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f: IO[bytes]) -> None:
+        torch.save(state, f)
+        faults.point("during-save", int(state.get("step", -1)))
+
+    write_atomic(path, write, "checkpoint", "--checkpoint-format")
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -169,9 +154,11 @@ def prune(config: Config, epoch: int) -> None:
                 path.unlink(missing_ok=True)
 
 
-def settings_changes(state: dict[str, Any], config: Config, workers: int, path: Path) -> list[dict[str, Any]]:
+def settings_changes(state: dict[str, Any], config: Config, workers: int, path: Path,
+                     epoch_bound: bool) -> list[dict[str, Any]]:
     """Refuses a resume that would change what the run is; returns the other changed settings, which apply
-    from the resumed step on and are recorded (summary.json lists them)."""
+    from the resumed step on and are recorded (summary.json lists them). `epoch_bound`: the LR schedule
+    depends on --epochs (`LRSchedule.depends_on_epochs`)."""
     saved, current = state["config"], config.to_dict()
     for key in MUST_MATCH:
         if saved.get(key, BEFORE_IT_EXISTED.get(key)) != current[key]:
@@ -189,7 +176,7 @@ def settings_changes(state: dict[str, Any], config: Config, workers: int, path: 
                if same else "") + f"; launch {old[2]} worker(s) (real or --simulate-workers) with --batch-size {old[0]} "
             f"--batches-per-allreduce {old[1]}, use another --log-dir, or --no-resume"
         )
-    if saved.get("epochs") != current["epochs"] and current["lr_schedule"] in EPOCH_BOUND_SCHEDULES:
+    if saved.get("epochs") != current["epochs"] and epoch_bound:
         raise ConfigError(
             f"{path} was written with --epochs {saved.get('epochs')}, this run has {current['epochs']}, and the "
             f"{current['lr_schedule']} schedule's LR depends on the epoch count; keep --epochs {saved.get('epochs')}, "

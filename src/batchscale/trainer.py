@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from . import checkpoint, data, faults
 from .config import Config
 from .errors import BatchscaleError, ConfigError, Diverged, Stopped
-from .metrics import RunLog, summarize, write_json_atomic
+from .atomic import write_json_atomic
+from .metrics import RunLog, summarize
 from .models import build_model, check_fits, tta_logits
 from .noise import MIN_PAIRS, GradNorms, squared_norm
 from .parallel import Backend, init_backend, unwrap
@@ -339,7 +340,8 @@ class Trainer:
         opened = None
         if found is not None:
             path, state = found
-            opened = path, state, checkpoint.settings_changes(state, config, self.workers, path)
+            opened = path, state, checkpoint.settings_changes(state, config, self.workers, path,
+                                                                       self.schedule.depends_on_epochs)
         # Nothing is removed before every check has passed.
         (Path(config.log_dir) / "summary.json").unlink(missing_ok=True)  # a run in progress has no summary
         (Path(config.log_dir) / "diverged.json").unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from .. import data
 from ..config import Config
 from ..errors import ConfigError
 from ..flags import flag, same_as
-from ..metrics import write_json_atomic
+from ..atomic import write_json_atomic
 from ..models import build_model
 from ..parallel import Backend, init_backend
 from ..precision import Precision, resolve
