@@ -20,7 +20,7 @@ import torch
 from batchscale.flags import add_flags, build
 from batchscale.atomic import write_json_atomic
 from batchscale.parallel import init_backend
-from batchscale.study.bench import BenchConfig, load_images, measure_ours
+from batchscale.training.bench import BenchConfig, load_images, measure_ours
 
 
 def main(argv: list[str]) -> int:
