@@ -1,7 +1,7 @@
 """Checkpoint files: written atomically, found with one directory scan, checked before use.
 
 What a checkpoint holds is defined by `state.TrainState`; when one is written, kept and resumed, by
-`train.checkpointer`; which changed flags a resume refuses or records, by `train.resume`.
+`training.checkpointer`; which changed flags a resume refuses or records, by `training.resume`.
 """
 
 from __future__ import annotations

@@ -136,7 +136,9 @@ class Backend(ReplicaState):
         return self.world_size * self.config.batches_per_allreduce
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Returns the model to call and the optimizer to step; together they combine all workers' gradients."""
+        """Returns the model to call and the optimizer to step; together they combine all workers' gradients. The
+        trainer calls it once, on a fresh model and optimizer, and restores a checkpoint into what it returns (through
+        the `*_state_dict` methods), so these are the only handles on the network."""
         return model, optimizer
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
