@@ -67,9 +67,9 @@ def train(config: Config, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     stop = StopRequest(loud=backend.is_main).install()
     quiet = not backend.is_main
     try:
-        with contextlib.ExitStack() as resources:  # the run's log and its folders' lock, closed before teardown
+        with contextlib.ExitStack() as resources:  # the run's log and its folders' lock, closed before the shutdown
             summary = Trainer(config, backend, stop, resources, hooks).run()
-        bounded(backend.finish, TEARDOWN_SECONDS, 0, quiet)
+            bounded(backend.finish, TEARDOWN_SECONDS, 0, quiet)
         return summary
     finally:
         gc.unfreeze()  # a process that trains again (a study's long-lived trial) must collect this run's objects
