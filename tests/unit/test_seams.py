@@ -58,3 +58,29 @@ def test_importing_batchscale_changes_nothing_global():
             "print(threading.excepthook is before)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "True"
+
+
+def test_a_checkpoint_holds_what_the_backend_says_the_state_is():
+    """The model's and optimizer's state go through the backend (a sharded one gathers them); the schema around
+    them (state.TrainState) stays the same."""
+    import torch
+
+    from batchscale.parallel.base import Backend
+    from batchscale.state import TrainState
+
+    class Halved(Backend):
+        def model_state_dict(self, model):
+            return {k: v / 2 for k, v in super().model_state_dict(model).items()}
+
+        def load_model_state_dict(self, model, state):
+            super().load_model_state_dict(model, {k: v * 2 for k, v in state.items()})
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    backend = Halved(Config(no_cuda=True))
+    saved = TrainState(model, optimizer, None, {}, 1, owner=backend).state_dict(steps_per_epoch=10)
+    assert torch.equal(saved["model"]["weight"], model.weight.detach() / 2)
+    other = torch.nn.Linear(2, 1)
+    TrainState(other, torch.optim.SGD(other.parameters(), lr=0.1), None, {}, 1, owner=backend).load_state_dict(
+        saved, 10, "test")
+    assert torch.equal(other.weight, model.weight)
