@@ -6,7 +6,7 @@ Times a training step (forward, backward, SGD) of one ResNet-18, of G of them on
 on one device cost in sequence), and of one network with groups=G in every convolution, which is G independent
 ResNet-18s packed together (models.CifarResNet18(groups=G): same parameters as the G, batch norm per channel).
 `decision` says "grouped" where the packed step beats the G in sequence by 10% or more. Median and min of 5
-rounds of 10 steps, host issue and device time apart (study/bench.py's timing).
+rounds of 10 steps, host issue and device time apart (training/bench.py's timing).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from batchscale.metrics import write_json_atomic
+from batchscale.atomic import write_json_atomic
 from batchscale.models import CifarResNet18
-from batchscale.study.bench import summarize_rounds, time_round
+from batchscale.training.bench import summarize_rounds, time_round
 
 ROUNDS, STEPS = 5, 10
 

@@ -29,9 +29,9 @@ import torch
 
 from batchscale import checkpoint, data
 from batchscale.config import Config
-from batchscale.metrics import write_json_atomic
-from batchscale.study.bench import BenchConfig, run as run_bench
-from batchscale.trainer import train
+from batchscale.atomic import write_json_atomic
+from batchscale.training.bench import BenchConfig, run as run_bench
+from batchscale.training.loop import train
 
 
 def subset(source: Path, dest: Path, n: int) -> None:

@@ -1,4 +1,5 @@
-"""Where the training loop's time goes: train.py itself (same flags, same loop), its last epoch under torch.profiler.
+"""Where the training loop's time goes: train.py itself (same flags, same loop), its last epoch under torch.profiler,
+through the loop's hooks (training.loop.Hook), so the loop profiled is the one that trains.
 
 Asks what the first H100 run left open (benchmarks/results/gpu-h100-20261127/): the fast recipe's loop ran at
 37,000 img/s at batch 512 while the bench's step, compiled the same way, ran at 61,000. Earlier epochs run
@@ -13,16 +14,18 @@ device call brings back.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from batchscale import trainer as core
 from batchscale.cli import run_train
+from batchscale.training.loop import Hook, Trainer
 
 
 def device_time(event: Any) -> float:
@@ -37,33 +40,40 @@ def table(events: Any, key: str) -> str:
         return events.table(sort_by=key.replace("device", "cuda"), row_limit=25)
 
 
-def main(out: Path, argv: list[str]) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    train_epoch, update, end_epoch = core.Trainer.train_epoch, core.Trainer.update, core.Trainer.end_epoch
+class LastEpochProfile(Hook):
+    """Labels each update and each epoch's end; profiles the last epoch (the loop's seam, no patching)."""
 
-    def labelled(name: str, method: Any) -> Any:
-        def call(self: core.Trainer, *args: Any) -> Any:
-            with record_function(name):
-                return method(self, *args)
-        return call
+    def __init__(self, out: Path) -> None:
+        self.out = out
 
-    def profiled_epoch(self: core.Trainer) -> None:
-        if self.state.epoch + 1 < self.config.epochs:
-            return train_epoch(self)
-        cuda = self.device.type == "cuda"
-        steps = self.steps_per_epoch - self.state.epoch_step
+    def update(self, trainer: Trainer, step: int) -> Any:
+        return record_function("batchscale.update")
+
+    def end_epoch(self, trainer: Trainer) -> Any:
+        return record_function("batchscale.end_epoch")
+
+    @contextlib.contextmanager
+    def epoch(self, trainer: Trainer) -> Iterator[None]:
+        if trainer.state.epoch + 1 < trainer.config.epochs:
+            yield
+            return
+        cuda = trainer.backend.device.type == "cuda"
+        steps = trainer.steps_per_epoch - trainer.state.epoch_step
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             start = time.perf_counter()
-            train_epoch(self)
+            yield
             if cuda:
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start
-        events = prof.key_averages()
+        self.write(trainer, prof.key_averages(), steps, wall, cuda)
+
+    def write(self, trainer: Trainer, events: Any, steps: int, wall: float, cuda: bool) -> None:
         host = {e.key: e.cpu_time_total / 1e3 for e in events if e.key.startswith("batchscale.")}
         busy = sum(device_time(e) for e in events) / 1e3
+        batch = trainer.batches.global_batch
         lines = [
-            f"epoch {self.state.epoch}: {steps} steps of global batch {self.batches.global_batch} in {wall:.3f} s "
-            f"(profiler on), {steps * self.batches.global_batch / wall:,.0f} img/s",
+            f"epoch {trainer.state.epoch}: {steps} steps of global batch {batch} in {wall:.3f} s "
+            f"(profiler on), {steps * batch / wall:,.0f} img/s",
             f"host in our update (the step and its bookkeeping): {host.get('batchscale.update', 0):.1f} ms, "
             f"{host.get('batchscale.update', 0) / steps:.3f} ms a step",
             f"host in the epoch's end (evaluation, checkpoint, logs): {host.get('batchscale.end_epoch', 0):.1f} ms",
@@ -72,13 +82,13 @@ def main(out: Path, argv: list[str]) -> int:
             "", "by device time:", table(events, "self_device_time_total" if cuda else "self_cpu_time_total"),
             "", "by host time:", table(events, "cpu_time_total"),
         ]
-        (out / "profile.txt").write_text("\n".join(lines) + "\n")
+        (self.out / "profile.txt").write_text("\n".join(lines) + "\n")
         print("\n".join(lines[:4]), flush=True)
 
-    core.Trainer.update = labelled("batchscale.update", update)  # type: ignore[method-assign]
-    core.Trainer.end_epoch = labelled("batchscale.end_epoch", end_epoch)  # type: ignore[method-assign]
-    core.Trainer.train_epoch = profiled_epoch  # type: ignore[method-assign]
-    return run_train(argv, "profile_loop.py")
+
+def main(out: Path, argv: list[str]) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    return run_train(argv, "profile_loop.py", hooks=[LastEpochProfile(out)])
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from batchscale import data
 from batchscale.config import Config
-from batchscale.metrics import write_json_atomic
+from batchscale.atomic import write_json_atomic
 from batchscale.parallel import init_backend
 from batchscale.precision import resolve
-from batchscale.study.bench import BenchConfig, endless, load_images
-from batchscale.trainer import StepForward, build_model_and_optimizer, train_step, warm_up
+from batchscale.training.bench import BenchConfig, endless, load_images
+from batchscale.training.step import StepForward, build_model_and_optimizer, train_step, warm_up
 
 STEPS = 10
 LAYOUT_WORDS = ("copy", "transpose", "nchw", "nhwc", "convert", "contiguous")

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from batchscale.flags import add_flags, build
-from batchscale.metrics import write_json_atomic
+from batchscale.atomic import write_json_atomic
 from batchscale.parallel import init_backend
-from batchscale.study.bench import BenchConfig, load_images, measure_ours
+from batchscale.training.bench import BenchConfig, load_images, measure_ours
 
 
 def main(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ from batchscale import data
 from batchscale.config import Config
 from batchscale.models import CifarResNet18
 from batchscale.parallel import init_backend
-from batchscale.trainer import train_step
+from batchscale.training.step import train_step
 
 
 def rank_tensors(rank: int) -> list[torch.Tensor]:

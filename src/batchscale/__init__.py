@@ -6,7 +6,7 @@ from .errors import ConfigError
 
 def train(config: Config) -> dict:
     """Runs one training as `config` says and returns its summary (see summary.json)."""
-    from .trainer import train as _train
+    from .training.loop import train as _train
 
     return _train(config)
 

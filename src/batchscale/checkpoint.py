@@ -1,7 +1,7 @@
-"""Checkpoint files: written atomically, found with one directory scan, checked before use, and the
-policy for resuming under changed settings (what is refused, what is applied and recorded).
+"""Checkpoint files: written atomically, found with one directory scan, checked before use.
 
-What a checkpoint holds is defined by `state.TrainState`.
+What a checkpoint holds is defined by `state.TrainState`; when one is written, kept and resumed, by
+`training.checkpointer`; which changed flags a resume refuses or records, by `training.resume`.
 """
 
 from __future__ import annotations
@@ -9,57 +9,32 @@ from __future__ import annotations
 import glob
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from .config import Config, global_batch
+from .atomic import write_atomic
+from .config import Config
 from .errors import ConfigError
 from .rundir import write_error
 from .state import problem
-from .testing import faults
-
-# Change what the saved weights are, which images come next, or how the LR is scaled: refused.
-MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum", "holdout", "train_subset")
-# What a checkpoint written before a setting existed ran with.
-BEFORE_IT_EXISTED = {"train_subset": 0}
-# Where outputs go and how often they are checked or kept: never part of what trained.
-NOT_RECORDED = ("train_dir", "val_dir", "download", "log_dir", "checkpoint_format", "resume", "resume_from", "progress",
-                "checkpoint_every_steps", "keep_checkpoints", "finite_check_every", "collective_timeout",
-                "target_accuracy", "backend", "no_cuda", "tracker")
-# Schedules whose LR at a step depends on the number of epochs.
-EPOCH_BOUND_SCHEDULES = ("cosine", "onecycle")
-
+from . import faults
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Temporary file, fsync, rename: a crash mid-save leaves the previous checkpoint intact."""
+    """Atomic (temporary file, fsync, rename): a crash mid-save leaves the previous checkpoint intact."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise write_error(path, err, "checkpoint", "--checkpoint-format") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            faults.point("during-save", int(state.get("step", -1)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError from its C++ writer
-        Path(tmp).unlink(missing_ok=True)
-        raise write_error(path, err, "checkpoint", "--checkpoint-format") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f: IO[bytes]) -> None:
+        torch.save(state, f)
+        faults.point("during-save", int(state.get("step", -1)))
+
+    write_atomic(path, write, "checkpoint", "--checkpoint-format")
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -167,46 +142,3 @@ def prune(config: Config, epoch: int) -> None:
         for path, saved in existing(config).items():
             if saved <= epoch - config.keep_checkpoints and not path.name.endswith(".partial"):
                 path.unlink(missing_ok=True)
-
-
-def settings_changes(state: dict[str, Any], config: Config, workers: int, path: Path) -> list[dict[str, Any]]:
-    """Refuses a resume that would change what the run is; returns the other changed settings, which apply
-    from the resumed step on and are recorded (summary.json lists them)."""
-    saved, current = state["config"], config.to_dict()
-    for key in MUST_MATCH:
-        if saved.get(key, BEFORE_IT_EXISTED.get(key)) != current[key]:
-            raise ConfigError(
-                f"{path} was written with --{_flag(key)} {saved.get(key)!r}, this run has {current[key]!r}; "
-                "use the same value, another --log-dir, or --no-resume"
-            )
-    old = (saved["batch_size"], saved["batches_per_allreduce"], state["world_size"])
-    new = (config.batch_size, config.batches_per_allreduce, workers)
-    if old != new:
-        same = global_batch(*old) == global_batch(*new)
-        raise ConfigError(
-            f"{path} was trained with {_shape(*old)}, this run has {_shape(*new)}"
-            + ("; the same global batch, but the peak LR and the batch-norm batches depend on how it is split"
-               if same else "") + f"; launch {old[2]} worker(s) (real or --simulate-workers) with --batch-size {old[0]} "
-            f"--batches-per-allreduce {old[1]}, use another --log-dir, or --no-resume"
-        )
-    if saved.get("epochs") != current["epochs"] and current["lr_schedule"] in EPOCH_BOUND_SCHEDULES:
-        raise ConfigError(
-            f"{path} was written with --epochs {saved.get('epochs')}, this run has {current['epochs']}, and the "
-            f"{current['lr_schedule']} schedule's LR depends on the epoch count; keep --epochs {saved.get('epochs')}, "
-            "use --lr-schedule step (whose LR does not) from the start, another --log-dir, or --no-resume"
-        )
-    step = int(state["step"])
-    return [
-        {"step": step, "epoch": int(state["epoch"]), "setting": f"--{_flag(key)}", "from": saved.get(key), "to": value}
-        for key, value in current.items()
-        if key not in NOT_RECORDED and key not in MUST_MATCH and saved.get(key) != value
-    ]
-
-
-def _shape(batch: int, micro: int, workers: int) -> str:
-    return (f"{workers} worker(s) x --batch-size {batch} x --batches-per-allreduce {micro} "
-            f"(global batch {global_batch(batch, micro, workers)})")
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")

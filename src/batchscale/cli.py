@@ -6,12 +6,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .config import Config
 from .errors import BatchscaleError, Stopped
 from .flags import add_flags, build
 from .parallel.launch import launcher_rank
+
+if TYPE_CHECKING:  # the loop imports torch: commands that do not train start without it
+    from .training.loop import Hook
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,19 +61,20 @@ def train_config(argv: Sequence[str], prog: str = "train.py") -> Config:
     return build(Config, args).with_recipe(given)
 
 
-def run_train(argv: Sequence[str], prog: str) -> int:
+def run_train(argv: Sequence[str], prog: str, hooks: Sequence[Hook] = ()) -> int:
+    """`hooks` (training.loop.Hook): a profiler's or a logger's seam in the loop, for scripts that wrap the command."""
     train_parser(prog).parse_args(argv)  # argparse's own errors first, as every command's
     from .metrics import closing_line
-    from .trainer import train
+    from .training.loop import train
 
     def work() -> str:
-        return closing_line(train(train_config(argv, prog)))  # rank 0 has printed every epoch and summary.json
+        return closing_line(train(train_config(argv, prog), hooks))  # rank 0 has printed every epoch and summary.json
 
     return guarded(prog, work)
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    from .study.bench import BenchConfig
+    from .training.bench import BenchConfig
 
     p = _Parser(prog="batchscale bench", description="Time training steps, ours against the original's pipeline.")
     add_flags(p, BenchConfig)
@@ -78,7 +82,7 @@ def bench_parser() -> argparse.ArgumentParser:
 
 
 def run_bench(argv: Sequence[str]) -> int:
-    from .study.bench import BenchConfig, describe, run
+    from .training.bench import BenchConfig, describe, run
 
     args = bench_parser().parse_args(argv)
     return guarded("batchscale bench", lambda: describe(run(build(BenchConfig, args))))

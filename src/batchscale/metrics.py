@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,27 +17,13 @@ from tqdm import tqdm
 from .config import Config, global_batch
 from .errors import OutputError
 from .rundir import write_error
+from .atomic import write_json_atomic, write_text_atomic
 from .trackers import RUN_ID_FILES, Tracker, open_trackers
 
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
 LOG_POINTS = 20
 COST_SKIP, COST_STEPS = 3, 10
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """A reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, err, "", "--log-dir") from None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -50,16 +35,25 @@ def writing(folder: Path) -> Iterator[None]:
         raise write_error(folder / "metrics.jsonl", err, "the run's logs", "--log-dir") from None
 
 
-def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
+def quiet_tensorboard_threads() -> None:
     """TensorBoard's writer thread re-raises its error in the training thread at the next write, where it becomes
-    one line; printing its traceback here too would bury that line."""
-    if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+    one line; printing its traceback from the thread too would bury that line. Installed by the first RunLog that
+    writes (not on import: importing batchscale changes nothing global), once."""
+    global _threads_quieted
+    if _threads_quieted:
         return
-    _default_excepthook(args)
+    _threads_quieted = True
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        default(args)
+
+    threading.excepthook = hook
 
 
-_default_excepthook = threading.excepthook
-threading.excepthook = _quiet_tensorboard_thread
+_threads_quieted = False
 
 
 class RunLog:
@@ -86,6 +80,7 @@ class RunLog:
         self._bar: tqdm | None = None
         if not enabled:
             return
+        quiet_tensorboard_threads()
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
             if not config.resume:  # a fresh start is a new tracker run too, not the old one continued

@@ -44,6 +44,12 @@ class LRSchedule:
             warmup_start_lr=config.warmup_start_lr,
         )
 
+    @property
+    def depends_on_epochs(self) -> bool:
+        """Whether the LR at a step changes with --epochs: cosine and onecycle spread their decay over the run's
+        steps, so a resume under another --epochs would bend the curve already trained (resume refuses it)."""
+        return self.kind in ("cosine", "onecycle")
+
     def __call__(self, step: int) -> float:
         """LR for optimizer step `step` (0-based)."""
         if step < self.warmup_steps:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .noise import SUMS, NoiseScale
+from .parallel.base import ReplicaState
 from .target import TargetWatch
 
 FORMAT_VERSION = 2
@@ -37,10 +38,28 @@ class EpochSums:
     def zeros(cls, device: torch.device) -> "EpochSums":
         return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
 
+    @classmethod
+    def resumed(cls, partial: dict[str, Any] | None, device: torch.device) -> "EpochSums":
+        """The sums a part-done epoch was saved with (TrainState.partial), or zeros."""
+        sums = cls.zeros(device)
+        if partial:
+            sums.loss_sum += partial["loss_sum"]
+            sums.correct += int(partial["correct"])
+            sums.images, sums.seconds = int(partial["images"]), float(partial["seconds"])
+        return sums
+
+    def add(self, loss_sum: Tensor, correct: Tensor, images: int) -> None:
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.images += images
+
 
 @dataclass
 class TrainState:
-    """The model, optimizer and scaler in use, plus where training stands (`epoch` done, `epoch_step` into the next)."""
+    """The model, optimizer and scaler in use, plus where training stands (`epoch` done, `epoch_step` into the next).
+
+    The model's and optimizer's own state go through `owner` (the run's backend, which may wrap or shard them);
+    the default is one whole replica in this process."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -54,6 +73,7 @@ class TrainState:
     epoch: int = 0
     epoch_step: int = 0
     partial: dict[str, Any] | None = None  # the whole job's sums of a part-done epoch, as saved
+    owner: ReplicaState = field(default_factory=ReplicaState)
 
     def step(self, steps_per_epoch: int) -> int:
         """Optimizer steps taken so far."""
@@ -62,8 +82,8 @@ class TrainState:
     def state_dict(self, steps_per_epoch: int) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.owner.model_state_dict(self.model),
+            "optimizer": self.owner.optimizer_state_dict(self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch,
             "epoch_step": self.epoch_step,
@@ -86,12 +106,11 @@ class TrainState:
                 "steps; move it away or use --no-resume"
             )
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.owner.load_model_state_dict(self.model, state["model"])
+            self.owner.load_optimizer_state_dict(self.optimizer, state["optimizer"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"{source} does not fit this model ({reason}); move it away or use --no-resume") from None
-        match_layouts(self.optimizer)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.noise.load_state_dict(state["noise"])
@@ -101,17 +120,6 @@ class TrainState:
         self.trial.load_state_dict(state.get("trial"))  # absent before target checks existed
         self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
         self.partial = state.get("partial") if state["epoch_step"] else None
-
-
-def match_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Momentum saved from contiguous weights (a CPU run) comes back contiguous; channels_last weights on a GPU
-    need it channels_last too, or the fused SGD kernel refuses the mismatched layouts."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for key, value in state.items():
-                if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
-                    state[key] = torch.empty_like(p).copy_(value)
 
 
 def rng_state() -> dict[str, Any]:

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from .atomic import write_text_atomic
 from .errors import ConfigError
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -57,7 +58,7 @@ class MLflow:
         id_file = folder / RUN_ID_FILES[0]
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         self.run = mlflow.start_run(run_id=run_id, run_name=folder.name)
-        id_file.write_text(self.run.info.run_id + "\n")
+        write_text_atomic(id_file, self.run.info.run_id + "\n")
         if run_id is None:
             mlflow.log_params({k: str(v) for k, v in settings.items()})
 
@@ -81,7 +82,7 @@ class WandB:
         # The folder names the run; a rerun of it (a resume) continues the same W&B run.
         id_file = folder / RUN_ID_FILES[1]
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
-        id_file.write_text(run_id + "\n")
+        write_text_atomic(id_file, run_id + "\n")
         self.run = wandb.init(dir=str(folder), id=run_id, resume="allow", name=folder.name, config=settings)
 
     def scalars(self, values: dict[str, float], step: int) -> None:

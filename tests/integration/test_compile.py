@@ -16,7 +16,7 @@ from batchscale.config import Config
 from batchscale.models import CifarResNet18
 from batchscale.parallel.base import Backend, unwrap
 from batchscale.precision import FP32
-from batchscale.trainer import train_step, warm_up
+from batchscale.training.step import train_step, warm_up
 
 
 @pytest.fixture(scope="module")

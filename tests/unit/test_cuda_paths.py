@@ -77,7 +77,7 @@ def test_two_ranks_on_one_gpu_are_refused_naming_the_count():
 
 def test_peak_flops_is_the_peak_of_the_arithmetic_used(monkeypatch, name, precision, want):
     from batchscale.precision import Precision
-    from batchscale.study import bench
+    from batchscale.training import bench
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]

@@ -8,7 +8,7 @@ from workers import run_workers
 from batchscale.config import Config
 from batchscale.parallel.base import Backend
 from batchscale.parallel.torchdist import TorchBackend
-from batchscale.trainer import train_step
+from batchscale.training.step import train_step
 
 B = 8
 

@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from batchscale import data, trainer
+from batchscale import data
+from batchscale.training import loop
+from batchscale.training import step as step_module
+from batchscale.training.step import evaluate
 from batchscale.checkpoint import load
 from batchscale.cli import train_config
 from batchscale.config import RECIPES, Config
@@ -80,7 +83,7 @@ def test_the_loop_trains_as_a_plain_loop_does(tiny_cifar, tmp_path, monkeypatch,
     config = tiny_config(tiny_cifar, tmp_path, cutout=8, compile=compiled)
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager"))
-    trainer.train(config)
+    loop.train(config)
     losses, weights = reference_run(tiny_cifar, config)
     saved = load(config.checkpoint_path(1))
     assert saved["history"][0]["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
@@ -178,7 +181,7 @@ def test_evaluation_batches_have_one_shape_and_count_every_image_once():
     assert torch.equal(real[real != data.PAD_LABEL], labels) and int((real == data.PAD_LABEL).sum()) == 26
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))
-    loss, acc = trainer.evaluate(model, evals, Backend(Config(no_cuda=True)))
+    loss, acc = evaluate(model, evals, Backend(Config(no_cuda=True)))
     with torch.no_grad():
         out = model(torch.cat([x for x, _ in evals]))  # the unpadded batches, every image once
     assert loss == pytest.approx(float(F.cross_entropy(out, labels)), rel=1e-5)
@@ -195,11 +198,11 @@ def test_cuda_graph_steps_are_marked_and_the_loop_freezes_the_collector(tiny_cif
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     monkeypatch.setattr(gc, "freeze", lambda: freezes.append(len(marks)))
     skips = iter([0, 1, 1])
-    monkeypatch.setattr(trainer, "graphs_skipped", lambda: next(skips))
+    monkeypatch.setattr(step_module, "graphs_skipped", lambda: next(skips))
     config = tiny_config(tiny_cifar, tmp_path, compile=True, compile_mode="reduce-overhead", batches_per_allreduce=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = trainer.train(config)
+        summary = loop.train(config)
     # warm-up: 2 training calls and 2 of the one evaluation shape; 5 steps (of 2 micro-batches each); 200 test
     # images in one padded batch of 256.
     assert len(marks) == 4 + 5 + 1

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, and no training-core function too long to read at once."""
+"""The package's shape: no import cycles, no training-core function or class too long to read at once, and no
+production module that needs the test package."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "batchscale"
-CORE = ("trainer.py", "state.py", "checkpoint.py", "data.py", "schedule.py", "metrics.py", "noise.py", "precision.py")
+CORE = ("training/loop.py", "training/step.py", "training/setup.py", "training/checkpointer.py", "training/resume.py",
+        "training/guard.py", "state.py", "checkpoint.py", "atomic.py", "faults.py", "data.py", "schedule.py", "metrics.py",
+        "noise.py", "precision.py", "parallel/base.py", "parallel/torchdist.py", "parallel/horovod_backend.py")
 
 
 def modules() -> dict[str, Path]:
@@ -55,3 +58,21 @@ def test_training_core_functions_fit_on_a_screen():
         for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno < 60, f"{name}: {node.name} is {node.end_lineno - node.lineno + 1} lines"
+
+
+def test_training_core_classes_fit_in_a_sitting():
+    """A class past 200 lines holds more than one component: split it as the trainer was (loop, checkpointer,
+    guard)."""
+    for name in CORE:
+        for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno - node.lineno < 200, f"{name}: {node.name} is {node.end_lineno - node.lineno + 1} lines"
+
+
+def test_no_production_module_imports_the_test_package():
+    known = modules()
+    for name, path in known.items():
+        if name.startswith("batchscale.testing"):
+            continue
+        found = {dep for dep in imports(name, path, known) if dep.startswith("batchscale.testing")}
+        assert not found, f"{name} imports {', '.join(sorted(found))}: production code must not need the test package"

@@ -80,7 +80,7 @@ def test_the_average_forgets_by_examples_so_batch_sizes_compare():
 def _small_batch_norm(precision_name: str) -> float:
     """One process under torch.distributed with DDP: the comm hook takes the worker's own gradient norm."""
     from batchscale.parallel.torchdist import TorchBackend
-    from batchscale.trainer import train_step
+    from batchscale.training.step import train_step
 
     config = Config(precision=precision_name, no_cuda=True)
     backend = TorchBackend(config)
@@ -110,7 +110,7 @@ def test_the_small_batch_norm_is_the_mean_over_every_micro_batch():
     """Brute force: each micro-batch's own gradient from a backward pass of its own, against what the
     accumulating step records."""
     from batchscale.parallel.base import Backend
-    from batchscale.trainer import train_step
+    from batchscale.training.step import train_step
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))

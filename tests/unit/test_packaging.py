@@ -12,7 +12,7 @@ import pytest
 
 from batchscale.config import Config
 from batchscale.errors import ConfigError
-from batchscale.study.bench import BenchConfig
+from batchscale.training.bench import BenchConfig
 from batchscale.study.critical import StudyConfig
 from batchscale.study.sweep import SweepConfig
 

@@ -58,3 +58,12 @@ def test_warmup_can_start_below_the_base_lr():
     lr = LRSchedule.from_config(config, replicas=1, steps_per_epoch=100)
     assert lr(0) == 0.0 and lr(50) == pytest.approx(0.2) and lr(100) == pytest.approx(0.4)
     assert lr(550) == pytest.approx(0.2)
+
+
+def test_a_schedule_says_whether_its_lr_depends_on_the_epoch_count():
+    """What a resume under another --epochs asks: only a schedule that spreads its decay over the run refuses it."""
+    assert {kind: make(kind).depends_on_epochs for kind in ("cosine", "onecycle", "step", "constant")} == {
+        "cosine": True, "onecycle": True, "step": False, "constant": False}
+    assert make("cosine")(500) != LRSchedule.from_config(Config(epochs=20, base_lr=0.1, warmup_epochs=2), 4, 100)(500)
+    assert make("step")(500) == LRSchedule.from_config(Config(epochs=20, base_lr=0.1, warmup_epochs=2,
+                                                              lr_schedule="step"), 4, 100)(500)

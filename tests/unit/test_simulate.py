@@ -9,7 +9,7 @@ from batchscale.config import Config
 from batchscale.models import CifarResNet18
 from batchscale.parallel.base import Backend
 from batchscale.parallel.torchdist import TorchBackend
-from batchscale.trainer import train_step
+from batchscale.training.step import train_step
 
 
 def images() -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from batchscale.config import Config
 from batchscale.errors import ConfigError
 from batchscale.study.critical import StudyConfig, common_args, curve_trials
 from batchscale.study.sweep import Run, SweepConfig, command
-from batchscale.trainer import train
+from batchscale.training.loop import train
 
 
 def tiny(data, log_dir, **changes) -> Config:

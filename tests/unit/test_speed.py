@@ -13,8 +13,8 @@ from batchscale.config import Config
 from batchscale.models import CifarResNet18
 from batchscale.parallel.base import Backend
 from batchscale.precision import FP32, resolve
-from batchscale.study import bench
-from batchscale.trainer import train_step
+from batchscale.training import bench
+from batchscale.training.step import train_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def test_a_short_bench_says_its_sample_is_too_short(bench_result):
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_warm_up_leaves_the_mode_it_found(mode):
-    from batchscale.trainer import warm_up
+    from batchscale.training.step import warm_up
 
     model = CifarResNet18(width=2)
     model.train(mode == "train")

@@ -9,7 +9,7 @@ from batchscale import data
 from batchscale.config import Config
 from batchscale.parallel.base import Backend
 from batchscale.parallel.torchdist import TorchBackend
-from batchscale.trainer import evaluate
+from batchscale.training.step import evaluate
 
 
 def model() -> torch.nn.Module:

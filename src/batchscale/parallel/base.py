@@ -78,15 +78,43 @@ def check_one_gpu_each(identities: list[str]) -> None:
         seen[identity] = rank
 
 
-class Backend:
-    """One process, no communication. The base of the others."""
+class ReplicaState:
+    """How a model's and an optimizer's state are read and restored: one whole replica in this process, inside any
+    wrapper (torch.compile, DDP). A sharded backend (FSDP, ZeRO) overrides these four to gather and scatter; the
+    checkpoint schema (state.TrainState) does not change."""
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        return unwrap(model).state_dict()
+
+    def load_model_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        unwrap(model).load_state_dict(state)
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+        match_layouts(optimizer)
+
+
+class Backend(ReplicaState):
+    """One process, no communication. The base of the others, which override the `_join` and `_connect` steps of
+    `__init__` and what communicates; the loop calls only the public methods and never asks which backend runs."""
 
     name = "single"
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.rank, self.world_size, self.local_rank, self.local_world_size = 0, 1, 0, 1
-        self.device = pick_device(0, config.no_cuda)
+        self.rank, self.world_size, self.local_rank, self.local_world_size = self._join()
+        self.device = pick_device(self.local_rank, config.no_cuda)
+        self._connect()
+
+    def _join(self) -> tuple[int, int, int, int]:
+        """(rank, world size, local rank, local world size), read from the launcher; before the device is chosen."""
+        return 0, 1, 0, 1
+
+    def _connect(self) -> None:
+        """Joins the workers' communicator, once the device is chosen."""
 
     @property
     def is_main(self) -> bool:
@@ -108,7 +136,9 @@ class Backend:
         return self.world_size * self.config.batches_per_allreduce
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Returns the model to call and the optimizer to step; together they combine all workers' gradients."""
+        """Returns the model to call and the optimizer to step; together they combine all workers' gradients. The
+        trainer calls it once, on a fresh model and optimizer, and restores a checkpoint into what it returns (through
+        the `*_state_dict` methods), so these are the only handles on the network."""
         return model, optimizer
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
@@ -187,7 +217,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Momentum saved from contiguous weights (a CPU run) comes back contiguous; channels_last weights on a GPU
+    need it channels_last too, or the fused SGD kernel refuses the mismatched layouts."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p).copy_(value)
+
+
 def float_buffers(model: nn.Module) -> Iterator[Tensor]:
     return (b for b in unwrap(model).buffers() if b.is_floating_point())
-
-

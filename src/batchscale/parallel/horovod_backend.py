@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import Config
 from ..errors import ConfigError
-from .base import Backend, check_one_gpu_each, float_buffers, gpu_identity, pick_device
+from .base import Backend, check_one_gpu_each, float_buffers, gpu_identity
 
 
 class HorovodBackend(Backend):
     name = "horovod"
 
-    def __init__(self, config: Config) -> None:
+    def _join(self) -> tuple[int, int, int, int]:
+        config = self.config
         if config.compile:
             raise ConfigError("--compile is not supported under Horovod (its gradient hooks); use torchrun for compiled runs")
         if config.bf16_allreduce:
@@ -31,15 +31,15 @@ class HorovodBackend(Backend):
                 "or launch with torchrun instead"
             ) from None
         self.hvd = hvd
-        self.config = config
         # Horovod's stall watchdog ends a job whose ranks stop meeting, as --collective-timeout does for torchrun.
         timeout = max(1, int(config.collective_timeout))
         os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(min(60, timeout)))
         os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(timeout))
         hvd.init()
-        self.rank, self.world_size = hvd.rank(), hvd.size()
-        self.local_rank, self.local_world_size = hvd.local_rank(), hvd.local_size()
-        self.device = pick_device(self.local_rank, config.no_cuda)
+        return hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size()
+
+    def _connect(self) -> None:
+        config, hvd = self.config, self.hvd
         if self.device.type == "cuda":
             check_one_gpu_each(hvd.allgather_object(gpu_identity(self.device)))
         if config.use_adasum:

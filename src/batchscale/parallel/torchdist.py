@@ -13,11 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..config import Config
 from ..errors import ConfigError
 from ..noise import GradNorms
 from .adasum import AdasumOptimizer, check_world_size
-from .base import Backend, check_one_gpu_each, float_buffers, gpu_identity, pick_device
+from .base import Backend, check_one_gpu_each, float_buffers, gpu_identity
 from .launch import TORCHRUN_VARS
 
 
@@ -26,19 +25,19 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def _join(self) -> tuple[int, int, int, int]:
         missing = [v for v in TORCHRUN_VARS if v not in os.environ]
         if missing:
             raise ConfigError(
                 f"--backend torch needs a launcher that sets {', '.join(missing)}; start it with "
                 "torchrun --nproc-per-node N train.py ..."
             )
-        self.rank = int(os.environ["RANK"])
-        self.world_size = int(os.environ["WORLD_SIZE"])
-        self.local_rank = int(os.environ["LOCAL_RANK"])
-        self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        self.device = pick_device(self.local_rank, config.no_cuda)
+        env = os.environ
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), int(env.get("LOCAL_WORLD_SIZE", "1"))
+
+    def _connect(self) -> None:
+        config = self.config
+        self.hook: AllreduceHook | None = None  # DDP's comm hook, made by prepare (Adasum has none)
         if config.use_adasum:
             check_world_size(self.world_size)
         if not dist.is_initialized():
@@ -81,10 +80,11 @@ class TorchBackend(Backend):
 
     @property
     def can_probe(self) -> bool:
-        return getattr(self, "hook", None) is not None  # DDP's comm hook; Adasum has none
+        return self.hook is not None
 
     def probe(self, norms: GradNorms | None) -> None:
-        self.hook.norms = norms
+        if self.hook is not None:
+            self.hook.norms = norms
 
     def accumulating(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper hides DDP's no_sync

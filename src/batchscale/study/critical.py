@@ -26,7 +26,7 @@ from .. import data
 from ..config import Config
 from ..errors import ConfigError
 from ..flags import flag, same_as
-from ..metrics import write_json_atomic
+from ..atomic import write_json_atomic
 from ..rundir import check_writable
 from .executors import Job
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, lr_grid

@@ -144,7 +144,7 @@ def plan(
     if curve:
         best = min(rows, key=lambda r: r["seconds_to_target_overlap"])
     result = {"network": asdict(network), "gradient_bytes": nbytes, "steps_curve": curve, "rows": rows, "best": best}
-    from ..metrics import write_json_atomic
+    from ..atomic import write_json_atomic
 
     write_json_atomic(sweep_dir / "plan.json", result)
     return result

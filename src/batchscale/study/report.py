@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from .runs import MEAN_LAST, RunResult, Unfinished, load_runs, load_unfinished, positive, pyplot, read_json
 
 
@@ -210,5 +211,5 @@ def report(sweep_dir: str | Path) -> Path:
 
         lines += ["", describe_plan(read_json(plan))]
     path = sweep_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n", "the report", "folder")
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..metrics import write_json_atomic, write_text_atomic
+from ..atomic import write_json_atomic, write_text_atomic
 from .critical import (PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name,
                        unfinished_trials)
 from .protocol import MISSED, REACHED, Analysis, Trial, analyze

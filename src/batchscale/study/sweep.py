@@ -18,7 +18,7 @@ from typing import Any
 from ..config import Config, global_batch
 from ..errors import BatchscaleError, ConfigError, Diverged, Stopped
 from ..flags import flag, given_options, same_as
-from ..metrics import write_json_atomic
+from ..atomic import write_json_atomic
 from ..rundir import check_writable
 from .executors import Job, LocalPool, Outcome, SlurmQueue, forwarding_signals
 

@@ -1,1 +1,1 @@
-"""Hooks the test suite uses to make a run fail as a real one would; inert unless BATCHSCALE_FAULT is set."""
+"""Helpers for the test suite only (a noisy quadratic whose critical batch is known); no production module imports this package."""

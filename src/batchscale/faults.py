@@ -1,4 +1,8 @@
-"""Fault injection for the test suite: fail this process at a named point, as a real failure would.
+"""Fault injection: fail this process at a named point, as a real failure would, so the recovery paths
+(resume, teardown, the one-line errors) are exercised by the real program, not a copy of it.
+
+A production hook, inert by default: `point()` returns at once unless BATCHSCALE_FAULT is set, and it
+imports nothing of batchscale, so any module may call it (it sits at the bottom of the import graph).
 
 BATCHSCALE_FAULT=POINT:VALUE[:RANK] acts when rank RANK (default 0) reaches that point, e.g.
 `after-checkpoint:1`, `step:5:1`, `during-save:2`. BATCHSCALE_FAULT_ACTION says how:

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import data
+from ..atomic import write_json_atomic
 from ..config import Config
 from ..errors import ConfigError
 from ..flags import flag, same_as
-from ..metrics import write_json_atomic
 from ..models import build_model
 from ..parallel import Backend, init_backend
 from ..precision import Precision, resolve
-from ..trainer import StepForward, build_model_and_optimizer, train_step, warm_up
+from .step import StepForward, build_model_and_optimizer, train_step, warm_up
 
 # Dense peak TFLOP/s by GPU from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
 # More specific names first: "H100 NVL" and "H100 PCIe" before "H100".

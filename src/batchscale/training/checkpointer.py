@@ -1,0 +1,86 @@
+"""The checkpointer: when the run saves (every --checkpoint-every-steps inside an epoch, at each epoch's end, when
+stopped), what it keeps (--keep-checkpoints), whether there is room, and what it resumes from. Rank 0 writes; every
+rank learns if the write failed (exit 4 everywhere, not a hang)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import checkpoint, faults
+from ..config import Config
+from ..parallel import Backend
+from ..state import EpochSums, TrainState
+from . import resume
+from .guard import Guard
+
+
+class Checkpointer:
+    def __init__(self, config: Config, backend: Backend, state: TrainState, guard: Guard, steps_per_epoch: int) -> None:
+        self.config, self.backend, self.state, self.guard = config, backend, state, guard
+        self.steps_per_epoch = steps_per_epoch
+        self.every = config.checkpoint_every_steps
+        self.resumed_from: Path | None = None
+
+    def restore(self, resources: contextlib.ExitStack, epoch_bound: bool, parameters: int,
+                finished: Callable[[], bool]) -> None:
+        """Rank 0 finds and checks the checkpoint to resume (holding the run's folders from here on, released with
+        `resources`); every rank loads what it found. `finished`: whether the restored run has nothing to train."""
+        config, backend, state = self.config, self.backend, self.state
+        # Two checkpoints' room: the new one is written beside the last before replacing it.
+        room = 2 * 4 * (1 + (config.momentum > 0)) * parameters + 2**20  # fp32 weights and momentum
+        opened = backend.agree(lambda: resume.open_run(config, state.workers, epoch_bound, room, resources)
+                               if backend.is_main else None)
+        opened = backend.broadcast_object(opened)
+        if opened is None:
+            return
+        state.load_state_dict(opened.state, self.steps_per_epoch, str(opened.path))
+        state.noise.to(backend.device)
+        for group in state.optimizer.param_groups:  # the current flags are what trains from here on
+            group.update(momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.wd)
+        state.config = resume.settings_in_force(config, opened.state["config"], finished())
+        if not finished():
+            state.changes += opened.changes
+        self.resumed_from = opened.path
+        if not backend.is_main:
+            state.partial = None  # rank 0 carries the job's sums of a part-done epoch
+
+    def due(self) -> bool:
+        """Whether the step just taken ends with a checkpoint inside the epoch."""
+        return bool(self.every) and self.state.epoch_step % self.every == 0
+
+    def save_partial(self, sums: EpochSums, model: nn.Module) -> Path:
+        """A checkpoint inside the epoch: the job's sums so far travel with it, so the epoch's figures come out whole."""
+        state, backend = self.state, self.backend
+        backend.average_buffers(model)
+        totals = torch.stack([sums.loss_sum.double(), sums.correct.double(),
+                              torch.tensor(float(sums.images), dtype=torch.float64, device=backend.device)])
+        loss_sum, correct, images = backend.all_reduce_sum(totals).tolist()
+        self.guard.check_weights(model)
+        state.partial = {"loss_sum": loss_sum, "correct": int(correct), "images": int(images), "seconds": sums.seconds}
+        path = checkpoint.partial_path(self.config, state.epoch + 1)
+        self.write(path)
+        state.partial = None
+        faults.point("after-step-checkpoint", state.step(self.steps_per_epoch), backend.rank)
+        return path
+
+    def save_epoch(self) -> Path:
+        """The checkpoint of the epoch just ended; once it is written, the ones it replaces go."""
+        epoch = self.state.epoch
+        path = Path(self.config.checkpoint_path(epoch))
+        self.write(path, lambda: checkpoint.prune(self.config, epoch))
+        faults.point("after-checkpoint", epoch, self.backend.rank)
+        return path
+
+    def write(self, path: Path, then: Callable[[], None] | None = None) -> None:
+        def write() -> None:
+            if self.backend.is_main:
+                checkpoint.save(path, self.state.state_dict(self.steps_per_epoch))
+                if then is not None:
+                    then()
+
+        self.backend.agree(write)

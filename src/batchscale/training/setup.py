@@ -1,0 +1,92 @@
+"""What a run is built from, in one place: seeds, the data on the device and how it is split, the run's banner."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import data
+from ..config import Config
+from ..errors import ConfigError
+from ..parallel import Backend
+from ..target import QUICK_PART
+
+
+def seed_everything(config: Config) -> None:
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def prepare_data(config: Config, backend: Backend) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Downloads on one process per machine (if allowed and needed), then every rank reads the batches."""
+    def fetch() -> None:
+        if backend.local_rank != 0:
+            return
+        for root, train in ((config.train_dir, True), (config.val_dir, False)):
+            if data.has_split(root, train):
+                continue
+            if not config.download:
+                raise data.DataError(data.missing_message(root, train, "--no-download was given"))
+            if backend.is_main:
+                print(f"downloading CIFAR-10 into {root} ...", flush=True)
+            try:
+                data.download(root)
+            except Exception as err:  # network and archive errors come in many types
+                raise data.DataError(data.missing_message(root, train, f"the download failed ({err})")) from None
+
+    backend.agree(fetch)
+    return backend.agree(lambda: (*data.load_split(config.train_dir, True), *data.load_split(config.val_dir, False)))
+
+
+@dataclass
+class Splits:
+    """The batches a run draws: training, the test set, the held-out images (if any), and the quick part of the
+    target split (the held-out images, else the test set) that quick looks during an epoch see."""
+
+    train: data.TrainBatches
+    test: data.EvalBatches
+    holdout: data.EvalBatches | None
+    quick: data.EvalBatches
+
+    @property
+    def target(self) -> data.EvalBatches:
+        return self.holdout or self.test
+
+
+def load_splits(config: Config, backend: Backend, workers: int) -> Splits:
+    """`workers` shards of the training set (real ranks times --simulate-workers), each rank's evaluation shard."""
+    train_x, train_y, val_x, val_y = prepare_data(config, backend)
+    if config.holdout >= train_x.shape[0] // 2:
+        raise ConfigError(f"--holdout {config.holdout} is half or more of the {train_x.shape[0]} training images; "
+                          "hold out fewer")
+    train_x, train_y, held_x, held_y = data.split_holdout(train_x, train_y, config.holdout)
+    if config.train_subset:  # after the holdout, so a subset never changes which images are held out
+        train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
+    device, memory_format = backend.device, backend.memory_format
+    simulated = config.simulate_workers
+    batches = data.TrainBatches(
+        train_x, train_y, config.batch_size, config.batches_per_allreduce, data.Shard(backend.rank, workers),
+        config.seed, device, memory_format=memory_format, simulate=simulated > 1,
+        translate=config.translate, translate_pad=config.translate_pad, cutout=config.cutout,
+    )
+    shard = data.Shard(backend.rank, backend.world_size)
+
+    def evals(x: Tensor, y: Tensor) -> data.EvalBatches:
+        return data.EvalBatches(x, y, config.val_batch_size, shard, device, memory_format)
+
+    target_x, target_y = (held_x, held_y) if config.holdout else (val_x, val_y)
+    part = target_x.shape[0] // QUICK_PART
+    return Splits(batches, evals(val_x, val_y), evals(held_x, held_y) if config.holdout else None,
+                  evals(target_x[:part], target_y[:part]))
