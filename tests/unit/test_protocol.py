@@ -88,3 +88,27 @@ def test_a_best_lr_at_the_edge_of_its_grid_is_flagged():
     inside = best_per_batch([trial(0.1, 500), trial(0.2, 250), trial(0.4, None)])[0]
     assert edge.at_edge and edge.trial.lr == 0.4
     assert not inside.at_edge and inside.trial.lr == 0.2 and inside.missed == 1
+
+
+def test_b_simple_and_b_crit_are_said_to_agree_only_where_the_ratios_interval_holds_one():
+    from batchscale.study.protocol import Analysis, Comparison
+    from batchscale.study.study_report import comparison_lines
+
+    def said(low: float, high: float) -> str:
+        c = Comparison(400.0, 300.0, 500.0, ratio=(low + high) / 2, ratio_low=low, ratio_high=high)
+        return " ".join(comparison_lines(Analysis([], None, None, {64: 400.0}, c, [64])))
+
+    assert "agree within" in said(0.7, 1.3)
+    assert "agree" not in said(0.4, 0.8) and "below B_simple beyond their uncertainty" in said(0.4, 0.8)
+    assert "above B_simple beyond" in said(1.2, 2.0)
+
+
+def test_an_imprecise_b_simple_is_left_out_of_the_comparison_and_named():
+    def trial(batch: int, steps: int, b_simple: float, se: float) -> Trial:
+        return Trial(batch, 0.1, 0, REACHED, steps, b_simple=b_simple, b_simple_se=se)
+
+    trials = [trial(32, 1000, 100.0, 80.0), trial(128, 400, 500.0, 50.0), trial(512, 250, 600.0, 60.0)]
+    analysis = analyze(trials, replicates=50)
+    assert analysis.compared == [128, 512] and analysis.comparison.b_simple == pytest.approx(550.0)
+    from batchscale.study.study_report import comparison_lines
+    assert "B = 32 left out" in " ".join(comparison_lines(analysis))

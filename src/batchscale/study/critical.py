@@ -349,10 +349,11 @@ def read_trial(run_dir: Path) -> Trial | None:
     hit = trial.get("reached") or {}
     evals = trial.get("evals") or []
     curve = tuple((e["examples"], e["b_simple"]) for e in evals if e.get("b_simple"))
-    last = evals[-1].get("b_simple") if evals else None
+    last = evals[-1] if evals else {}
+    at = hit or last  # B_simple where the target was reached, or at the end
     return Trial(config["batch_size"] * config["batches_per_allreduce"], float(config["base_lr"]), config["seed"],
                  status, hit.get("step") if hit else None, hit.get("previous_eval"), trial.get("max_steps"),
-                 trial.get("best_acc"), hit.get("b_simple", last) if hit else last, curve,
+                 trial.get("best_acc"), at.get("b_simple"), curve, at.get("b_simple_se"),
                  {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name})
 
 

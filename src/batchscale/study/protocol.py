@@ -16,6 +16,10 @@ from statistics import median
 from typing import Any
 
 REACHED, MISSED, DIVERGED = "reached", "missed", "diverged"
+# B_simple is compared with B_crit only where a trial measured it to within this share (its standard error):
+# where the small batch is far below B_simple, the pairs' |G|^2 is mostly noise and the ratio of the averages
+# runs low (on the noisy quadratic, 0.65x the truth at B = 32 with micro-batches of 8, where the error said 57%).
+PRECISE = 0.25
 
 
 def lr_grid(guess: float, points: int, spacing: float) -> tuple[float, ...]:
@@ -53,6 +57,7 @@ class Trial:
     best_acc: float | None = None
     b_simple: float | None = None  # B_simple when the target was reached (or at the end)
     b_simple_curve: tuple[tuple[float, float], ...] = ()  # (examples, B_simple) over training
+    b_simple_se: float | None = None  # its standard error, from the scatter of the pairs it averaged
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -242,24 +247,86 @@ def redraw(ys: list[float | None], sd: float, rng: random.Random) -> list[float 
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """B_simple beside B_crit (McCandlish et al.: B_crit is about B_noise, and B_simple approximates that where
+    the Hessian is not far from a multiple of the identity). Per batch size, B_simple is the best trial's
+    average over its whole stretch before the target (every pair alike; a study's trials run with a window
+    far longer than any trial); the study's value is the median over batch sizes. Both intervals come from
+    replicates: B_simple's resample the batch sizes and draw each value within its standard error, and the
+    ratio's divide B_crit's bootstrap replicates by B_simple's."""
+
+    b_simple: float
+    low: float
+    high: float
+    ratio: float | None = None  # B_crit / B_simple
+    ratio_low: float | None = None
+    ratio_high: float | None = None
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the ratio's interval holds 1 (None: no interval)."""
+        if self.ratio_low is None or self.ratio_high is None:
+            return None
+        return self.ratio_low <= 1 <= self.ratio_high
+
+
+def compare(b_simple: dict[int, tuple[float, float | None]], interval: Interval | None, b_crit: float | None,
+            replicates: int = 1000, seed: int = 1, level: float = 0.9) -> Comparison | None:
+    """`b_simple`: per batch size, (B_simple, its standard error or None)."""
+    if not b_simple:
+        return None
+    rng = random.Random(seed)
+    values = list(b_simple.values())
+    draws = []
+    for _ in range(replicates):
+        picked = [rng.choice(values) for _ in values]
+        draws.append(median(v + rng.gauss(0, se) if se else v for v, se in picked))
+    tail = (1 - level) / 2
+
+    def quantile(xs: list[float], q: float) -> float:
+        return xs[int(q * (len(xs) - 1))]
+
+    centre = median(v for v, _ in values)
+    ordered = sorted(draws)
+    out = Comparison(centre, quantile(ordered, tail), quantile(ordered, 1 - tail))
+    if b_crit is None:
+        return out
+    crit = list(interval.values) if interval else []  # sorted: shuffled, so the pairs are independent draws
+    rng.shuffle(crit)
+    ratios = sorted(c / d for c, d in zip(crit, draws) if d > 0)
+    if len(ratios) < 10:
+        return Comparison(out.b_simple, out.low, out.high, b_crit / centre)
+    return Comparison(out.b_simple, out.low, out.high, b_crit / centre, quantile(ratios, tail),
+                      quantile(ratios, 1 - tail))
+
+
+@dataclass(frozen=True)
 class Analysis:
     bests: list[Best]
     fit: Fit | None
     interval: Interval | None
     b_simple: dict[int, float]  # per batch: B_simple of the best trial when it reached the target
-    predicted: float | None  # B_crit predicted from B_simple (the median over batch sizes)
+    comparison: Comparison | None = None
+    compared: list[int] = field(default_factory=list)  # the batch sizes whose B_simple the comparison uses
+
+    @property
+    def predicted(self) -> float | None:
+        return self.comparison.b_simple if self.comparison else None
 
     @property
     def ratio(self) -> float | None:
-        """Measured B_crit over B_simple's prediction (McCandlish et al. find B_simple tracks B_crit)."""
-        return self.fit.b_noise / self.predicted if self.fit and self.predicted else None
+        """Measured B_crit over B_simple (McCandlish et al. find B_simple tracks B_crit)."""
+        return self.comparison.ratio if self.comparison else None
 
 
 def analyze(trials: list[Trial], replicates: int = 1000) -> Analysis:
     bests = best_per_batch(trials)
     points = [(b.batch, b.steps) for b in bests if b.steps is not None]
     fit = fit_curve(points)  # type: ignore[arg-type]
+    interval = bootstrap(trials, replicates) if fit else None
     # An estimate that is not yet positive (|G|^2 too noisy early on) is no noise scale: left out, not averaged in.
-    b_simple = {b.batch: b.trial.b_simple for b in bests if b.trial is not None and (b.trial.b_simple or 0) > 0}
-    return Analysis(bests, fit, bootstrap(trials, replicates) if fit else None, b_simple,  # type: ignore[arg-type]
-                    median(b_simple.values()) if b_simple else None)
+    measured = {b.batch: (b.trial.b_simple, b.trial.b_simple_se) for b in bests
+                if b.trial is not None and (b.trial.b_simple or 0) > 0}
+    precise = {b: (v, se) for b, (v, se) in measured.items() if se is not None and se <= PRECISE * v}
+    comparison = compare(precise, interval, fit and fit.b_noise, max(replicates, 1))  # type: ignore[arg-type]
+    return Analysis(bests, fit, interval, {b: v for b, (v, _) in measured.items()}, comparison, sorted(precise))

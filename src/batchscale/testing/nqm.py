@@ -93,7 +93,7 @@ class NoisyQuadratic:
         hit = watch.reached()
         trial = Trial(batch, lr, seed, REACHED if hit else MISSED, hit["step"] if hit else None,
                       hit["previous_eval"] if hit else None, budget, max(e["acc"] for e in watch.evals),
-                      noise.b_simple, extra={"b_simple_se": noise.standard_error})
+                      noise.b_simple, b_simple_se=noise.standard_error)
         return trial, trace_sum / grad_sq_sum if grad_sq_sum else math.nan
 
     def fewest_steps(self, batch: float, lrs: np.ndarray | None = None) -> tuple[int, float]:

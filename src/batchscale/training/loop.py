@@ -253,6 +253,7 @@ class Trainer:
             record.update(holdout_loss=held[0], holdout_acc=held[1])
         state.trial.record(step, held[1] if held else val_acc, loss=held[0] if held else val_loss,
                            examples=step * self.batches.global_batch, b_simple=record["noise_scale"],
+                           b_simple_se=record["noise_scale_se"],
                            train_seconds=record["train_seconds"])
         self.started = time.perf_counter()  # wall time is counted per epoch from here on
         state.history.append(record)
@@ -272,7 +273,8 @@ class Trainer:
             full = state.trial.fine
             loss, acc = self.evaluate(self.splits.target if full else self.splits.quick)
             state.trial.record(step, acc, full, loss=loss, examples=step * self.batches.global_batch,
-                               b_simple=state.noise.b_simple, train_seconds=before + epoch_seconds)
+                               b_simple=state.noise.b_simple, b_simple_se=state.noise.standard_error,
+                               train_seconds=before + epoch_seconds)
         self.model.train()
 
     def evaluate(self, batches: data.EvalBatches) -> tuple[float, float]:
