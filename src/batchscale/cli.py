@@ -171,21 +171,17 @@ def run_report(argv: Sequence[str]) -> int:
 
 
 def run_plan(argv: Sequence[str]) -> int:
-    from .study.plan import Network, describe_plan, measure_loopback, plan
-    from .study.sweep import parse_list
+    from .study.plan import Network, PlanConfig, describe_plan, measure_loopback, plan
 
     p = _Parser(prog="batchscale plan", description="Predict step time and time to target for N workers (alpha-beta ring allreduce).")
     p.add_argument("sweep_dir", help="a sweep folder with real single-worker runs")
-    p.add_argument("--workers", default="1,2,4,8", help="worker counts to predict (default: %(default)s)")
-    p.add_argument("--bandwidth", type=float, default=25.0, help="GB/s per link (default: %(default)s, 200 Gb/s)")
-    p.add_argument("--latency", type=float, default=5.0, help="microseconds per message (default: %(default)s)")
-    p.add_argument("--measure-loopback", action="store_true", help="fit bandwidth and latency to gloo on this machine instead")
-    p.add_argument("--fp16-allreduce", action="store_true", help="2-byte gradients on the wire")
+    add_flags(p, PlanConfig)
     args = p.parse_args(argv)
 
     def work() -> str:
-        network = measure_loopback() if args.measure_loopback else Network(args.bandwidth, args.latency)
-        result = plan(args.sweep_dir, network, parse_list(args.workers, int), 2 if args.fp16_allreduce else 4)
+        config = build(PlanConfig, args)
+        network = measure_loopback() if config.measure_loopback else Network(config.bandwidth, config.latency)
+        result = plan(args.sweep_dir, network, config.workers, 2 if config.fp16_allreduce else 4)
         return describe_plan(result)
 
     return guarded("batchscale plan", work)

@@ -24,8 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..flags import flag
+from .sweep import _ints
 
 BACKWARD_SHARE = 2 / 3
+PLAN = "the prediction"
+
+
+@dataclass
+class PlanConfig:
+    """`batchscale plan`'s flags (the sweep folder is its one positional argument)."""
+
+    workers: tuple[int, ...] = flag((1, 2, 4, 8), "worker counts to predict", group=PLAN, parse=_ints)
+    bandwidth: float = flag(25.0, "GB/s per link (25: 200 Gb/s)", group=PLAN)
+    latency: float = flag(5.0, "microseconds per message", group=PLAN)
+    measure_loopback: bool = flag(False, "fit bandwidth and latency to gloo on this machine instead", group=PLAN)
+    fp16_allreduce: bool = flag(False, "2-byte gradients on the wire", group=PLAN)
 
 
 @dataclass
