@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..rundir import folder_state
 
 
 def positive(value: float | None, digits: int = 4) -> str:
@@ -136,21 +137,19 @@ def load_unfinished(sweep_dir: Path) -> list[Unfinished]:
         if (folder / "summary.json").is_file():
             continue
         batch, workers = planned.get(name, (None, None))
-        if (folder / "diverged.json").is_file():
+        state = folder_state(folder)
+        if state == "diverged":
             saved = read_json(folder / "diverged.json")
             if not isinstance(saved, dict):
                 raise _unreadable(folder / "diverged.json", "is not a divergence record")
             batch = batch or saved.get("global_batch")
             workers = workers or saved.get("world_size")
-            why = str(saved.get("message", "")).split(";")[0]
-            out.append(Unfinished(name, "diverged", why or "diverged", batch, workers))
-        elif (folder / LOCK_NAME).is_file():
-            out.append(Unfinished(name, "running", f"training now ({folder / LOCK_NAME})", batch, workers))
-        elif (folder / "train.log").is_file() or any(folder.glob("checkpoint-*")):
-            out.append(Unfinished(name, "stopped or failed", f"ended without a summary; see {folder / 'train.log'} and "
-                                  "rerun the sweep to resume it", batch, workers))
+            why = str(saved.get("message", "")).split(";")[0] or "diverged"
         else:
-            out.append(Unfinished(name, "not started", "rerun the sweep to train it", batch, workers))
+            why = {"running": f"training now ({folder / LOCK_NAME})", "not started": "rerun the sweep to train it",
+                   "stopped or failed": f"ended without a summary; see {folder / 'train.log'} and rerun the sweep to "
+                   "resume it"}[state]
+        out.append(Unfinished(name, state, why, batch, workers))
     return out
 
 

@@ -19,7 +19,7 @@ from ..config import Config, global_batch
 from ..errors import BatchscaleError, ConfigError, Diverged, Stopped
 from ..flags import flag, given_options, same_as
 from ..atomic import write_json_atomic
-from ..rundir import check_writable
+from ..rundir import check_writable, folder_state
 from .executors import Job, LocalPool, Outcome, SlurmQueue, forwarding_signals
 
 LAUNCHERS = ("simulate", "torchrun", "horovodrun")
@@ -416,15 +416,6 @@ class Progress:
         line = (f"[{self.label}] {counts['done']} done, {counts['running']} running, {counts['queued']} queued, "
                 f"{counts['failed']} failed, {counts['diverged']} diverged{unsent}; {amount}, ~{left} left")
         self.say(line if final else line + "   ", end="\n" if final else "\r")
-
-
-def folder_state(run_dir: Path) -> str:
-    """Where an unfinished local run stands, from its folder alone: a held lock is a training in progress."""
-    from ..rundir import LOCK_NAME
-
-    if (run_dir / LOCK_NAME).is_file():
-        return "running"
-    return "stopped" if (run_dir / "train.log").is_file() else "not started"  # stopped or failed: a rerun resumes it
 
 
 def status(config: SweepConfig, say: Callable[..., None] = print) -> None:
