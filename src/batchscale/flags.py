@@ -71,7 +71,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, only_given: bool = Fal
     namespace (not filled with defaults), so a caller can tell what the user gave."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     defaults = cls()
-    for field in dataclasses.fields(cls):
+    own = vars(cls).get("__annotations__", {})  # a command's own groups first, then those it inherits
+    for field in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         meta = field.metadata
         if "help" not in meta:
             continue

@@ -75,7 +75,43 @@ EXECUTORS = ("local", "slurm")
 
 
 @dataclass
-class SweepConfig:
+class Execution:
+    """Where and how a command's trainings run: the flags a sweep and a study share, declared once."""
+
+    executor: str = flag("local", "local: on this machine, --slots at a time; slurm: a job array on a SLURM cluster",
+                         group=EXECUTION, choices=EXECUTORS)
+    slots: int = flag(1, "local: trainings at once (each gets its GPUs, or an equal share of the CPU cores)",
+                      group=EXECUTION)
+    partition: str | None = flag(None, "slurm: the partition (default: the cluster's)", group=EXECUTION)
+    time: int = flag(60, "slurm: minutes each job may run (a longer training is requeued and resumes)",
+                     group=EXECUTION)
+    gpus_per_run: int = flag(0, "slurm: GPUs per training (default: 0; give the workers of GPU runs)", group=EXECUTION)
+    cpus_per_run: int = flag(2, "slurm: CPU cores per training (per node)", group=EXECUTION)
+    nodes_per_run: int = flag(1, "slurm: nodes per training; with --launcher torchrun its workers are split evenly "
+                              "across them", group=EXECUTION)
+    sbatch: tuple[str, ...] = flag((), "slurm: more sbatch options, comma-separated key=value (e.g. account=me,qos=low)",
+                                   group=EXECUTION, parse=_strings)
+    wait: bool = flag(True, "submit and return; look again with batchscale sweep --status --out DIR", group=EXECUTION,
+                      name="--no-wait")
+
+    def check(self, command: str) -> None:
+        """The execution flags, checked alike for both commands (a study with --slots 0 would wait forever)."""
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)} (got {self.executor!r})")
+        if self.slots < 1 or self.time < 1 or self.cpus_per_run < 1 or self.gpus_per_run < 0:
+            raise ConfigError(f"--slots, --time and --cpus-per-run must be >= 1 and --gpus-per-run >= 0 (got "
+                              f"{self.slots}, {self.time}, {self.cpus_per_run}, {self.gpus_per_run})")
+        if self.nodes_per_run < 1 or (self.nodes_per_run > 1 and self.executor != "slurm"):
+            raise ConfigError(f"--nodes-per-run must be >= 1, and above 1 needs --executor slurm (got "
+                              f"{self.nodes_per_run})")
+        if not self.wait and self.executor != "slurm":
+            raise ConfigError(f"--no-wait needs --executor slurm: local trainings end with the {command}")
+        if any("=" not in option for option in self.sbatch):
+            raise ConfigError(f"--sbatch takes key=value options, like account=me,qos=low (got {','.join(self.sbatch)})")
+
+
+@dataclass
+class SweepConfig(Execution):
     """A sweep; each field is a `batchscale sweep` flag. A preset fills the fields the command line left out."""
 
     out: str = flag("sweep", "sweep folder", group=GRID)
@@ -94,21 +130,6 @@ class SweepConfig:
                                 "(default: 0, all)")
     launcher: str = flag("simulate", "simulate: N workers' arithmetic in one process; torchrun/horovodrun: N real "
                          "processes", group=GRID, choices=LAUNCHERS)
-    executor: str = flag("local", "local: on this machine, --slots at a time; slurm: a job array on a SLURM cluster",
-                         group=EXECUTION, choices=EXECUTORS)
-    slots: int = flag(1, "local: trainings at once (each gets its GPUs, or an equal share of the CPU cores)",
-                      group=EXECUTION)
-    partition: str | None = flag(None, "slurm: the partition (default: the cluster's)", group=EXECUTION)
-    time: int = flag(60, "slurm: minutes each job may run (a longer training is requeued and resumes)",
-                     group=EXECUTION)
-    gpus_per_run: int = flag(0, "slurm: GPUs per training (default: 0; give the workers of GPU runs)", group=EXECUTION)
-    cpus_per_run: int = flag(2, "slurm: CPU cores per training (per node)", group=EXECUTION)
-    nodes_per_run: int = flag(1, "slurm: nodes per training; with --launcher torchrun its workers are split evenly "
-                              "across them", group=EXECUTION)
-    sbatch: tuple[str, ...] = flag((), "slurm: more sbatch options, comma-separated key=value (e.g. account=me,qos=low)",
-                                   group=EXECUTION, parse=_strings)
-    wait: bool = flag(True, "submit and return; look again with batchscale sweep --status --out DIR", group=EXECUTION,
-                      name="--no-wait")
     status: bool = flag(False, "print where each run of --out stands, and return", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -155,19 +176,8 @@ def check_seeds(seeds: tuple[int, ...]) -> None:
         raise ConfigError(f"--seeds must be integers from 0 to 2**64 - 1, like 1,2,3 (got {seeds})")
 
 
-def check_execution(config: Any, command: str) -> None:
-    """The execution flags a sweep and a study share, checked alike (a study with --slots 0 would wait forever)."""
-    if config.executor not in EXECUTORS:
-        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)} (got {config.executor!r})")
-    if config.slots < 1 or config.time < 1 or config.cpus_per_run < 1 or config.gpus_per_run < 0:
-        raise ConfigError(f"--slots, --time and --cpus-per-run must be >= 1 and --gpus-per-run >= 0 (got "
-                          f"{config.slots}, {config.time}, {config.cpus_per_run}, {config.gpus_per_run})")
-    if config.nodes_per_run < 1 or (config.nodes_per_run > 1 and config.executor != "slurm"):
-        raise ConfigError(f"--nodes-per-run must be >= 1, and above 1 needs --executor slurm (got {config.nodes_per_run})")
-    if not config.wait and config.executor != "slurm":
-        raise ConfigError(f"--no-wait needs --executor slurm: local trainings end with the {command}")
-    if any("=" not in option for option in config.sbatch):
-        raise ConfigError(f"--sbatch takes key=value options, like account=me,qos=low (got {','.join(config.sbatch)})")
+def check_execution(config: Execution, command: str) -> None:
+    Execution.check(config, command)
 
 
 PRESET_GRIDS: dict[str, dict[str, Any]] = {
@@ -282,13 +292,13 @@ def diverged_why(run_dir: Path) -> str:
         return "diverged.json unreadable"
 
 
-def execute(config: Any, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
+def execute(config: Execution, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
     """Runs `pending` where `config`'s execution fields say (a sweep's or a study's), showing `progress`."""
     with shared_compile_cache(out):
         run_pending(config, out, pending, progress, say)
 
 
-def run_pending(config: Any, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
+def run_pending(config: Execution, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
     if config.executor == "slurm":
         queue = SlurmQueue(out / ".slurm", config.partition, config.time, config.gpus_per_run, config.cpus_per_run,
                            dict(option.split("=", 1) for option in config.sbatch), nodes=config.nodes_per_run)
@@ -334,7 +344,7 @@ def read_jobs(out: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def wait_for_slurm(config: Any, jobs: dict[str, str], progress: Progress) -> None:
+def wait_for_slurm(config: Execution, jobs: dict[str, str], progress: Progress) -> None:
     """Polls the run folders (and squeue for what is still alive) until every run is done or failed. A
     signal to the sweep stops the waiting only: the jobs go on, and --status looks again."""
     with forwarding_signals(lambda: []) as stop:
