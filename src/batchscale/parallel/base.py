@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import torch
@@ -97,16 +98,34 @@ class ReplicaState:
         match_layouts(optimizer)
 
 
+@dataclass(frozen=True)
+class Communication:
+    """The part of the configuration a backend reads: where it runs and how it combines the gradients."""
+
+    no_cuda: bool = False
+    collective_timeout: float = 600.0
+    use_adasum: bool = False
+    fp16_allreduce: bool = False
+    bf16_allreduce: bool = False
+    gradient_predivide_factor: float = 1.0
+    batches_per_allreduce: int = 1
+    compile: bool = False
+
+    @classmethod
+    def of(cls, config: Config) -> "Communication":
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
 class Backend(ReplicaState):
     """One process, no communication. The base of the others, which override the `_join` and `_connect` steps of
     `__init__` and what communicates; the loop calls only the public methods and never asks which backend runs."""
 
     name = "single"
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, config: Communication | Config) -> None:
+        self.config = config if isinstance(config, Communication) else Communication.of(config)
         self.rank, self.world_size, self.local_rank, self.local_world_size = self._join()
-        self.device = pick_device(self.local_rank, config.no_cuda)
+        self.device = pick_device(self.local_rank, self.config.no_cuda)
         self._connect()
 
     def _join(self) -> tuple[int, int, int, int]:
