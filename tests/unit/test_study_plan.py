@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from batchscale.config import Config
 from batchscale.flags import build
 from batchscale.schedule import LRSchedule
 from batchscale.errors import ConfigError
-from batchscale.study.critical import StudyConfig, batch_trials, paper_runs, study_preset
+from batchscale.study.critical import StudyConfig, batch_trials, dry_run, paper_runs, read_study, study_preset
 from batchscale.study.study_report import drop_statement
 
 
@@ -92,3 +93,20 @@ def test_the_report_says_how_much_of_the_papers_drop_survives():
 def test_the_cpu_preset_fills_only_what_was_not_given():
     cfg = study_preset("cpu", StudyConfig(out="s", width=16), {"width"})
     assert cfg.width == 16 and cfg.target == 0.45 and cfg.batch_sizes[0] == 16 and Path(cfg.out) == Path("s")
+
+
+def test_the_dry_run_lists_only_the_first_batchs_lrs_and_a_range_of_trials(config):
+    lines: list[str] = []
+    dry_run(config, lines.append)
+    # 7 batch sizes x 3 seeds x (3 LRs, or 3 + 3 extensions)
+    assert lines[0].startswith("63 to 126 trials") and "neighbour's best" in lines[1]
+    listed = [line.split(":")[0].strip() for line in lines[2:] if "-lr" in line]
+    assert len(listed) == 9 and all(name.startswith("curve/b16-") for name in listed)
+    assert [line.split(":")[0].strip() for line in lines[2 + 9:]] == [f"curve/b{b}" for b in config.batch_sizes[1:]]
+
+
+def test_an_older_study_folder_with_a_retired_flag_still_reads(tmp_path):
+    saved = {"out": str(tmp_path), "batch_sizes": [16, 32], "warmup": 0.05, "micro_batch": 16, "seeds": [42]}
+    (tmp_path / "study.json").write_text(json.dumps(saved))
+    config = read_study(tmp_path)
+    assert config.batch_sizes == (16, 32) and config.micro == 16

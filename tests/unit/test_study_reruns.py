@@ -108,7 +108,10 @@ def test_a_finished_study_rerun_trains_nothing_and_writes_the_same_results(tiny_
     assert len(expected) == 3 * (2 + 2)
     assert [b for b, _ in tried(tmp_path)] == [b for b, _ in expected]
     assert [lr for _, lr in tried(tmp_path)] == pytest.approx([lr for _, lr in expected], rel=1e-4)
-    first = write_report(tmp_path, cfg).with_name("results.json").read_bytes()
+    report = write_report(tmp_path, cfg)
+    first = report.with_name("results.json").read_bytes()
+    protocol = next(line for line in report.read_text().splitlines() if line.startswith("Protocol:"))
+    assert "neighbour's best" in protocol and "micro-batches of 16" in protocol and "over 25,000 images" in protocol
     before = len(fake.sent)
     study(cfg, say=quiet)
     assert sum(len(names) for names in fake.sent[before:]) == 0  # nothing sent to train again
