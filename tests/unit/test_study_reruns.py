@@ -151,6 +151,29 @@ def test_no_wait_submits_one_batch_and_a_rerun_continues(tiny_cifar, tmp_path, f
     assert tried(tmp_path / "submitted") == tried(tmp_path / "waited")  # the same trials as a study waited on
 
 
+def test_a_failed_trial_stops_the_curve_at_its_batch_and_a_rerun_carries_on(tiny_cifar, tmp_path, monkeypatch):
+    from batchscale.study.executors import Outcome
+
+    healthy = FakeTraining()
+
+    def crash_once(config, out, pending, progress, say) -> None:
+        victim, *rest = pending
+        healthy(config, out, rest, progress, say)
+        healthy.sent[-1].insert(0, victim.name)
+        progress.outcomes = {victim.name: Outcome(exit_code=1)}  # ended without a summary, as a crashed trial
+
+    monkeypatch.setattr(critical, "execute", crash_once)
+    lines: list[str] = []
+    failed = study(config(tmp_path / "s", tiny_cifar), say=lambda text, **kw: lines.append(text))
+    assert len(failed) == 1 and failed[0].startswith("curve/b16-")
+    assert {d.name.split("-")[0] for d in (tmp_path / "s" / "curve").iterdir()} == {"b16"}  # no larger batch ran
+    assert any("B = 16 failed" in line and "rerun" in line for line in lines)
+    monkeypatch.setattr(critical, "execute", healthy)
+    assert study(config(tmp_path / "s", tiny_cifar), say=quiet) == []
+    study(config(tmp_path / "clean", tiny_cifar), say=quiet)
+    assert tried(tmp_path / "s") == tried(tmp_path / "clean")
+
+
 def test_a_damaged_trial_summary_is_named_and_run_again(tiny_cifar, tmp_path, fake):
     cfg = config(tmp_path, tiny_cifar)
     study(cfg, say=quiet)

@@ -96,7 +96,8 @@ class StudyConfig:
     sbatch: tuple[str, ...] = same_as(SweepConfig, "sbatch")
     wait: bool = same_as(SweepConfig, "wait", help="submit and return; rerun the same command to look again, wait "
                          "and write the report")
-    dry_run: bool = flag(False, "print the trials and the most images they may train, then stop", group=EXECUTION)
+    dry_run: bool = flag(False, "print the smallest batch's trials (later grids depend on results), how many "
+                         "trials may follow, and the most images they may train, then stop", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
     nodes_per_run: int = 1
     _images: int | None = field(default=None, repr=False, compare=False)
