@@ -129,6 +129,11 @@ def run_study(argv: Sequence[str]) -> int:
     p = _Parser(prog="batchscale study", description="Measure the critical batch size (an LR grid per batch, trials "
                 "that stop at a held-out target) and test the paper's grid; flags after -- go to every training.")
     add_flags(p, StudyConfig, only_given=True)
+    for word in argv:
+        name = word.split("=")[0]
+        # The retired share of each trial's budget; "--warmup" would otherwise abbreviate --warmup-images.
+        if name == "--warmup" or (name.startswith("--warmup-s") and "--warmup-share".startswith(name)):
+            p.error(f"{name} is gone: the warmup is now the same in images at every batch size, --warmup-images N")
     given = vars(p.parse_args(argv))
 
     def work() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from launch import one_line
 
 from batchscale.cli import bench_parser, main, train_parser
 from batchscale.flags import add_flags
@@ -49,11 +50,17 @@ def test_a_bad_list_value_says_what_was_expected(capsys):
 @pytest.mark.parametrize("cls,args,field,value", [
     (StudyConfig, ["--target-accuracy", "0.5"], "target", 0.5),  # train's name for the target
     (StudyConfig, ["--train-dir", "/d"], "data", "/d"),  # train's name for the data folder
-    (StudyConfig, ["--warmup-share", "0.1"], "warmup", 0.1),
-    (StudyConfig, ["--warmup", "0.1"], "warmup", 0.1),  # the old spelling keeps working
 ])
 def test_shared_names_are_accepted_beside_the_old_ones(cls, args, field, value):
     assert getattr(parser_for(cls).parse_args(args), field) == value
+
+
+@pytest.mark.parametrize("given", [["--warmup-share", "0.1"], ["--warmup=0.05"], ["--warmup-sh", "0.1"]])
+def test_the_retired_warmup_share_says_to_give_images(tmp_path, capsys, given):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["study", "--out", str(tmp_path / "s"), *given])
+    assert exit_code.value.code == 2 and "--warmup-images N" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "s").exists()
 
 
 def test_train_and_bench_take_the_shared_names():

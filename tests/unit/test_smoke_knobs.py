@@ -10,7 +10,7 @@ import pytest
 
 from batchscale.config import Config
 from batchscale.errors import ConfigError
-from batchscale.study.critical import StudyConfig, common_args, curve_trials
+from batchscale.study.critical import StudyConfig, batch_trials, common_args
 from batchscale.study.sweep import Run, SweepConfig, command
 from batchscale.training.loop import train
 
@@ -56,7 +56,7 @@ def test_study_passes_its_subset_to_every_trial_and_budgets_by_it(tiny_cifar):
     config = StudyConfig(data=str(tiny_cifar), holdout=20, train_subset=100, batch_sizes=(16, 32), budget_epochs=2,
                          budget_steps=10**6)
     assert config.train_images == 100
-    trials = curve_trials(config)
+    trials = [t for b in config.batch_sizes for t in batch_trials(config, b, (0.1,))]
     assert all(t.args[t.args.index("--train-subset") + 1] == "100" for t in trials)
     assert max(t.steps for t in trials) == 13  # 2 epochs of 100 images at batch 16, not of the 300 the folder holds
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,8 @@ from batchscale.cli import train_parser
 from batchscale.config import Config
 from batchscale.flags import build
 from batchscale.schedule import LRSchedule
-from batchscale.study.critical import StudyConfig, curve_trials, edge_trials, paper_runs, study_preset
-from batchscale.study.protocol import MISSED, REACHED, Trial
+from batchscale.errors import ConfigError
+from batchscale.study.critical import StudyConfig, batch_trials, dry_run, paper_runs, read_study, study_preset
 from batchscale.study.study_report import drop_statement
 
 
@@ -27,24 +28,43 @@ def config() -> StudyConfig:
 
 
 def test_a_curve_trial_stops_at_its_held_out_target_within_its_budget(config):
-    trials = curve_trials(config)
-    assert len(trials) == 7 * 4
-    per_batch: dict[int, list[float]] = {}
-    for trial in trials:
-        c = as_config(trial.args)
-        batch = c.batch_size * c.batches_per_allreduce
-        assert c.batch_size == min(batch, 128) and c.stop_at_target and c.holdout == 2000 and c.eval_growth == 1.05
-        # The budget: whichever of 6000 steps and 4 epochs of images comes first, and the epochs cover it.
-        assert c.max_steps == trial.steps and c.max_steps <= 6000 and (c.max_steps - 1) * batch < 4 * 48_000
-        assert c.max_steps == 6000 or c.max_steps * batch >= 4 * 48_000
-        assert c.epochs * (48_000 // batch) >= c.max_steps
-        schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch)
-        # Warmed up from 0 to the trial's LR, then constant: no decay tied to the budget.
-        assert schedule(0) == 0 and schedule(schedule.warmup_steps) == schedule(c.max_steps - 1) == c.base_lr
-        per_batch.setdefault(batch, []).append(c.base_lr)
-    for batch, lrs in per_batch.items():
-        guess = 0.1 * batch / 128
-        assert len(lrs) == 4 and min(lrs) < guess < max(lrs) and max(lrs) / min(lrs) == pytest.approx(8, rel=1e-4)
+    for batch in config.batch_sizes:
+        trials = batch_trials(config, batch, (0.01, 0.02))
+        assert len(trials) == 2 * 3  # every LR with every one of the preset's 3 seeds
+        for trial in trials:
+            c = as_config(trial.args)
+            assert c.batch_size * c.batches_per_allreduce == batch
+            # One batch-norm batch for every B: the smallest batch size, every B accumulated from it.
+            assert c.batch_size == 16 and c.stop_at_target and c.holdout == 2000 and c.eval_growth == 1.05
+            # B_simple averaged over the whole run before the target, not forgotten after 200,000 examples.
+            assert c.noise_window >= 1e12
+            # The budget: whichever of 6000 steps and 4 epochs of images comes first, and the epochs cover it.
+            assert c.max_steps == trial.steps and c.max_steps <= 6000 and (c.max_steps - 1) * batch < 4 * 48_000
+            assert c.max_steps == 6000 or c.max_steps * batch >= 4 * 48_000
+            assert c.epochs * (48_000 // batch) >= c.max_steps
+            schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch)
+            # The cpu preset: no warmup, and a constant LR, no decay tied to the budget.
+            assert schedule(0) == schedule(c.max_steps - 1) == c.base_lr
+
+
+@pytest.mark.parametrize("batch", [16, 64, 1024])
+def test_the_warmup_is_the_same_number_of_images_at_every_batch_size(config, batch):
+    config.warmup_images = 4000
+    c = as_config(batch_trials(config, batch, (0.05,))[0].args)
+    schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch)
+    ramp = schedule.warmup_steps
+    assert schedule(0) == 0 and schedule(ramp) == schedule(c.max_steps - 1) == pytest.approx(0.05)
+    assert schedule(ramp - 1) < 0.05
+    assert 4000 <= ramp * batch < 4000 + batch  # whole steps covering 4,000 images, however large B
+
+
+def test_a_micro_batch_larger_than_the_smallest_batch_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="--micro-batch 32 is larger than the smallest batch size 16; give "
+                                          "--micro-batch 16 or less"):
+        StudyConfig(out="s", batch_sizes=(16, 64), micro_batch=32).validate()
+    with pytest.raises(ConfigError, match="multiple of the micro-batch 16"):
+        StudyConfig(out="s", batch_sizes=(16, 40)).validate()
+    assert StudyConfig(out="s", batch_sizes=(64, 32, 256)).micro == 32
 
 
 def test_the_paper_grid_runs_as_the_paper_ran_it_and_with_the_tuned_lr(config):
@@ -75,10 +95,18 @@ def test_the_cpu_preset_fills_only_what_was_not_given():
     assert cfg.width == 16 and cfg.target == 0.45 and cfg.batch_sizes[0] == 16 and Path(cfg.out) == Path("s")
 
 
-def test_a_best_lr_on_the_grids_edge_gets_a_trial_beyond_it(config):
-    trials = [Trial(128, lr, 42, REACHED, steps) for lr, steps in ((0.05, 300), (0.1, 400), (0.2, 500))]
-    trials += [Trial(256, lr, 42, REACHED if steps else MISSED, steps) for lr, steps in ((0.1, 300), (0.2, 200), (0.4, None))]
-    trials += [Trial(512, lr, 42, REACHED, steps) for lr, steps in ((0.2, 300), (0.4, 200))]
-    extra = {p.name: as_config(p.args) for p in edge_trials(config, trials)}
-    assert set(extra) == {"curve/b128-lr0.025-s42", "curve/b512-lr0.8-s42"}
-    assert extra["curve/b128-lr0.025-s42"].base_lr == pytest.approx(0.025)
+def test_the_dry_run_lists_only_the_first_batchs_lrs_and_a_range_of_trials(config):
+    lines: list[str] = []
+    dry_run(config, lines.append)
+    # 7 batch sizes x 3 seeds x (3 LRs, or 3 + 3 extensions)
+    assert lines[0].startswith("63 to 126 trials") and "neighbour's best" in lines[1]
+    listed = [line.split(":")[0].strip() for line in lines[2:] if "-lr" in line]
+    assert len(listed) == 9 and all(name.startswith("curve/b16-") for name in listed)
+    assert [line.split(":")[0].strip() for line in lines[2 + 9:]] == [f"curve/b{b}" for b in config.batch_sizes[1:]]
+
+
+def test_an_older_study_folder_with_a_retired_flag_still_reads(tmp_path):
+    saved = {"out": str(tmp_path), "batch_sizes": [16, 32], "warmup": 0.05, "micro_batch": 16, "seeds": [42]}
+    (tmp_path / "study.json").write_text(json.dumps(saved))
+    config = read_study(tmp_path)
+    assert config.batch_sizes == (16, 32) and config.micro == 16

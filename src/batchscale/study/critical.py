@@ -1,9 +1,12 @@
 """`batchscale study`: measure the critical batch size, and put the paper's batch-size result to the test.
 
-Stage 1, the curve (Shallue et al. 2019; McCandlish et al. 2018): for each global batch B, trials over a
-log-spaced LR grid around a linear-scaling guess, each warmed up, each stopping at the first evaluation of
-a held-out split (training images never trained on) that reaches the target, inside a step budget. The
-fewest steps per B make the curve S(B), fitted to S_min (1 + B_noise / B) (protocol.py).
+Stage 1, the curve (Shallue et al. 2019; McCandlish et al. 2018): batch sizes in ascending order, each a
+stage of trials over a log-spaced LR grid centred on the previous batch's best (protocol.centre_after; the
+first on a linear-scaling guess), extended one LR at a time while the best is on its edge
+(protocol.next_lr), every (LR, seed) with the same warmup in images and the same micro-batch, each trial
+stopping at the first evaluation of a held-out split (training images never trained on) that reaches the
+target, inside a step budget. Each batch's optimum makes the curve S(B), fitted to S_min (1 + B_noise / B)
+(protocol.py). testing/nqm.py's run_study plans the same way on a problem whose answer is known.
 
 Stage 2, the paper: its grid (4 workers x per-worker batch 8...256) as the paper ran it (LR 0.1 x workers)
 and with stage 1's best LR for the same global batch, for a fixed number of epochs, as the paper measured.
@@ -18,7 +21,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from ..flags import flag, same_as
 from ..atomic import write_json_atomic
 from ..rundir import check_writable
 from .executors import Job
-from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, lr_grid
+from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, cells_of, centre_after, lr_grid, next_lr, optimum
 from .runs import read_json
 from .sweep import EXECUTION, Progress, SweepConfig, _ints, check_execution, check_seeds, execute, refuse_overrides
 
@@ -48,14 +51,17 @@ class StudyConfig:
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
                      group=PROTOCOL, aliases=("--train-dir",))
-    preset: str | None = flag(None, "cpu: a small model and a low target, about 30 minutes on 2 CPU cores; full: "
-                              "width 64, 94%, B 32-8192 (see the README for its cost)", group=PROTOCOL,
+    preset: str | None = flag(None, "cpu: a small model and a low target, 3 seeds (longer than the 30 minutes its one-"
+                              "seed version took on 2 CPU cores: see the README); full: width 64, 94%, B 32-8192 (see "
+                              "the README for its cost)", group=PROTOCOL,
                               choices=STUDY_PRESETS)
     batch_sizes: tuple[int, ...] = flag(tuple(2**i for i in range(5, 14)), "global batch sizes", group=PROTOCOL,
                                         parse=_ints)
-    lr_points: int = flag(4, "LRs tried per batch size", group=PROTOCOL)
-    lr_spacing: float = flag(2.0, "ratio between neighbouring LRs of the grid", group=PROTOCOL)
-    lr_per_128: float = flag(0.1, "the grid is centred on this LR x B / 128 (linear scaling)", group=PROTOCOL)
+    lr_points: int = flag(5, "LRs tried per batch size", group=PROTOCOL)
+    lr_spacing: float = flag(2**0.5, "ratio between neighbouring LRs of the grid (default: sqrt(2) = 1.41421)",
+                             group=PROTOCOL)
+    lr_per_128: float = flag(0.1, "the smallest batch's grid is centred on this LR x B / 128; each larger one on its "
+                             "neighbour's best LR x sqrt(batch ratio)", group=PROTOCOL)
     extend_edges: int = flag(2, "where a batch's best LR is the grid's smallest or largest, try up to N more LRs "
                              "beyond it, one at a time", group=PROTOCOL)
     seeds: tuple[int, ...] = flag((42,), "seeds of every (batch, LR) trial", group=PROTOCOL, parse=_ints)
@@ -68,12 +74,14 @@ class StudyConfig:
                                 "a quick smoke run (default: 0, all)")
     budget_epochs: float = flag(60.0, "a trial's budget in images, as epochs of the training split", group=PROTOCOL)
     budget_steps: int = flag(40_000, "a trial's budget in optimizer steps (whichever comes first)", group=PROTOCOL)
-    warmup: float = flag(0.05, "LR warmup from 0, as a share of the trial's step budget", group=PROTOCOL,
-                         name="--warmup-share", aliases=("--warmup",))
-    schedule: str = flag("linear", "LR after warmup: constant, or linear decay to 0 at the budget's end",
-                         group=PROTOCOL, choices=tuple(SCHEDULES))
-    micro_batch: int = flag(512, "larger batches are accumulated from micro-batches this size (batch norm's batch, "
-                            "and B_simple's small batch)", group=PROTOCOL)
+    warmup_images: int = flag(25_000, "LR warmup from 0 over the first N training images, at every batch size "
+                              "(ceil(N / B) steps): the same in examples for every B, not a share of a budget",
+                              group=PROTOCOL, metavar="N")
+    schedule: str = flag("constant", "LR after warmup: constant, or linear decay to 0 at the budget's end (which "
+                         "ties steps to target to the budget)", group=PROTOCOL, choices=tuple(SCHEDULES))
+    micro_batch: int = flag(0, "every batch is accumulated from micro-batches this size, the same for every B (batch "
+                            "norm's batch, and B_simple's small batch); at most the smallest batch size (default: 0, "
+                            "the smallest batch size)", group=PROTOCOL)
     eval_growth: float = flag(1.05, "evaluations near the target grow by this factor: steps known within it",
                               group=PROTOCOL)
     paper: bool = flag(True, "the paper's grid, as it ran and with the tuned LR (default: on)", group=PAPER,
@@ -88,7 +96,8 @@ class StudyConfig:
     sbatch: tuple[str, ...] = same_as(SweepConfig, "sbatch")
     wait: bool = same_as(SweepConfig, "wait", help="submit and return; rerun the same command to look again, wait "
                          "and write the report")
-    dry_run: bool = flag(False, "print the trials and the most images they may train, then stop", group=EXECUTION)
+    dry_run: bool = flag(False, "print the smallest batch's trials (later grids depend on results), how many "
+                         "trials may follow, and the most images they may train, then stop", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
     nodes_per_run: int = 1
     _images: int | None = field(default=None, repr=False, compare=False)
@@ -102,10 +111,15 @@ class StudyConfig:
             raise ConfigError(f"--target must be an accuracy in (0, 1], like 0.94 (got {self.target})")
         if self.holdout < 1:
             raise ConfigError(f"--holdout must be at least 1 image, like 5000 (got {self.holdout})")
-        if self.budget_epochs <= 0 or self.budget_steps < 1 or not 0 <= self.warmup < 1:
-            raise ConfigError("--budget-epochs and --budget-steps must be positive, --warmup-share in [0, 1)")
-        if self.micro_batch < 1 or any(b > self.micro_batch and b % self.micro_batch for b in self.batch_sizes):
-            raise ConfigError(f"every batch size above --micro-batch {self.micro_batch} must be a multiple of it")
+        if self.budget_epochs <= 0 or self.budget_steps < 1 or self.warmup_images < 0:
+            raise ConfigError("--budget-epochs and --budget-steps must be positive, --warmup-images >= 0")
+        if self.micro_batch < 0 or self.micro_batch > min(self.batch_sizes):
+            # A larger micro-batch would be the whole batch below it: batch norm's batch would change along B.
+            raise ConfigError(f"--micro-batch {self.micro_batch} is larger than the smallest batch size "
+                              f"{min(self.batch_sizes)}; give --micro-batch {min(self.batch_sizes)} or less, or leave it out")
+        if any(b % self.micro for b in self.batch_sizes):
+            raise ConfigError(f"every batch size must be a multiple of the micro-batch {self.micro}; change "
+                              "--batch-sizes or --micro-batch")
         if self.extend_edges < 0 or self.paper_epochs < 1 or self.width < 1:
             raise ConfigError(f"--extend-edges must be >= 0, --paper-epochs and --width >= 1 (got {self.extend_edges}, "
                               f"{self.paper_epochs}, {self.width})")
@@ -117,6 +131,11 @@ class StudyConfig:
             raise ConfigError(f"--train-subset must be an integer >= 0, 0 meaning all (got {self.train_subset})")
         refuse_overrides("study", self.train_args, STUDY_SETS)
         return self
+
+    @property
+    def micro(self) -> int:
+        """The micro-batch every trial accumulates its batch from."""
+        return self.micro_batch or min(self.batch_sizes)
 
     @property
     def train_images(self) -> int:
@@ -139,15 +158,23 @@ class StudyConfig:
 
 
 STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
-    # What the issue asks of the real thing: ResNet-18 at full width to 94% held-out accuracy.
+    # What the issue asks of the real thing: ResNet-18 at full width to 94% held-out accuracy. A constant LR, so
+    # that steps to target do not depend on a decay tied to each B's budget; the budget is then only a cap, in
+    # epochs for every B (so large batches get as many images as small ones) and in steps (so small batches are
+    # not held to 200 epochs). Unmeasured: whether a constant LR reaches 94% at every B inside it (a trial that
+    # does not is in the report as missed); lower --target if they miss. Warmup: 25,000 images at every B, about
+    # half an epoch, small against the tens of epochs 94% usually takes.
     "full": {"width": 64, "target": 0.94, "batch_sizes": tuple(2**i for i in range(5, 14)), "holdout": 5000,
-             "budget_epochs": 60.0, "budget_steps": 40_000, "schedule": "linear", "micro_batch": 512,
-             "paper_epochs": 90},
-    # Everything scaled to about 30 minutes on 2 CPU cores (1,731 s: benchmarks/results/cpu-study): width 8, a low target a
-    # constant LR reaches, a smaller holdout, a short paper grid.
+             "budget_epochs": 200.0, "budget_steps": 100_000, "schedule": "constant", "warmup_images": 25_000,
+             "lr_points": 5, "seeds": (1, 2, 3), "paper_epochs": 90},
+    # Scaled for 2 CPU cores: width 8, a low target a constant LR reaches, a smaller holdout, a short paper grid.
+    # Its one-seed, 4-LR version took 1,731 s (benchmarks/results/cpu-study); 3 seeds x 3-6 LRs are 63-126 trials
+    # against its 33, not yet timed. No warmup: at a constant LR the grid itself finds LRs that train from the
+    # first step (a diverged trial is a result, and the grid extends below it), and any warmup adds a 1/B term
+    # to S(B), the shape being measured.
     "cpu": {"width": 8, "target": 0.45, "batch_sizes": (16, 32, 64, 128, 256, 512, 1024), "holdout": 2000,
-            "budget_epochs": 4.0, "budget_steps": 6000, "schedule": "constant", "micro_batch": 128,
-            "paper_epochs": 1, "slots": 2},
+            "budget_epochs": 4.0, "budget_steps": 6000, "schedule": "constant", "warmup_images": 0, "lr_points": 3,
+            "extend_edges": 3, "seeds": (1, 2, 3), "paper_epochs": 1, "slots": 2},
 }
 
 
@@ -161,7 +188,7 @@ STUDY_SETS = {
     "train_dir": "--data", "val_dir": "--data", "width": "--width", "holdout": "--holdout",
     "target_accuracy": "--target", "batch_size": "--batch-sizes", "batches_per_allreduce": "--micro-batch",
     "lr_scaling": "--lr-per-128", "base_lr": "--lr-per-128, --lr-points, --lr-spacing",
-    "warmup_start_lr": "--warmup-share", "warmup_steps": "--warmup-share", "warmup_epochs": "--warmup-share",
+    "warmup_start_lr": "--warmup-images", "warmup_steps": "--warmup-images", "warmup_epochs": "--warmup-images",
     "lr_schedule": "--schedule", "lr_decay_epochs": "--paper-epochs", "epochs": "--budget-epochs or --paper-epochs",
     "max_steps": "--budget-steps", "eval_growth": "--eval-growth", "seed": "--seeds", "log_dir": "--out",
     "simulate_workers": "--no-paper (the paper grid has 4 workers)", "train_subset": "--train-subset",
@@ -187,46 +214,72 @@ def common_args(config: StudyConfig) -> list[str]:
     return ["--train-dir", folder, "--val-dir", folder, "--no-download", "--width", str(config.width), "--holdout", str(config.holdout), "--target-accuracy", str(config.target),
             "--val-batch-size", "500", "--keep-checkpoints", "1", "--no-progress",
             "--noise-every", "1",  # a trial is short: B_simple from every step, not one in ten
+            # An average that never forgets: B_simple at the target is then its average over the whole stretch
+            # before it, the comparison McCandlish et al. make with B_crit, not a value weighted to one moment.
+            "--noise-window", "1e12",
             "--train-subset", str(config.train_subset), *config.train_args]
 
 
 def curve_trial(config: StudyConfig, batch: int, lr: float, seed: int) -> Planned:
-    micro = min(batch, config.micro_batch)
+    micro = config.micro  # one batch-norm batch for every B: B is accumulated from micro-batches of it
     steps = trial_steps(config, batch)
     epochs = math.ceil(steps / (config.train_images // batch))
+    warmup = math.ceil(config.warmup_images / batch)
     args = [*common_args(config), "--batch-size", str(micro), "--batches-per-allreduce", str(batch // micro),
             "--lr-scaling", "none", "--base-lr", f"{lr:.6g}", "--warmup-start-lr", "0", "--warmup-steps",
-            str(max(1, round(config.warmup * steps))), "--lr-schedule", SCHEDULES[config.schedule], "--epochs",
+            str(warmup), "--warmup-epochs", "0",  # --warmup-steps 0 would mean "use epochs"
+            "--lr-schedule", SCHEDULES[config.schedule], "--epochs",
             str(epochs), "--max-steps", str(steps), "--stop-at-target", "--eval-growth", str(config.eval_growth),
             "--seed", str(seed)]
     return Planned(f"curve/b{batch}-lr{lr:.4g}-s{seed}", tuple(args), steps * batch, steps)
 
 
-def curve_trials(config: StudyConfig) -> list[Planned]:
-    return [curve_trial(config, batch, lr, seed) for batch in config.batch_sizes
-            for lr in lr_grid(config.lr_per_128 * batch / 128, config.lr_points, config.lr_spacing)
-            for seed in config.seeds]
+def batch_trials(config: StudyConfig, batch: int, lrs: list[float] | tuple[float, ...]) -> list[Planned]:
+    """Every (LR, seed) trial of one batch size."""
+    return [curve_trial(config, batch, lr, seed) for lr in lrs for seed in config.seeds]
 
 
-def grid_steps_beyond(config: StudyConfig, batch: int, lr: float) -> int:
-    """How many grid spacings `lr` lies outside batch `batch`'s base grid (0 inside it)."""
-    grid = lr_grid(config.lr_per_128 * batch / 128, config.lr_points, config.lr_spacing)
-    below, above = math.log(grid[0] / lr), math.log(lr / grid[-1])
-    return max(0, round(max(below, above) / math.log(config.lr_spacing)))
+def first_grid(config: StudyConfig) -> tuple[float, ...]:
+    """The smallest batch's LRs, around the linear-scaling guess; every later grid depends on results."""
+    batch = min(config.batch_sizes)
+    return lr_grid(config.lr_per_128 * batch / 128, config.lr_points, config.lr_spacing)
 
 
-def edge_trials(config: StudyConfig, trials: list[Trial]) -> list[Planned]:
-    """One more LR beyond the edge for each batch whose best LR is the smallest or largest tried so far, up to
-    --extend-edges spacings beyond the base grid. Counted from the grid, not from how often this ran, so a rerun
-    of a finished study asks for nothing more."""
-    extra = []
-    for best in analyze(trials, replicates=0).bests:
-        if best.at_edge and best.trial is not None:
-            step = 1 / config.lr_spacing if best.trial.lr == best.lrs[0] else config.lr_spacing
-            lr = best.trial.lr * step
-            if grid_steps_beyond(config, best.batch, lr) <= config.extend_edges:
-                extra += [curve_trial(config, best.batch, lr, seed) for seed in config.seeds]
-    return extra
+def curve_stage(config: StudyConfig, say: Callable[..., None]) -> list[str] | None:
+    """The curve, planned as testing/nqm.py's run_study plans it: batch sizes in ascending order, each a stage
+    of its grid centred on the previous batch's best (the first on the linear-scaling guess), extended one LR
+    at a time while its best is on the edge, up to --extend-edges. Every plan is made from the trials' records
+    on disk, so a rerun of a finished study plans the same trials and trains none of them. Returns the failed
+    runs' names, or None where --no-wait left a batch's trials to run (a rerun continues from there)."""
+    out = Path(config.out)
+    batches = sorted(config.batch_sizes)
+    centre, previous = config.lr_per_128 * batches[0] / 128, batches[0]
+    for batch in batches:
+        lrs = list(lr_grid(centre_after(centre, previous, batch), config.lr_points, config.lr_spacing))
+        for extension in range(config.extend_edges + 1):
+            planned = batch_trials(config, batch, lrs)
+            if not config.wait:  # submit this batch's unfinished trials, or plan on from its finished ones
+                if not all(finished(out / p.name) for p in planned):
+                    run_stage(config, planned, f"curve B={batch}", say)
+                    return None
+                failed = []
+            else:
+                failed = run_stage(config, planned, f"curve B={batch}", say)
+            if failed:
+                say(f"curve: {len(failed)} trial(s) of B = {batch} failed; larger batches' grids are centred on its "
+                    "best, so the curve stops here: fix them and rerun the same command")
+                return failed
+            trials = [t for p in planned if (t := read_trial(out / p.name)) is not None]
+            cells = cells_of(trials).get(batch, {})
+            lr = next_lr(cells, config.lr_spacing) if extension < config.extend_edges else None
+            if lr is None:
+                break
+            say(f"curve: the best LR of B = {batch} is at the edge of its grid; trying {lr:.4g} beyond it")
+            lrs.append(lr)
+        best = optimum(cells)[0]
+        if best is not None:
+            centre, previous = best, batch
+    return []
 
 
 def paper_runs(config: StudyConfig, tuned: dict[int, float]) -> list[Planned]:
@@ -373,7 +426,28 @@ def unfinished_trials(out: Path) -> list[str]:
 
 def read_study(out: Path) -> StudyConfig:
     saved = read_json(out / "study.json")
-    return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "_images"})
+    known = {f.name for f in fields(StudyConfig)} - {"_images"}  # an older study's retired fields are left out
+    return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
+
+
+def dry_run(config: StudyConfig, say: Callable[..., None]) -> None:
+    """What may run: only the smallest batch's LRs are known before it has run, since every later grid is
+    centred on its neighbour's best; the counts span no extension to every batch extended --extend-edges."""
+    batches = sorted(config.batch_sizes)
+    seeds = len(config.seeds)
+    fewest, most = len(batches) * config.lr_points * seeds, len(batches) * (config.lr_points + config.extend_edges) * seeds
+    budget = sum((config.lr_points + config.extend_edges) * seeds * trial_steps(config, b) * b for b in batches)
+    say(f"{fewest} to {most} trials ({len(batches)} batch sizes x {config.lr_points} to "
+        f"{config.lr_points + config.extend_edges} LRs x {seeds} seeds), at most {budget / 1e6:.1f}M images "
+        f"({budget / config.train_images:.0f} epochs); paper grid: {2 * len(PAPER_BATCHES)} runs x "
+        f"{config.paper_epochs} epochs")
+    say(f"every batch's LR grid after B = {batches[0]} is centred on its neighbour's best LR x sqrt(batch ratio), "
+        f"so only B = {batches[0]}'s LRs are known now:")
+    for p in batch_trials(config, batches[0], first_grid(config)):
+        say(f"  {p.name}: at most {p.steps} steps")
+    for b in batches[1:]:
+        say(f"  curve/b{b}: {config.lr_points} to {config.lr_points + config.extend_edges} LRs x {seeds} seeds, "
+            f"at most {trial_steps(config, b)} steps each")
 
 
 def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
@@ -381,30 +455,17 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
     config.validate()
     out = Path(config.out)
     check_writable(out, "--out")  # a file in the way, a path too long, a symlink to nothing, no write permission
-    curve = curve_trials(config)
     if config.dry_run:
-        budget = sum(p.budget_images for p in curve)
-        say(f"{len(curve)} trials ({len(config.batch_sizes)} batch sizes x {config.lr_points} LRs x "
-            f"{len(config.seeds)} seeds), at most {budget / 1e6:.1f}M images ({budget / config.train_images:.0f} "
-            f"epochs); paper grid: {2 * len(PAPER_BATCHES)} runs x {config.paper_epochs} epochs")
-        for p in curve:
-            say(f"  {p.name}: at most {p.steps} steps")
+        dry_run(config, say)
         return []
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "study.json", {k: v for k, v in asdict(config).items() if k != "_images"})
-    failed = run_stage(config, curve, "curve", say)
-    if not config.wait:
+    failed = curve_stage(config, say)
+    if failed is None:  # --no-wait: submitted, and a rerun continues
         return []
-    for _ in range(config.extend_edges):  # Shallue et al.: a best LR on the grid's edge may not be the best
-        extra = [p for p in edge_trials(config, read_trials(out, strict=False)) if p not in curve]
-        if not extra:
-            break
-        batches = sorted({int(p.name.split("/b")[1].split("-")[0]) for p in extra})
-        say(f"curve: the best LR is at the edge of the grid for B = {', '.join(map(str, batches))}; "
-            f"{len(extra)} more trial(s) beyond it")
-        curve += extra
-        failed += run_stage(config, curve, "curve", say)
-    return failed + (paper_stage(config, say) if config.paper else [])
+    if failed:
+        return failed
+    return paper_stage(config, say) if config.paper else []
 
 
 def paper_stage(config: StudyConfig, say: Callable[..., None]) -> list[str]:

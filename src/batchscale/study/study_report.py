@@ -130,13 +130,14 @@ def write_report(out: Path, config: StudyConfig) -> Path:
     lines = [
         f"# Critical batch size: ResNet-18 (width {config.width}) on CIFAR-10, target {100 * config.target:g}% "
         "held-out accuracy", "",
-        f"Protocol: per global batch, {config.lr_points} LRs spaced x{config.lr_spacing:g} around {config.lr_per_128:g} "
-        f"x B/128 (up to {config.extend_edges} more beyond the edge where the best was on it), warmup from 0 over "
-        f"{100 * config.warmup:g}% of the budget, then {config.schedule} LR; each trial "
+        f"Protocol: batch sizes in ascending order, each with {config.lr_points} LRs spaced x{config.lr_spacing:.4g}, "
+        f"the smallest's centred on {config.lr_per_128:g} x B/128 and each next one's on its neighbour's best LR x "
+        f"sqrt(batch ratio), extended one LR at a time (up to {config.extend_edges}) while the best is on the edge; "
+        f"warmup from 0 over {config.warmup_images:,} images at every B, then {config.schedule} LR; every B "
+        f"accumulated from micro-batches of {config.micro} (batch norm's batch and B_simple's small batch); each trial "
         f"stops at the first evaluation of {config.holdout} held-out training images at or above the target "
         f"(evaluations {100 * (config.eval_growth - 1):g}% apart near it), within min({config.budget_steps} steps, "
-        f"{config.budget_epochs:g} epochs). Batches above {config.micro_batch} are accumulated from micro-batches of "
-        f"{config.micro_batch}. Seeds: {', '.join(map(str, config.seeds))}.", "",
+        f"{config.budget_epochs:g} epochs). Seeds: {', '.join(map(str, config.seeds))}.", "",
         "## The answer", "",
     ]
     if fit is not None:
