@@ -121,7 +121,7 @@ def run_sweep(argv: Sequence[str]) -> int:
 
 
 def run_study(argv: Sequence[str]) -> int:
-    from .study.critical import StudyConfig, study, study_preset
+    from .study.study import StudyConfig, study, study_preset
     from .study.runs import pyplot
     from .study.study_report import write_report
 
@@ -157,7 +157,7 @@ def run_study(argv: Sequence[str]) -> int:
 
 
 def run_report(argv: Sequence[str]) -> int:
-    from .study.report import report
+    from .study.sweep_report import report
 
     p = _Parser(prog="batchscale report", description="Write report.md and PNG plots for a sweep or study folder.")
     p.add_argument("sweep_dir")
@@ -166,7 +166,7 @@ def run_report(argv: Sequence[str]) -> int:
     def work() -> str:
         folder = Path(args.sweep_dir)
         if (folder / "study.json").is_file():
-            from .study.critical import read_study
+            from .study.study import read_study
             from .study.study_report import write_report
 
             return f"wrote {write_report(folder, read_study(folder))}"

@@ -12,7 +12,7 @@ from launch import cli, one_line
 
 from batchscale.errors import BatchscaleError
 from batchscale.study.plan import Network, plan
-from batchscale.study.report import fmt, report
+from batchscale.study.sweep_report import fmt, report
 from batchscale.study.sweep import SweepConfig, sweep
 
 

@@ -10,7 +10,7 @@ from launch import one_line
 
 from batchscale.cli import bench_parser, main, train_parser
 from batchscale.flags import add_flags
-from batchscale.study.critical import StudyConfig
+from batchscale.study.study import StudyConfig
 from batchscale.study.sweep import SweepConfig
 
 

@@ -13,7 +13,7 @@ import pytest
 from batchscale.config import Config
 from batchscale.errors import ConfigError
 from batchscale.training.bench import BenchConfig
-from batchscale.study.critical import StudyConfig
+from batchscale.study.study import StudyConfig
 from batchscale.study.sweep import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[2]

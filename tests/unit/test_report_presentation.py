@@ -10,7 +10,7 @@ import matplotlib.figure
 import pytest
 
 from batchscale.study.plan import describe_plan
-from batchscale.study.report import report
+from batchscale.study.sweep_report import report
 
 
 def fake_run(folder: Path, batch: int, noise: float | None, epochs: int = 2, reached: bool = False) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from batchscale.config import Config
 from batchscale.errors import ConfigError
-from batchscale.study.critical import StudyConfig, batch_trials, common_args
+from batchscale.study.study import StudyConfig, batch_trials, common_args
 from batchscale.study.sweep import Run, SweepConfig, command
 from batchscale.training.loop import train
 

@@ -12,7 +12,7 @@ from batchscale.config import Config
 from batchscale.flags import build
 from batchscale.schedule import LRSchedule
 from batchscale.errors import ConfigError
-from batchscale.study.critical import StudyConfig, batch_trials, dry_run, paper_runs, read_study, study_preset
+from batchscale.study.study import StudyConfig, batch_trials, dry_run, paper_runs, read_study, study_preset
 from batchscale.study.study_report import drop_statement
 
 

@@ -12,8 +12,8 @@ import pytest
 from launch import cli, one_line
 
 from batchscale.errors import ConfigError
-from batchscale.study import critical
-from batchscale.study.critical import StudyConfig, read_trial, study
+from batchscale.study import study as study_module
+from batchscale.study.study import StudyConfig, read_trial, study
 from batchscale.study.protocol import REACHED, Trial
 from batchscale.study.study_report import write_report
 from batchscale.testing.nqm import run_study
@@ -87,7 +87,7 @@ class FakeTraining:
 @pytest.fixture
 def fake(monkeypatch) -> FakeTraining:
     training = FakeTraining()
-    monkeypatch.setattr(critical, "execute", training)
+    monkeypatch.setattr(study_module, "execute", training)
     return training
 
 
@@ -120,7 +120,7 @@ def test_a_finished_study_rerun_trains_nothing_and_writes_the_same_results(tiny_
 
 def test_the_curve_is_planned_batch_by_batch_as_run_study_plans_it(tiny_cifar, tmp_path, monkeypatch):
     training = FakeTraining(interior_optimum)
-    monkeypatch.setattr(critical, "execute", training)
+    monkeypatch.setattr(study_module, "execute", training)
     cfg = StudyConfig(out=str(tmp_path), data=str(tiny_cifar), batch_sizes=(64, 16, 32, 128), lr_points=3,
                       lr_spacing=2**0.5, extend_edges=3, holdout=32, width=4, paper=False, seeds=(1, 2))
     study(cfg, say=quiet)
@@ -162,13 +162,13 @@ def test_a_failed_trial_stops_the_curve_at_its_batch_and_a_rerun_carries_on(tiny
         healthy.sent[-1].insert(0, victim.name)
         progress.outcomes = {victim.name: Outcome(exit_code=1)}  # ended without a summary, as a crashed trial
 
-    monkeypatch.setattr(critical, "execute", crash_once)
+    monkeypatch.setattr(study_module, "execute", crash_once)
     lines: list[str] = []
     failed = study(config(tmp_path / "s", tiny_cifar), say=lambda text, **kw: lines.append(text))
     assert len(failed) == 1 and failed[0].startswith("curve/b16-")
     assert {d.name.split("-")[0] for d in (tmp_path / "s" / "curve").iterdir()} == {"b16"}  # no larger batch ran
     assert any("B = 16 failed" in line and "rerun" in line for line in lines)
-    monkeypatch.setattr(critical, "execute", healthy)
+    monkeypatch.setattr(study_module, "execute", healthy)
     assert study(config(tmp_path / "s", tiny_cifar), say=quiet) == []
     study(config(tmp_path / "clean", tiny_cifar), say=quiet)
     assert tried(tmp_path / "s") == tried(tmp_path / "clean")

@@ -1,2 +1,3 @@
-"""The study tools, apart from the training core: sweep (runs a grid), report (tables and plots from the
-runs on disk) and plan (a scaling model). The bench, which times the trainer's step, lives beside it (training/bench.py)."""
+"""The study tools, apart from the training core, one module per command: sweep (runs a grid) with
+sweep_report (its tables and plots), study (the critical batch; protocol is its arithmetic) with study_report,
+and plan (a scaling model). The bench, which times the trainer's step, lives beside it (training/bench.py)."""

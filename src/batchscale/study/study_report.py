@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic, write_text_atomic
-from .critical import (PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name,
+from .study import (PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name,
                        unfinished_trials)
 from .protocol import MISSED, PRECISE, REACHED, Analysis, Trial, analyze
 from .runs import positive, pyplot, read_json, read_records

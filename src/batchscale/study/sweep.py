@@ -147,7 +147,7 @@ class SweepConfig(Execution):
         if not self.base_lrs or not all(0 < lr < math.inf for lr in self.base_lrs):
             raise ConfigError(f"--base-lrs must be positive numbers, like 0.05,0.1 (got {self.base_lrs})")
         check_seeds(self.seeds)
-        check_execution(self, "sweep")
+        self.check("sweep")
         if self.nodes_per_run > 1 and (self.launcher != "torchrun" or any(w % self.nodes_per_run for w in self.workers)):
             raise ConfigError("--nodes-per-run > 1 needs --executor slurm, --launcher torchrun and worker counts that "
                               "split evenly across the nodes")
@@ -174,10 +174,6 @@ def refuse_overrides(command: str, train_args: tuple[str, ...], sets: dict[str, 
 def check_seeds(seeds: tuple[int, ...]) -> None:
     if not seeds or not all(0 <= s < 2**64 for s in seeds):
         raise ConfigError(f"--seeds must be integers from 0 to 2**64 - 1, like 1,2,3 (got {seeds})")
-
-
-def check_execution(config: Execution, command: str) -> None:
-    Execution.check(config, command)
 
 
 PRESET_GRIDS: dict[str, dict[str, Any]] = {

@@ -34,7 +34,7 @@ from ..rundir import check_writable
 from .executors import Job
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, cells_of, centre_after, lr_grid, next_lr, optimum
 from .runs import read_json
-from .sweep import EXECUTION, Progress, SweepConfig, _ints, check_execution, check_seeds, execute, refuse_overrides
+from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, execute, refuse_overrides
 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
 PAPER_WORKERS = 4
@@ -45,7 +45,7 @@ PROTOCOL, PAPER = "the critical-batch protocol", "the paper's grid"
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(Execution):
     """A study; each field is a `batchscale study` flag. A preset fills the fields the command line left out."""
 
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
@@ -87,19 +87,12 @@ class StudyConfig:
     paper: bool = flag(True, "the paper's grid, as it ran and with the tuned LR (default: on)", group=PAPER,
                        toggle=True)
     paper_epochs: int = flag(90, "epochs of each paper-grid run (the paper: 90)", group=PAPER)
-    executor: str = same_as(SweepConfig, "executor")
-    slots: int = same_as(SweepConfig, "slots")
-    partition: str | None = same_as(SweepConfig, "partition")
-    time: int = same_as(SweepConfig, "time")
-    gpus_per_run: int = same_as(SweepConfig, "gpus_per_run")
-    cpus_per_run: int = same_as(SweepConfig, "cpus_per_run")
-    sbatch: tuple[str, ...] = same_as(SweepConfig, "sbatch")
-    wait: bool = same_as(SweepConfig, "wait", help="submit and return; rerun the same command to look again, wait "
+    wait: bool = same_as(Execution, "wait", help="submit and return; rerun the same command to look again, wait "
                          "and write the report")
     dry_run: bool = flag(False, "print the smallest batch's trials (later grids depend on results), how many "
                          "trials may follow, and the most images they may train, then stop", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
-    nodes_per_run: int = 1
+    nodes_per_run: int = 1  # a trial is one process: no --nodes-per-run
     _images: int | None = field(default=None, repr=False, compare=False)
 
     def validate(self) -> "StudyConfig":
@@ -126,7 +119,7 @@ class StudyConfig:
         if not 1 < self.eval_growth <= 2:
             raise ConfigError(f"--eval-growth must be in (1, 2], like 1.05 (got {self.eval_growth})")
         check_seeds(self.seeds)
-        check_execution(self, "study")
+        self.check("study")
         if self.train_subset < 0:
             raise ConfigError(f"--train-subset must be an integer >= 0, 0 meaning all (got {self.train_subset})")
         refuse_overrides("study", self.train_args, STUDY_SETS)
