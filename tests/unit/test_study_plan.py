@@ -30,12 +30,12 @@ def config() -> StudyConfig:
 def test_a_curve_trial_stops_at_its_held_out_target_within_its_budget(config):
     for batch in config.batch_sizes:
         trials = batch_trials(config, batch, (0.01, 0.02))
-        assert len(trials) == 2 * 3  # every LR with every one of the preset's 3 seeds
+        assert len(trials) == 2 * 2  # every LR with every one of the preset's 2 seeds
         for trial in trials:
             c = as_config(trial.args)
             assert c.batch_size * c.batches_per_allreduce == batch
             # One batch-norm batch for every B: the smallest batch size, every B accumulated from it.
-            assert c.batch_size == 16 and c.stop_at_target and c.holdout == 2000 and c.eval_growth == 1.05
+            assert c.batch_size == 32 and c.stop_at_target and c.holdout == 2000 and c.eval_growth == 1.05
             # B_simple averaged over the whole run before the target, not forgotten after 200,000 examples.
             assert c.noise_window >= 1e12
             # The budget: whichever of 6000 steps and 4 epochs of images comes first, and the epochs cover it.
@@ -47,7 +47,7 @@ def test_a_curve_trial_stops_at_its_held_out_target_within_its_budget(config):
             assert schedule(0) == schedule(c.max_steps - 1) == c.base_lr
 
 
-@pytest.mark.parametrize("batch", [16, 64, 1024])
+@pytest.mark.parametrize("batch", [32, 64, 1024])
 def test_the_warmup_is_the_same_number_of_images_at_every_batch_size(config, batch):
     config.warmup_images = 4000
     c = as_config(batch_trials(config, batch, (0.05,))[0].args)
@@ -92,17 +92,17 @@ def test_the_report_says_how_much_of_the_papers_drop_survives():
 
 def test_the_cpu_preset_fills_only_what_was_not_given():
     cfg = study_preset("cpu", StudyConfig(out="s", width=16), {"width"})
-    assert cfg.width == 16 and cfg.target == 0.45 and cfg.batch_sizes[0] == 16 and Path(cfg.out) == Path("s")
+    assert cfg.width == 16 and cfg.target == 0.45 and cfg.batch_sizes[0] == 32 and Path(cfg.out) == Path("s")
 
 
 def test_the_dry_run_lists_only_the_first_batchs_lrs_and_a_range_of_trials(config):
     lines: list[str] = []
     dry_run(config, lines.append)
-    # 7 batch sizes x 3 seeds x (3 LRs, or 3 + 3 extensions)
-    assert lines[0].startswith("63 to 126 trials") and "neighbour's best" in lines[1]
+    # 6 batch sizes x 2 seeds x (3 LRs, or 3 + 3 extensions)
+    assert lines[0].startswith("36 to 72 trials") and "neighbour's best" in lines[1]
     listed = [line.split(":")[0].strip() for line in lines[2:] if "-lr" in line]
-    assert len(listed) == 9 and all(name.startswith("curve/b16-") for name in listed)
-    assert [line.split(":")[0].strip() for line in lines[2 + 9:]] == [f"curve/b{b}" for b in config.batch_sizes[1:]]
+    assert len(listed) == 6 and all(name.startswith("curve/b32-") for name in listed)
+    assert [line.split(":")[0].strip() for line in lines[2 + 6:]] == [f"curve/b{b}" for b in config.batch_sizes[1:]]
 
 
 def test_an_older_study_folder_with_a_retired_flag_still_reads(tmp_path):
