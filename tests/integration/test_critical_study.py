@@ -19,7 +19,7 @@ def study(out, data, *flags: str) -> subprocess.CompletedProcess:
 
 
 def test_trials_stop_at_the_target_and_misses_are_reported(tiny_cifar, tmp_path):
-    easy = study(tmp_path / "easy", tiny_cifar, "--target", "0.01", "--paper-epochs", "1")
+    easy = study(tmp_path / "easy", tiny_cifar, "--target", "0.01", "--paper-epochs", "1", "--paper-lr-points", "1")
     assert easy.returncode == 0, easy.stderr[-2000:]
     results = json.loads((tmp_path / "easy" / "results.json").read_text())
     assert len(results["trials"]) == 4 and {t["status"] for t in results["trials"]} == {"reached"}
@@ -33,12 +33,19 @@ def test_trials_stop_at_the_target_and_misses_are_reported(tiny_cifar, tmp_path)
         assert summary["steps_completed"] == 1
         assert not (folder / "checkpoint-2.pth.tar").exists()
 
-    # The paper grid at its LR and at the tuned one, where 4 workers' batches fit the 280 training images.
+    # The paper grid where 4 workers' batches fit the 280 training images: at its LR, at a tuned one (one LR per
+    # batch here: stage 1's best for the global batch where it has one), and the batch-norm control.
     paper = {row["per_worker_batch"]: row for row in results["paper"]}
-    assert all("final_test_acc" in paper[b]["paper"] for b in (8, 16, 32, 64))
-    assert all("final_test_acc" in paper[b]["tuned"] for b in (8, 16)) and "tuned" not in paper[32]
+    for b in (8, 16, 32, 64):
+        assert "final_test_acc" in paper[b]["paper"] and len(paper[b]["grid"]) == 1
+    assert paper[8]["grid"][0]["peak_lr"] == next(b["lr"] for b in results["best"] if b["batch"] == 32)
+    # No stage-1 trial at global batch 128: the grid is the paper's LR, whose run is the paper-LR one.
+    assert paper[32]["grid"][0]["peak_lr"] == 0.4 and paper[32]["tuned"]["final_test_acc"] == paper[32]["paper"][
+        "final_test_acc"] and not (tmp_path / "easy" / "paper" / "b32-lr0.4-s42").exists()
+    assert "final_test_acc" in paper[8]["control"] and "control" not in paper[16]
     assert "paper" not in paper[128] and "paper" not in paper[256]
-    assert "## The paper's grid: 4 workers, 1 epoch" in (tmp_path / "easy" / "report.md").read_text()
+    report = (tmp_path / "easy" / "report.md").read_text()
+    assert "## The paper's grid: 4 workers, 1 epoch" in report and "Not comparable with the paper's column" in report
 
     hard = study(tmp_path / "hard", tiny_cifar, "--target", "0.99", "--no-paper")
     assert hard.returncode == 0, hard.stderr[-2000:]
@@ -49,9 +56,9 @@ def test_trials_stop_at_the_target_and_misses_are_reported(tiny_cifar, tmp_path)
     assert "No LR reached the target within the budget for B = 32, 64" in report
     assert report.count("| missed |") + report.count("| diverged |") == 4
 
-    again = study(tmp_path / "easy", tiny_cifar, "--target", "0.01", "--paper-epochs", "1")
+    again = study(tmp_path / "easy", tiny_cifar, "--target", "0.01", "--paper-epochs", "1", "--paper-lr-points", "1")
     assert again.returncode == 0, again.stderr[-2000:]
     # One stage per batch size, in ascending order; each plans from its trials' records, so nothing runs again.
     assert again.stdout.index("curve B=32: 2 of 2 already finished, skipped") < again.stdout.index(
         "curve B=64: 2 of 2 already finished, skipped")
-    assert "paper: 6 of 6 already finished, skipped" in again.stdout
+    assert "paper: 7 of 7 already finished, skipped" in again.stdout

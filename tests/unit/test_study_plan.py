@@ -12,8 +12,8 @@ from batchscale.config import Config
 from batchscale.flags import build
 from batchscale.schedule import LRSchedule
 from batchscale.errors import ConfigError
-from batchscale.study.study import StudyConfig, batch_trials, dry_run, paper_runs, read_study, study_preset
-from batchscale.study.study_report import drop_statement
+from batchscale.study import paper
+from batchscale.study.study import StudyConfig, batch_trials, dry_run, paper_plan, read_study, study_preset
 
 
 def as_config(args: tuple[str, ...]) -> Config:
@@ -67,15 +67,59 @@ def test_a_micro_batch_larger_than_the_smallest_batch_is_refused_in_one_line():
     assert StudyConfig(out="s", batch_sizes=(64, 32, 256)).micro == 32
 
 
-def test_the_paper_grid_runs_as_the_paper_ran_it_and_with_the_tuned_lr(config):
-    runs = {r.name: as_config(r.args) for r in paper_runs(config, {64: 0.05, 1024: 1.2})}
-    assert len(runs) == 6 + 2
+def peak_and_ramp(c: Config, steps_per_epoch: int = 100) -> list[float]:
+    """The LR of every step of a run, as the trainer builds it (one process: its simulated workers' batches and
+    its accumulated ones are what one update averages)."""
+    schedule = LRSchedule.from_config(c, c.simulate_workers * c.batches_per_allreduce, steps_per_epoch)
+    return [schedule(step) for step in range(schedule.total_steps)]
+
+
+def test_the_paper_grid_runs_as_the_paper_ran_it_at_a_tuned_grid_and_with_a_batch_norm_control(config):
+    config.paper, config.paper_epochs = True, 2
+    runs = {r.name: as_config(r.args) for r in paper.runs(paper_plan(config), {64: 0.05, 1024: 1.2})}
+    # Every seed of: the paper's LR and the tuned grid's 3 LRs for each of the 6 batches, and the control; where a
+    # grid is centred on the paper's LR (no stage-1 best for its global batch), its middle point is the paper's run.
+    assert len(runs) == 2 * (6 + 3 + 3 + 4 * 2 + 1) and paper.budget(paper_plan(config)) == 2 * (6 * 4 + 1)
+    assert not any(name.startswith("paper/b8-lr0.4-") for name in runs)
     for name, c in runs.items():
-        assert c.simulate_workers == 4 and c.epochs == config.paper_epochs and not c.stop_at_target
-        peak = LRSchedule.from_config(c, 4, 100).peak_lr
-        assert peak == pytest.approx(0.4 if "-paper-" in name else {"b16": 0.05, "b256": 1.2}[name.split("/")[1][:4].rstrip("-")])
-    tuned = runs["paper/b16-tuned-lr0.05"]
-    assert tuned.warmup_start_lr == pytest.approx(0.05 / 4)  # ramp from one worker's share, as the paper's
+        assert c.epochs == 2 and not c.stop_at_target and c.holdout == 2000 and c.seed in (1, 2)
+        assert c.simulate_workers == (1 if "-control-" in name else 4)
+    for seed in (1, 2):
+        # The paper's LR: 0.1 per worker on 4 workers, whatever the batch.
+        assert all(max(peak_and_ramp(runs[f"paper/b{b}-paper-lr-s{seed}"])) == pytest.approx(0.4)
+                   for b in paper.BATCHES)
+        # The tuned grid, x2 apart around stage 1's best LR for the global batch, or around 0.4 without one.
+        for b, lrs in ((16, (0.025, 0.05, 0.1)), (256, (0.6, 1.2, 2.4)), (8, (0.2, 0.8))):
+            for lr in lrs:
+                ramp = peak_and_ramp(runs[f"paper/b{b}-lr{lr:.4g}-s{seed}"])
+                assert max(ramp) == pytest.approx(lr) and ramp[0] == pytest.approx(lr / 4)
+        # The control differs from per-worker batch 8 on 4 workers only in batch norm's batch: one worker with all
+        # 32 images, the same LR at every step, the same epochs.
+        four, one = runs[f"paper/b8-paper-lr-s{seed}"], runs[f"paper/b8-control-s{seed}"]
+        assert four.batch_size * four.simulate_workers == one.batch_size == 32
+        assert peak_and_ramp(four) == pytest.approx(peak_and_ramp(one))
+
+
+def test_the_tuned_lr_is_picked_on_the_held_out_split_never_on_the_test_set(tmp_path):
+    plan = paper.PaperPlan(1, (1, 2), 3, 48_000, 8, 0, ())
+    # Held-out and test accuracy disagree on purpose: 0.2 is best held out, 0.8 best on the test set; at 0.4 one
+    # seed diverged, so it is not eligible however good the other seed was.
+    made = {0.2: [(0.50, 0.40), (0.52, 0.42)], 0.4: [(0.90, 0.90), None], 0.8: [(0.30, 0.60), (0.32, 0.62)]}
+    for lr, seeds in made.items():
+        for seed, accs in zip((1, 2), seeds):
+            # The grid is centred on the paper's LR (no stage-1 best here): its middle point is the paper's run.
+            folder = tmp_path / (f"paper/b8-lr{lr:.4g}-s{seed}" if lr != 0.4 else f"paper/b8-paper-lr-s{seed}")
+            folder.mkdir(parents=True)
+            if accs is None:
+                (folder / "diverged.json").write_text("{}")
+                continue
+            (folder / "summary.json").write_text(json.dumps({"final_val_acc": accs[1]}))
+            (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": accs[1], "holdout_acc": accs[0]}))
+    row = paper.paper_results(tmp_path, plan, {})[0]
+    assert row["tuned"]["peak_lr"] == pytest.approx(0.2) and row["tuned"]["at_edge"]
+    assert row["tuned"]["final_test_acc"] == pytest.approx(0.41) and row["tuned"]["seeds"] == 2
+    assert row["tuned"]["final_test_sd"] == pytest.approx(0.02 / 2**0.5)
+    assert [c["diverged"] for c in row["grid"]] == [0, 1, 0] and row["paper"]["diverged"] == 1
 
 
 def test_the_report_says_how_much_of_the_papers_drop_survives():
@@ -84,10 +128,23 @@ def test_the_report_says_how_much_of_the_papers_drop_survives():
     tuned = (0.80, 0.84, 0.85, 0.86, 0.86, 0.84)
     rows = [{"published": p, "paper": {"final_test_acc": a}, "tuned": {"final_test_acc": t}}
             for p, a, t in zip(published, at_paper_lr, tuned)]
-    text = drop_statement(rows)
-    assert "the smallest batch is 64.3 points and the largest 7.7 points below its best" in text
+    text = paper.drop_statement(rows)
+    assert "the smallest batch 64.3 points and the largest 7.7 points below its best" in text
     assert "at the paper's LR, the smallest batch is 66.0 points and the largest 11.0 points" in text
     assert "with a tuned LR, the smallest batch is 6.0 points and the largest 2.0 points" in text
+    assert text.startswith("In the paper")
+    # At another scale the paper's figures are there, named as another scale, not as what ours are set against.
+    assert paper.drop_statement(rows, comparable=False).startswith("Here, at the paper's LR")
+    assert "another scale" in paper.drop_statement(rows, comparable=False)
+
+
+def test_results_at_another_width_or_epoch_count_are_labelled_not_comparable(config):
+    config.paper = True
+    for width, epochs, comparable in ((64, 90, True), (8, 90, False), (64, 1, False)):
+        config.width, config.paper_epochs = width, epochs
+        lines = "\n".join(paper.paper_section([], paper_plan(config)))
+        assert ("Not comparable with the paper's column" in lines) is not comparable
+        assert ("published (90 epochs, width 64; not comparable)" in lines) is not comparable
 
 
 def test_the_cpu_preset_fills_only_what_was_not_given():

@@ -8,8 +8,8 @@ stopping at the first evaluation of a held-out split (training images never trai
 target, inside a step budget. Each batch's optimum makes the curve S(B), fitted to S_min (1 + B_noise / B)
 (protocol.py). testing/nqm.py's run_study plans the same way on a problem whose answer is known.
 
-Stage 2, the paper: its grid (4 workers x per-worker batch 8...256) as the paper ran it (LR 0.1 x workers)
-and with stage 1's best LR for the same global batch, for a fixed number of epochs, as the paper measured.
+Stage 2, the paper (paper.py): its grid (4 workers x per-worker batch 8...256) for a fixed number of epochs, as
+the paper ran it (LR 0.1 x workers), at the LR best for its own objective, and with a batch-norm control.
 
 Every trial is a training run in its own folder, run by the sweep's executors (local slots or SLURM): a
 rerun skips finished trials and resumes interrupted ones, so the study resumes as a whole.
@@ -32,13 +32,12 @@ from ..flags import flag, same_as
 from ..atomic import write_json_atomic
 from ..rundir import check_writable
 from .executors import Job
+from .paper import PaperPlan, paper_stage, budget as paper_budget
+from .planned import Planned
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, cells_of, centre_after, lr_grid, next_lr, optimum
 from .runs import read_json
 from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, execute, refuse_overrides
 
-PAPER_BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
-PAPER_WORKERS = 4
-PAPER_ACCURACY = {8: 23.9, 16: 81.0, 32: 86.0, 64: 87.8, 128: 88.2, 256: 80.5}  # their val accuracy, %, 90 epochs
 STUDY_PRESETS = ("cpu", "full")
 SCHEDULES = {"constant": "constant", "linear": "onecycle"}  # the trial's LR after warmup -> the trainer's schedule
 PROTOCOL, PAPER = "the critical-batch protocol", "the paper's grid"
@@ -84,9 +83,13 @@ class StudyConfig(Execution):
                             "the smallest batch size)", group=PROTOCOL)
     eval_growth: float = flag(1.05, "evaluations near the target grow by this factor: steps known within it",
                               group=PROTOCOL)
-    paper: bool = flag(True, "the paper's grid, as it ran and with the tuned LR (default: on)", group=PAPER,
+    paper: bool = flag(True, "the paper's grid, as it ran, at a tuned LR, and a batch-norm control, with every seed "
+                       "(default: on)", group=PAPER,
                        toggle=True)
-    paper_epochs: int = flag(90, "epochs of each paper-grid run (the paper: 90)", group=PAPER)
+    paper_epochs: int = flag(90, "epochs of each paper-grid run (the paper: 90; another count is labelled as not "
+                             "comparable with its figures)", group=PAPER)
+    paper_lr_points: int = flag(3, "LRs x2 apart tried per paper-grid batch, centred on stage 1's best LR for its "
+                                "global batch; the best final held-out accuracy over the seeds is kept", group=PAPER)
     wait: bool = same_as(Execution, "wait", help="submit and return; rerun the same command to look again, wait "
                          "and write the report")
     dry_run: bool = flag(False, "print the smallest batch's trials (later grids depend on results), how many "
@@ -113,9 +116,9 @@ class StudyConfig(Execution):
         if any(b % self.micro for b in self.batch_sizes):
             raise ConfigError(f"every batch size must be a multiple of the micro-batch {self.micro}; change "
                               "--batch-sizes or --micro-batch")
-        if self.extend_edges < 0 or self.paper_epochs < 1 or self.width < 1:
-            raise ConfigError(f"--extend-edges must be >= 0, --paper-epochs and --width >= 1 (got {self.extend_edges}, "
-                              f"{self.paper_epochs}, {self.width})")
+        if self.extend_edges < 0 or self.paper_epochs < 1 or self.width < 1 or self.paper_lr_points < 1:
+            raise ConfigError(f"--extend-edges must be >= 0, --paper-epochs, --paper-lr-points and --width >= 1 (got "
+                              f"{self.extend_edges}, {self.paper_epochs}, {self.paper_lr_points}, {self.width})")
         if not 1 < self.eval_growth <= 2:
             raise ConfigError(f"--eval-growth must be in (1, 2], like 1.05 (got {self.eval_growth})")
         check_seeds(self.seeds)
@@ -188,16 +191,6 @@ STUDY_SETS = {
     "max_steps": "--budget-steps", "eval_growth": "--eval-growth", "seed": "--seeds", "log_dir": "--out",
     "simulate_workers": "--no-paper (the paper grid has 4 workers)", "train_subset": "--train-subset",
 }
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A trial or paper run: its folder name, training flags, and the most images it may train."""
-
-    name: str
-    args: tuple[str, ...]
-    budget_images: int
-    steps: int = 0  # a trial's step budget (0: a paper run, bounded by its epochs)
 
 
 def trial_steps(config: StudyConfig, batch: int) -> int:
@@ -277,34 +270,8 @@ def curve_stage(config: StudyConfig, say: Callable[..., None]) -> list[str] | No
     return []
 
 
-def paper_runs(config: StudyConfig, tuned: dict[int, float]) -> list[Planned]:
-    """The paper's grid at LR 0.1 x workers, and at `tuned` (global batch -> stage 1's best peak LR) where known."""
-    epochs = config.paper_epochs
-    # The paper's step schedule where its 90 epochs fit; a short run keeps the shape: warmup, then decay.
-    schedule = (["--lr-schedule", "step", "--lr-decay-epochs", "30,60,80", "--warmup-epochs", "5"] if epochs >= 90
-                else ["--lr-schedule", "cosine", "--warmup-epochs", f"{5 * epochs / 90:.4g}"])
-    planned = []
-    for b in PAPER_BATCHES:
-        if b * PAPER_WORKERS > config.train_images:
-            continue  # a smaller data set than CIFAR-10's (paper_stage says so)
-        layout = [*common_args(config), *schedule, "--batch-size", str(b), "--simulate-workers", str(PAPER_WORKERS),
-                  "--epochs", str(epochs), "--seed", str(config.seeds[0])]
-        images = epochs * config.train_images
-        planned.append(Planned(f"paper/b{b}-paper-lr", (*layout, "--lr-scaling", "linear", "--base-lr", "0.1"), images))
-        lr = tuned.get(b * PAPER_WORKERS)
-        if lr is not None:
-            # Warmed up from a quarter of the peak, as the paper's ramp starts at one worker's LR.
-            planned.append(Planned(tuned_name(b, lr), (*layout, "--lr-scaling", "none", "--base-lr",
-                                   f"{lr:.6g}", "--warmup-start-lr", f"{lr / PAPER_WORKERS:.6g}"), images))
-    return planned
-
-
-def tuned_name(per_worker_batch: int, lr: float) -> str:
-    return f"paper/b{per_worker_batch}-tuned-lr{lr:.4g}"
-
-
 def tuned_lrs(trials: list[Trial]) -> dict[int, float]:
-    """Global batch -> the LR of its best trial: what the paper grid's tuned runs use."""
+    """Global batch -> the LR of its best trial: where the paper grid's tuned LRs are centred."""
     return {b.batch: b.trial.lr for b in analyze(trials, replicates=0).bests if b.trial is not None}
 
 
@@ -434,8 +401,8 @@ def dry_run(config: StudyConfig, say: Callable[..., None]) -> None:
     budget = sum((config.lr_points + config.extend_edges) * seeds * trial_steps(config, b) * b for b in batches)
     say(f"{fewest} to {most} trials ({len(batches)} batch sizes x {config.lr_points} to "
         f"{config.lr_points + config.extend_edges} LRs x {seeds} seeds), at most {budget / 1e6:.1f}M images "
-        f"({budget / config.train_images:.0f} epochs); paper grid: {2 * len(PAPER_BATCHES)} runs x "
-        f"{config.paper_epochs} epochs")
+        f"({budget / config.train_images:.0f} epochs); paper grid: "
+        + (f"{paper_budget(paper_plan(config))} runs x {config.paper_epochs} epochs" if config.paper else "off"))
     say(f"every batch's LR grid after B = {batches[0]} is centred on its neighbour's best LR x sqrt(batch ratio), "
         f"so only B = {batches[0]}'s LRs are known now:")
     for p in batch_trials(config, batches[0], first_grid(config)):
@@ -460,17 +427,14 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
         return []
     if failed:
         return failed
-    return paper_stage(config, say) if config.paper else []
+    return run_paper(config, say) if config.paper else []
 
 
-def paper_stage(config: StudyConfig, say: Callable[..., None]) -> list[str]:
-    tuned = tuned_lrs(read_trials(Path(config.out), strict=False))
-    missing = [b * PAPER_WORKERS for b in PAPER_BATCHES if b * PAPER_WORKERS not in tuned]
-    if missing:
-        say(f"paper grid: no tuned LR for global batch {', '.join(map(str, missing))} (not in --batch-sizes, or no "
-            "trial reached the target); those run at the paper's LR only")
-    too_big = [b for b in PAPER_BATCHES if b * PAPER_WORKERS > config.train_images]
-    if too_big:
-        say(f"paper grid: per-worker batch {', '.join(map(str, too_big))} x {PAPER_WORKERS} workers is more than the "
-            f"{config.train_images} training images; left out")
-    return run_stage(config, paper_runs(config, tuned), "paper", say)
+def paper_plan(config: StudyConfig) -> PaperPlan:
+    return PaperPlan(config.paper_epochs, config.seeds, config.paper_lr_points, config.train_images, config.width,
+                     config.train_subset, tuple(common_args(config)))
+
+
+def run_paper(config: StudyConfig, say: Callable[..., None]) -> list[str]:
+    centres = tuned_lrs(read_trials(Path(config.out), strict=False))
+    return paper_stage(paper_plan(config), centres, lambda planned, label: run_stage(config, planned, label, say), say)

@@ -3,41 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..atomic import write_json_atomic, write_text_atomic
-from .study import (PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name,
-                       unfinished_trials)
+from .paper import paper_results, paper_section, pct
+from .study import StudyConfig, paper_plan, read_trials, tuned_lrs, unfinished_trials
 from .protocol import MISSED, PRECISE, REACHED, Analysis, Trial, analyze
-from .runs import positive, pyplot, read_json, read_records
-
-
-def paper_results(out: Path, tuned: dict[int, float]) -> list[dict[str, Any]]:
-    """The paper grid's runs: at the paper's LR, and at the tuned LR stage 1 names now (an older tuned run, from
-    before more trials moved the best LR, is left out)."""
-    rows = []
-    for b in PAPER_BATCHES:
-        row: dict[str, Any] = {"per_worker_batch": b, "global_batch": b * PAPER_WORKERS,
-                               "published": PAPER_ACCURACY[b]}
-        lr = tuned.get(b * PAPER_WORKERS)
-        folders = {"paper": out / f"paper/b{b}-paper-lr", "tuned": out / tuned_name(b, lr) if lr else None}
-        for kind, folder in folders.items():
-            if folder is not None and (folder / "diverged.json").is_file():
-                row[kind] = {"diverged": True}
-            if folder is None or not (folder / "summary.json").is_file():
-                continue
-            summary = read_json(folder / "summary.json")
-            records = read_records(folder / "metrics.jsonl")
-            row[kind] = {"peak_lr": summary["config"]["base_lr"] * (PAPER_WORKERS if kind == "paper" else 1),
-                         "final_test_acc": summary["final_val_acc"],
-                         "mean_test_acc": sum(r["val_acc"] for r in records) / len(records),
-                         "final_holdout_acc": records[-1].get("holdout_acc")}
-        rows.append(row)
-    return rows
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+from .runs import positive, pyplot
 
 
 def num(value: float | None, digits: int = 0) -> str:
@@ -125,7 +96,7 @@ def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str =
 def write_report(out: Path, config: StudyConfig) -> Path:
     trials = read_trials(out)
     analysis = analyze(trials)
-    paper = paper_results(out, tuned_lrs(trials)) if config.paper else []
+    paper = paper_results(out, paper_plan(config), tuned_lrs(trials)) if config.paper else []
     fit, interval = analysis.fit, analysis.interval
     lines = [
         f"# Critical batch size: ResNet-18 (width {config.width}) on CIFAR-10, target {100 * config.target:g}% "
@@ -200,7 +171,7 @@ def write_report(out: Path, config: StudyConfig) -> Path:
     plots = write_plots(out, trials, analysis, title) if trials else []
     lines += ["", "## Plots", ""] + [f"![{caption}]({name})\n\n{caption}.\n" for name, caption in plots]
     if paper:
-        lines += paper_section(paper, config)
+        lines += paper_section(paper, paper_plan(config))
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     write_json_atomic(out / "results.json", {
         "config": {k: v for k, v in vars(config).items() if k not in ("train_args", "_images")},
@@ -242,46 +213,3 @@ def comparison_lines(analysis: Analysis) -> list[str]:
                f"B_crit is {'below' if c.ratio_high < 1 else 'above'} B_simple beyond their uncertainty")  # type: ignore[operator]
     return [what, f"- B_crit / B_simple = **{c.ratio:.2f}** (90% interval {c.ratio_low:.2f} to {c.ratio_high:.2f}): "
             f"{verdict}."]
-
-
-def paper_section(rows: list[dict[str, Any]], config: StudyConfig) -> list[str]:
-    epochs = f"{config.paper_epochs} epoch{'s' if config.paper_epochs != 1 else ''}"
-    lines = ["", f"## The paper's grid: {PAPER_WORKERS} workers, {epochs}", "",
-             "Test accuracy, %, final and averaged over the epochs (the paper's measure); the paper's own figure "
-             f"is for 90 epochs of the full-width model, ours for width {config.width}.", "",
-             "| per-worker batch | global | paper (published) | LR 0.1 x workers: final / mean | tuned LR | "
-             "tuned: final / mean |", "|---:|---:|---:|---:|---:|---:|"]
-
-    def cell(run: dict[str, Any] | None) -> str:
-        if not run:
-            return "-"
-        if run.get("diverged"):
-            return "diverged"
-        return f"{pct(run['final_test_acc'])} / {pct(run['mean_test_acc'])}"
-
-    for row in rows:
-        tuned = row.get("tuned") or {}
-        lines.append(f"| {row['per_worker_batch']} | {row['global_batch']} | {row['published']} | {cell(row.get('paper'))} | "
-                     f"{num(tuned.get('peak_lr'), 4) if tuned else '-'} | {cell(tuned or None)} |")
-    lines += ["", drop_statement(rows)]
-    return lines
-
-
-def drop_statement(rows: list[dict[str, Any]]) -> str:
-    """How much of the paper's drop at the smallest and largest batch is left once the LR is tuned."""
-    def final(row: dict[str, Any], kind: str) -> float | None:
-        run = row.get(kind) or {}
-        return run.get("final_test_acc")
-
-    parts = []
-    for kind, label in (("paper", "at the paper's LR"), ("tuned", "with a tuned LR")):
-        values = [final(r, kind) for r in rows]
-        if None in values or not values:
-            continue
-        top = max(values)  # type: ignore[type-var]
-        parts.append(f"{label}, the smallest batch is {100 * (top - values[0]):.1f} points and the largest "
-                     f"{100 * (top - values[-1]):.1f} points below the best batch")
-    published = [r["published"] for r in rows]
-    paper = (f"In the paper the smallest batch is {max(published) - published[0]:.1f} points and the largest "
-             f"{max(published) - published[-1]:.1f} points below its best. Here, ")
-    return paper + ("; ".join(parts) + "." if parts else "the paper grid has not finished.")

@@ -1,0 +1,260 @@
+"""Stage 2 of `batchscale study`: the paper's batch-size result (Kim et al. 2023), put to the test.
+
+The paper trains 4 workers x per-worker batch 8...256 for 90 epochs at LR 0.1 x workers and reads final and mean
+test accuracy: accuracy falls at both ends. Besides the batch size itself, three things can make such a drop,
+and each has its own runs here:
+- the LR: one LR for every batch. The same grid also runs at LRs spaced x2 around stage 1's best LR for the
+  same global batch (the paper's LR where stage 1 has none), and the best of them for the paper's own
+  objective is kept: final accuracy at the same epoch budget, on the held-out split, averaged over seeds. The
+  held-out split picks; the test set only reports, so its figures are not tuned to it;
+- chance: every run with each of the study's seeds, reported as mean and spread;
+- batch norm over 8 images at per-worker batch 8: a control with the same global batch, LR and schedule on one
+  worker, so that batch norm sees all 32 images. The gap between the two is what batch norm's batch costs.
+
+Figures at another width or epoch count than the paper's 64 and 90 are labelled as not comparable with its
+published column: they show the shape at the scale that ran, not the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .planned import Planned
+from .runs import read_json, read_records
+
+BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
+WORKERS = 4
+PUBLISHED = {8: 23.9, 16: 81.0, 32: 86.0, 64: 87.8, 128: 88.2, 256: 80.5}  # their val accuracy, %, 90 epochs
+WIDTH, EPOCHS = 64, 90  # the paper's network width and epochs
+PAPER_LR = 0.1  # per worker, scaled by the number of workers
+GRID_SPACING = 2.0  # the tuned grid: coarse, since each point costs a whole epoch budget per seed
+CONTROL = 8  # the per-worker batch whose batch norm sees only 8 images
+
+
+@dataclass(frozen=True)
+class PaperPlan:
+    """What stage 2 takes from the study's configuration."""
+
+    epochs: int
+    seeds: tuple[int, ...]
+    lr_points: int
+    train_images: int
+    width: int
+    train_subset: int
+    common: tuple[str, ...]  # the flags every run of the study gets (data, width, holdout, ...)
+
+    @property
+    def comparable(self) -> bool:
+        """Whether the published column measures the same thing: the paper's width, epochs and data."""
+        return self.width == WIDTH and self.epochs == EPOCHS and not self.train_subset
+
+    def fits(self, per_worker: int) -> bool:
+        return per_worker * WORKERS <= self.train_images
+
+
+def grid(centre: float, points: int) -> tuple[float, ...]:
+    """`points` LRs x2 apart around `centre` (the middle one, or the lower middle of an even count)."""
+    return tuple(centre * GRID_SPACING ** (i - (points - 1) // 2) for i in range(points))
+
+
+def schedule(epochs: int) -> list[str]:
+    # The paper's step schedule where its 90 epochs fit; a short run keeps the shape: warmup, then decay.
+    if epochs >= EPOCHS:
+        return ["--lr-schedule", "step", "--lr-decay-epochs", "30,60,80", "--warmup-epochs", "5"]
+    return ["--lr-schedule", "cosine", "--warmup-epochs", f"{5 * epochs / EPOCHS:.4g}"]
+
+
+def folder(per_worker: int, lr: float, seed: int) -> str:
+    """A tuned-grid run's folder; the grid point at the paper's own LR is the paper-LR run (the same run)."""
+    if math.isclose(lr, PAPER_LR * WORKERS):
+        return f"paper/b{per_worker}-paper-lr-s{seed}"
+    return f"paper/b{per_worker}-lr{lr:.4g}-s{seed}"
+
+
+def peak_flags(peak: float) -> list[str]:
+    # Warmed up from one worker's share of the peak, as the paper's ramp starts at one worker's LR.
+    return ["--lr-scaling", "none", "--base-lr", f"{peak:.6g}", "--warmup-start-lr", f"{peak / WORKERS:.6g}"]
+
+
+def runs(plan: PaperPlan, centres: dict[int, float]) -> list[Planned]:
+    """Every run of stage 2: the paper's LR, the tuned grid around `centres` (global batch -> stage 1's best LR;
+    the paper's LR where absent) and the batch-norm control, each with every seed."""
+    planned = []
+    for b in BATCHES:
+        if not plan.fits(b):
+            continue  # a smaller data set than CIFAR-10's (paper_stage says so)
+        for seed in plan.seeds:
+            layout = [*plan.common, *schedule(plan.epochs), "--epochs", str(plan.epochs), "--seed", str(seed)]
+            workers = [*layout, "--batch-size", str(b), "--simulate-workers", str(WORKERS)]
+            images = plan.epochs * plan.train_images
+            planned.append(Planned(f"paper/b{b}-paper-lr-s{seed}", (*workers, "--lr-scaling", "linear", "--base-lr",
+                                                                     str(PAPER_LR)), images))
+            for lr in grid(centres.get(b * WORKERS, PAPER_LR * WORKERS), plan.lr_points):
+                if not math.isclose(lr, PAPER_LR * WORKERS):
+                    planned.append(Planned(folder(b, lr, seed), (*workers, *peak_flags(lr)), images))
+            if b == CONTROL:  # one worker: the same arithmetic, batch norm over all b x WORKERS images
+                planned.append(Planned(f"paper/b{b}-control-s{seed}", (*layout, "--batch-size", str(b * WORKERS),
+                                                                        *peak_flags(PAPER_LR * WORKERS)), images))
+    return planned
+
+
+def paper_stage(plan: PaperPlan, centres: dict[int, float], run: Callable[[list[Planned], str], list[str]],
+                say: Callable[..., None]) -> list[str]:
+    """Runs stage 2 (what is left of it) through `run`; returns the failed runs' names."""
+    missing = [b * WORKERS for b in BATCHES if b * WORKERS not in centres and plan.fits(b)]
+    if missing:
+        say(f"paper grid: stage 1 has no best LR for global batch {', '.join(map(str, missing))} (not in --batch-sizes,"
+            f" or no trial reached the target); their tuned grid is centred on the paper's LR {PAPER_LR * WORKERS:g}")
+    too_big = [b for b in BATCHES if not plan.fits(b)]
+    if too_big:
+        say(f"paper grid: per-worker batch {', '.join(map(str, too_big))} x {WORKERS} workers is more than the "
+            f"{plan.train_images} training images; left out")
+    return run(runs(plan, centres), "paper")
+
+
+# -- the results --------------------------------------------------------------------------------------------
+
+
+def read_run(folder: Path) -> dict[str, Any] | None:
+    """One finished run's accuracies (diverged: marked so), or None if it has not finished."""
+    if (folder / "diverged.json").is_file():
+        return {"diverged": True}
+    if not (folder / "summary.json").is_file():
+        return None
+    summary, records = read_json(folder / "summary.json"), read_records(folder / "metrics.jsonl")
+    return {"final_test_acc": summary["final_val_acc"],
+            "mean_test_acc": statistics.fmean(r["val_acc"] for r in records),  # the paper's "mean": over its epochs
+            "final_holdout_acc": records[-1].get("holdout_acc")}
+
+
+def over_seeds(found: Sequence[dict[str, Any] | None], peak_lr: float) -> dict[str, Any] | None:
+    """The seeds' runs of one setting: mean and standard deviation of each accuracy, and how many diverged."""
+    done = [r for r in found if r is not None]
+    if not done:
+        return None
+    sound = [r for r in done if not r.get("diverged")]
+    cell: dict[str, Any] = {"peak_lr": peak_lr, "seeds": len(done), "diverged": len(done) - len(sound),
+                            "unfinished": len(found) - len(done)}
+    for key in ("final_test_acc", "mean_test_acc", "final_holdout_acc"):
+        values = [r[key] for r in sound if r.get(key) is not None]
+        cell[key] = statistics.fmean(values) if values else None
+        cell[key.replace("_acc", "_sd")] = statistics.stdev(values) if len(values) > 1 else None
+    return cell
+
+
+def pick(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The tuned LR: highest held-out final accuracy over seeds, among LRs where no seed diverged."""
+    eligible = [c for c in cells if not c["diverged"] and c["final_holdout_acc"] is not None]
+    if not eligible:
+        return None
+    best = max(eligible, key=lambda c: c["final_holdout_acc"])
+    lrs = sorted(c["peak_lr"] for c in cells)
+    return {**best, "at_edge": len(lrs) > 1 and best["peak_lr"] in (lrs[0], lrs[-1])}
+
+
+def paper_results(out: Path, plan: PaperPlan, centres: dict[int, float]) -> list[dict[str, Any]]:
+    """A row per per-worker batch: the published figure, the paper's LR, the tuned LR with its grid, and (for
+    per-worker batch 8) the batch-norm control; every figure a mean over the seeds that finished."""
+    rows = []
+    for b in BATCHES:
+        row: dict[str, Any] = {"per_worker_batch": b, "global_batch": b * WORKERS, "published": PUBLISHED[b]}
+        if not plan.fits(b):
+            rows.append(row)
+            continue
+        seeds = plan.seeds
+        paper = over_seeds([read_run(out / f"paper/b{b}-paper-lr-s{s}") for s in seeds], PAPER_LR * WORKERS)
+        cells = [c for lr in grid(centres.get(b * WORKERS, PAPER_LR * WORKERS), plan.lr_points)
+                 if (c := over_seeds([read_run(out / folder(b, lr, s)) for s in seeds], lr))]
+        row.update({k: v for k, v in (("paper", paper), ("tuned", pick(cells))) if v is not None})
+        row["grid"] = cells
+        if b == CONTROL:
+            control = over_seeds([read_run(out / f"paper/b{b}-control-s{s}") for s in seeds], PAPER_LR * WORKERS)
+            if control is not None:
+                row["control"] = control
+        rows.append(row)
+    return rows
+
+
+def pct(value: float | None, sd: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
+def cell(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "-"
+    if run["diverged"] == run["seeds"]:
+        return "diverged"
+    text = f"{pct(run['final_test_acc'], run['final_test_sd'])} / {pct(run['mean_test_acc'])}"
+    return text + (f" ({run['diverged']} of {run['seeds']} diverged)" if run["diverged"] else "")
+
+
+def paper_section(rows: list[dict[str, Any]], plan: PaperPlan) -> list[str]:
+    epochs = f"{plan.epochs} epoch{'s' if plan.epochs != 1 else ''}"
+    published = "published (90 epochs, width 64" + (")" if plan.comparable else "; not comparable)")
+    lines = ["", f"## The paper's grid: {WORKERS} workers, {epochs}", "",
+             f"Test accuracy, %, final (mean ± sd over {len(plan.seeds)} seed(s)) / averaged over the epochs (the "
+             "paper's measure). The tuned LR is the one of its x2 grid with the highest final held-out accuracy (the "
+             "test set picks nothing). The paper's network is ImageNet's ResNet-18 (7x7 stem, max-pool) on 32x32 images, "
+             "ours the CIFAR variant: its figures are a reference even at its width and epochs.", ""]
+    if not plan.comparable:
+        lines += [f"**Not comparable with the paper's column**: width {plan.width} (the paper: {WIDTH}), {epochs} (the "
+                  f"paper: {EPOCHS})" + (f", {plan.train_subset} training images" if plan.train_subset else "") +
+                  ". These runs show the shape at the scale that ran, not the paper's numbers.", ""]
+    lines += [f"| per-worker batch | global | {published} | LR 0.1 x workers: final / mean | tuned LR | "
+              "tuned: final / mean |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        tuned = row.get("tuned")
+        lr = "-" if not tuned else f"{tuned['peak_lr']:.4g}" + (" (edge)" if tuned["at_edge"] else "")
+        lines.append(f"| {row['per_worker_batch']} | {row['global_batch']} | {row['published']} | "
+                     f"{cell(row.get('paper'))} | {lr} | {cell(tuned)} |")
+    lines += ["", drop_statement(rows, plan.comparable)]
+    control = control_statement(rows)
+    return lines + (["", control] if control else [])
+
+
+def drop_statement(rows: list[dict[str, Any]], comparable: bool = True) -> str:
+    """How far the smallest and largest batch fall below the best one, at the paper's LR and at a tuned one."""
+    parts = []
+    for kind, label in (("paper", "at the paper's LR"), ("tuned", "with a tuned LR")):
+        values = [(row.get(kind) or {}).get("final_test_acc") for row in rows]
+        if not values or None in values:
+            continue
+        top = max(values)  # type: ignore[type-var]
+        parts.append(f"{label}, the smallest batch is {100 * (top - values[0]):.1f} points and the largest "
+                     f"{100 * (top - values[-1]):.1f} points below the best batch")
+    published = [PUBLISHED[b] for b in BATCHES]
+    theirs = (f"the smallest batch {max(published) - published[0]:.1f} points and the largest "
+              f"{max(published) - published[-1]:.1f} points below its best")
+    ours = "; ".join(parts) + "." if parts else "the paper grid has not finished."
+    if comparable:
+        return f"In the paper {theirs}. Here, {ours}"
+    return f"Here, {ours} (In the paper, at 90 epochs and width 64, {theirs}: another scale.)"
+
+
+def control_statement(rows: list[dict[str, Any]]) -> str | None:
+    """What batch norm over 8 images costs at per-worker batch 8: the control's accuracy against the grid's."""
+    row = next((r for r in rows if r["per_worker_batch"] == CONTROL), {})
+    workers, one = row.get("paper") or {}, row.get("control") or {}
+    if workers.get("final_test_acc") is None or one.get("final_test_acc") is None:
+        return None
+    gap = one["final_test_acc"] - workers["final_test_acc"]
+    spread = [sd for sd in (workers.get("final_test_sd"), one.get("final_test_sd")) if sd is not None]
+    noise = f" (seed sd {100 * max(spread):.1f} points)" if spread else " (one seed: no spread measured)"
+    return (f"Batch-norm control at per-worker batch {CONTROL}: the same global batch {CONTROL * WORKERS}, LR and "
+            f"schedule on one worker, batch norm over {CONTROL * WORKERS} images instead of {CONTROL}, reaches "
+            f"{pct(one['final_test_acc'])}% against {pct(workers['final_test_acc'])}%: {100 * gap:+.1f} points"
+            f"{noise}.")
+
+
+def budget(plan: PaperPlan) -> int:
+    """The most runs stage 2 may plan (for a dry run): fewer where a grid holds the paper's own LR."""
+    fit = sum(plan.fits(b) for b in BATCHES)
+    return len(plan.seeds) * (fit * (1 + plan.lr_points) + plan.fits(CONTROL))
+
