@@ -82,6 +82,9 @@ class Execution:
                          group=EXECUTION, choices=EXECUTORS)
     slots: int = flag(1, "local: trainings at once (each gets its GPUs, or an equal share of the CPU cores)",
                       group=EXECUTION)
+    fresh_process: bool = flag(False, "local: start a new process for every training, as before trial workers (by "
+                               "default each slot runs its trainings one after another in one long-lived process, "
+                               "which starts torch, reads the data and compiles once)", group=EXECUTION)
     partition: str | None = flag(None, "slurm: the partition (default: the cluster's)", group=EXECUTION)
     time: int = flag(60, "slurm: minutes each job may run (a longer training is requeued and resumes)",
                      group=EXECUTION)
@@ -311,7 +314,7 @@ def run_pending(config: Execution, out: Path, pending: list[Job], progress: Prog
             progress.running = running
             progress.show()
 
-        LocalPool(config.slots, gpu_count()).run(pending, progress.outcomes, tick)
+        LocalPool(config.slots, gpu_count(), fresh=config.fresh_process).run(pending, progress.outcomes, tick)
 
 
 @contextlib.contextmanager
