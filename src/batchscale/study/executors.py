@@ -165,7 +165,7 @@ class Worker:
             return int(json.loads(line)["exit_code"])
         code = self.process.wait()
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        if self.log is not None:
+        if self.log is not None and code != REQUEUE:  # REQUEUE: stopped before it began, nothing to report
             with open(self.log, "a") as log:
                 log.write(f"batchscale sweep: error: the trial worker running this training (pid "
                           f"{self.process.pid}) ended with {how}; rerun the same command to resume it "

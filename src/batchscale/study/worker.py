@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .. import data, metrics
 from ..errors import Stopped
 from ..stopping import SIGNALS
 
@@ -54,6 +53,8 @@ class Baseline:
     def restore(self) -> None:
         import torch
 
+        from .. import metrics
+
         for sig, handler in self.handlers.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         os.environ.clear()
@@ -74,6 +75,8 @@ class Baseline:
 def keep_loaded(load: Callable[[str | Path, bool], Any]) -> Callable[[str | Path, bool], Any]:
     """`data.load_split`, read once per (folder, split, files' sizes and times) for the process's life. Each
     caller gets its own copy, so no training can change what the next one reads."""
+    from .. import data
+
     kept: dict[tuple[Any, ...], Any] = {}
 
     def cached(root: str | Path, train: bool) -> Any:
@@ -138,9 +141,9 @@ def stop_between_trainings(signum: int, frame: Any) -> None:
 
 def serve(jobs: IO[str], results: IO[str]) -> int:
     """Runs each training read from `jobs` and writes its exit code to `results`, until `jobs` ends."""
+    from .. import data
+
     data.load_split = keep_loaded(data.load_split)  # type: ignore[assignment]
-    for sig in SIGNALS:
-        signal.signal(sig, stop_between_trainings)
     baseline = Baseline()
     number = 0
     while line := jobs.readline():
@@ -160,6 +163,8 @@ def serve(jobs: IO[str], results: IO[str]) -> int:
 
 
 def main() -> int:
+    for sig in SIGNALS:  # first, before torch's import: a stop now ends the worker with the requeue code
+        signal.signal(sig, stop_between_trainings)
     results = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # a stray print between trainings goes to the sweep's stderr, not into the protocol
     try:
