@@ -39,7 +39,7 @@ from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, execute, 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
 PAPER_WORKERS = 4
 PAPER_ACCURACY = {8: 23.9, 16: 81.0, 32: 86.0, 64: 87.8, 128: 88.2, 256: 80.5}  # their val accuracy, %, 90 epochs
-STUDY_PRESETS = ("cpu", "full")
+STUDY_PRESETS = ("cpu", "gpu", "full")
 SCHEDULES = {"constant": "constant", "linear": "onecycle"}  # the trial's LR after warmup -> the trainer's schedule
 PROTOCOL, PAPER = "the critical-batch protocol", "the paper's grid"
 
@@ -52,7 +52,8 @@ class StudyConfig(Execution):
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
                      group=PROTOCOL, aliases=("--train-dir",))
     preset: str | None = flag(None, "cpu: a small model and a low target, 3 seeds (longer than the 30 minutes its one-"
-                              "seed version took on 2 CPU cores: see the README); full: width 64, 94%, B 32-8192 (see "
+                              "seed version took on 2 CPU cores: see the README); gpu: width 64, 80%, B 64-4096, 2 seeds, "
+                              "about 10 minutes on one H100/H200; full: width 64, 94%, B 32-8192 (see "
                               "the README for its cost)", group=PROTOCOL,
                               choices=STUDY_PRESETS)
     batch_sizes: tuple[int, ...] = flag(tuple(2**i for i in range(5, 14)), "global batch sizes", group=PROTOCOL,
@@ -160,6 +161,17 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
     "full": {"width": 64, "target": 0.94, "batch_sizes": tuple(2**i for i in range(5, 14)), "holdout": 5000,
              "budget_epochs": 200.0, "budget_steps": 100_000, "schedule": "constant", "warmup_images": 25_000,
              "lr_points": 5, "seeds": (1, 2, 3), "paper_epochs": 90},
+    # Full width, sized for about 10 minutes on one H100/H200 with 4 trainings sharing it: 7 batch sizes x 3 LRs x
+    # 2 seeds = 42 trials, up to 56 with one edge extension each. The target, 80% held out: the fast recipe's test
+    # accuracy passes it at epoch 7 of 15 at batch 512, its LR still near the peak (benchmarks/results/gpu-h100-
+    # 20261127/fast-metrics.jsonl), so a trial near its best LR trains some 300,000 images; a 10-epoch budget
+    # (450,000) caps the misses. Not measured: a step at micro-batch 64 is launch-bound, guessed at 10,000 img/s
+    # per training from the host-bound 6-7 ms steps at batch 128 there (bench-b128-call*.json, eval-mode batch
+    # norm); then 42 trials at 300,000 images over 4 slots take about 5 minutes, 56 to budget about 10, and the
+    # paper grid (2 epochs; per-worker batch 8 is slow on a GPU) about 1 more. No warmup, as for "cpu" below.
+    "gpu": {"width": 64, "target": 0.80, "batch_sizes": tuple(2**i for i in range(6, 13)), "holdout": 5000,
+            "budget_epochs": 10.0, "budget_steps": 20_000, "schedule": "constant", "warmup_images": 0,
+            "lr_points": 3, "extend_edges": 1, "seeds": (1, 2), "paper_epochs": 2, "slots": 4},
     # Scaled for 2 CPU cores: width 8, a low target a constant LR reaches, a smaller holdout, a short paper grid.
     # Its one-seed, 4-LR version took 1,731 s (benchmarks/results/cpu-study); 3 seeds x 3-6 LRs are 63-126 trials
     # against its 33, not yet timed. No warmup: at a constant LR the grid itself finds LRs that train from the
