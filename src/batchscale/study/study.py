@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -34,7 +35,7 @@ from ..rundir import check_writable
 from .executors import Job
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, cells_of, centre_after, lr_grid, next_lr, optimum
 from .runs import read_json
-from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, execute, refuse_overrides
+from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, clock, execute, refuse_overrides
 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
 PAPER_WORKERS = 4
@@ -435,17 +436,63 @@ def read_study(out: Path) -> StudyConfig:
     return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
 
 
-def dry_run(config: StudyConfig, say: Callable[..., None]) -> None:
+# Training images per second the dry run's time estimate divides by: (device, width, micro-batch) -> (rate, where,
+# the committed figure it comes from). Only these; another width gets no estimate rather than an invented one.
+THROUGHPUT: dict[tuple[str, int, int], tuple[float, str, str]] = {
+    # `batchscale bench` (synthetic data, fp32, eager), "ours": images_per_sec.
+    ("cpu", 64, 64): (75.0, "2 CPU cores", "benchmarks/results/cpu-bench-b64.json"),
+    ("cpu", 16, 128): (650.0, "2 CPU cores", "benchmarks/results/cpu-bench-b128-w16.json"),
+    # A whole --preset cpu study end to end (2 slots, start-ups and evaluations included): 1.7M curve images and
+    # the paper grid's 12 x 48,000 in 1,731 s.
+    ("cpu", 8, 128): (1316.0, "2 CPU cores", "benchmarks/results/cpu-study/README.md"),
+    # The fast recipe's training loop, bf16, compiled, train mode: steady_images_per_sec.
+    ("cuda", 64, 512): (37000.0, "one H100", "benchmarks/results/gpu-h100-20261127/fast-summary.json"),
+}
+
+
+def estimate_device(config: StudyConfig) -> str:
+    """Where the trials would train: a GPU if this machine has one and the trials may use it."""
+    import torch
+
+    return "cpu" if "--no-cuda" in config.train_args or not torch.cuda.is_available() else "cuda"
+
+
+def expected_time(config: StudyConfig, images: tuple[float, float], device: str) -> str:
+    """The planned images at the committed rate for this device, width and micro-batch, or why there is none. On a
+    CPU the step is compute-bound, so a figure within a factor 2 of the micro-batch serves (named); on a GPU small
+    steps are launch-bound and images/s rises steeply with the micro-batch (gpu-h100-20261127/README.md), so only
+    the same micro-batch does."""
+    near = 2.0 if device == "cpu" else 1.0
+    figures = {micro: figure for (d, width, micro), figure in THROUGHPUT.items()
+               if d == device and width == config.width and max(micro / config.micro, config.micro / micro) <= near}
+    if not figures:
+        known = ", ".join(f"{d} width {w} micro-batch {m}" for d, w, m in THROUGHPUT)
+        return (f"expected time: no committed throughput figure for width {config.width} at micro-batch "
+                f"{config.micro} on {device} (there are: {known}); time one (batchscale bench --width "
+                f"{config.width} --batch-size {config.micro}) to estimate")
+    micro = min(figures, key=lambda m: (abs(math.log(m / config.micro)), m))
+    rate, where, source = figures[micro]
+    cores = os.cpu_count() or 1
+    where += f" (this machine has {cores})" if device == "cpu" and f"{cores} CPU cores" != where else ""
+    measured = f"; measured at micro-batch {micro}, this study's is {config.micro}" if micro != config.micro else ""
+    return (f"expected at most {clock(images[0] / rate)} to {clock(images[1] / rate)} on {where} (every trial to its "
+            f"budget at {rate:,.0f} img/s, from {source}{measured}); trials that reach the target stop sooner")
+
+
+def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = None) -> None:
     """What may run: only the smallest batch's LRs are known before it has run, since every later grid is
     centred on its neighbour's best; the counts span no extension to every batch extended --extend-edges."""
     batches = sorted(config.batch_sizes)
     seeds = len(config.seeds)
     fewest, most = len(batches) * config.lr_points * seeds, len(batches) * (config.lr_points + config.extend_edges) * seeds
+    least = sum(config.lr_points * seeds * trial_steps(config, b) * b for b in batches)
     budget = sum((config.lr_points + config.extend_edges) * seeds * trial_steps(config, b) * b for b in batches)
+    paper = 2 * len(PAPER_BATCHES) * config.paper_epochs * config.train_images if config.paper else 0
+    time = expected_time(config, (least + paper, budget + paper), device or estimate_device(config))
     say(f"{fewest} to {most} trials ({len(batches)} batch sizes x {config.lr_points} to "
         f"{config.lr_points + config.extend_edges} LRs x {seeds} seeds), at most {budget / 1e6:.1f}M images "
         f"({budget / config.train_images:.0f} epochs); paper grid: {2 * len(PAPER_BATCHES)} runs x "
-        f"{config.paper_epochs} epochs")
+        f"{config.paper_epochs} epochs\n{time}")
     say(f"every batch's LR grid after B = {batches[0]} is centred on its neighbour's best LR x sqrt(batch ratio), "
         f"so only B = {batches[0]}'s LRs are known now:")
     for p in batch_trials(config, batches[0], first_grid(config)):
