@@ -61,6 +61,8 @@ class LocalPool:
     gpus: int = 0
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     fresh: bool = False
+    keep: bool = False  # workers outlive `run` for the next one (a study's next stage); `close()` ends them
+    workers: dict[int, Worker] = field(default_factory=dict, repr=False, compare=False)
 
     def env(self, slot: int, job: Job) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -77,13 +79,12 @@ class LocalPool:
         requeue code (it was sent a signal and saved) goes back in the queue and resumes."""
         queue = list(jobs)
         running: dict[int, _Running] = {}
-        workers: dict[int, Worker] = {}
         with forwarding_signals(lambda: [r.process for r in running.values()]) as stop:
             try:
                 while running or (queue and not stop.signal_name):  # once stopped, queued jobs wait for a rerun
                     for slot in range(self.slots):
                         if slot not in running and queue and not stop.signal_name:
-                            running[slot] = self.start(slot, queue.pop(0), workers)
+                            running[slot] = self.start(slot, queue.pop(0))
                     for slot, run in list(running.items()):
                         code = run.ended()
                         if code is None:
@@ -102,13 +103,19 @@ class LocalPool:
             finally:
                 for run in running.values():  # only on an error of the pool's own: its trainings save and stop
                     run.process.send_signal(signal.SIGTERM)
-                for worker in workers.values():
-                    worker.close()
+                if not self.keep or stop.signal_name or sys.exc_info()[0] is not None:
+                    self.close()
             if stop.signal_name:
                 raise Stopped(f"the sweep was stopped by {stop.signal_name}; its running trainings saved their "
                               "progress; rerun the same command to resume them")
 
-    def start(self, slot: int, job: Job, workers: dict[int, Worker]) -> _Running:
+    def close(self) -> None:
+        """Ends the idle workers (each finishes at the end of its input) and waits for them."""
+        for worker in self.workers.values():
+            worker.close()
+        self.workers.clear()
+
+    def start(self, slot: int, job: Job) -> _Running:
         job.run_dir.mkdir(parents=True, exist_ok=True)
         env = self.env(slot, job)
         args = None if self.fresh else in_process_args(job.command)
@@ -116,6 +123,7 @@ class LocalPool:
             log = open(job.run_dir / "train.log", "a")  # noqa: SIM115 (closed when the job ends)
             process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env)
             return _Running(job, process, log=log)
+        workers = self.workers
         worker = workers.get(slot)
         if worker is not None and (worker.env != env or worker.process.poll() is not None):
             worker.close()

@@ -73,11 +73,11 @@ class Baseline:
 
 
 def keep_loaded(load: Callable[[str | Path, bool], Any]) -> Callable[[str | Path, bool], Any]:
-    """`data.load_split`, read once per (folder, split, files' sizes and times) for the process's life. Each
-    caller gets its own copy, so no training can change what the next one reads."""
+    """`data.load_split`, read once per (folder, split, files' sizes and times): the last one read of each
+    split is kept. Each caller gets its own copy, so no training can change what the next one reads."""
     from .. import data
 
-    kept: dict[tuple[Any, ...], Any] = {}
+    kept: dict[bool, tuple[tuple[Any, ...], Any]] = {}  # split -> (its key, its tensors)
 
     def cached(root: str | Path, train: bool) -> Any:
         folder = Path(root).resolve() / data.FOLDER
@@ -88,10 +88,10 @@ def keep_loaded(load: Callable[[str | Path, bool], Any]) -> Callable[[str | Path
                 stamp.append((info.st_size, info.st_mtime_ns))
             except OSError:  # missing: the loader's own error says what to do
                 return load(root, train)
-        key = (str(folder), train, tuple(stamp))
-        if key not in kept:
-            kept[key] = load(root, train)
-        images, labels = kept[key]
+        key = (str(folder), tuple(stamp))
+        if train not in kept or kept[train][0] != key:
+            kept[train] = key, load(root, train)
+        images, labels = kept[train][1]
         return images.clone(), labels.clone()
 
     return cached
