@@ -19,6 +19,7 @@ from launch import state_of, train_args
 
 from batchscale.study import executors
 from batchscale.study.executors import REQUEUE, Job, LocalPool, Outcome
+from batchscale.study.sweep import SweepConfig, close_pools, sweep
 
 SPY = '''
 import os
@@ -168,3 +169,18 @@ def test_ctrl_c_saves_the_running_training_and_leaves_no_process(tiny_cifar, spy
         assert process.returncode is not None  # ended and waited for by the pool
         with pytest.raises(ProcessLookupError):  # and reaped: no pid left
             os.close(os.pidfd_open(process.pid))
+
+
+@pytest.mark.timeout(300)
+def test_a_commands_runs_share_its_workers_until_it_ends(tiny_cifar, spy, tmp_path):
+    # Two sweeps into one folder in one process, as a study's stages are: the second's training runs in the first's
+    # worker. (Another folder is another compile cache in the environment, so another worker.)
+    flags = ("--train-dir", str(tiny_cifar), "--val-dir", str(tiny_cifar), "--width", "4", "--no-download", "--no-cuda")
+    for batch in (32, 16):
+        sweep(SweepConfig(out=str(tmp_path / "sweep"), batch_sizes=(batch,), epochs=1, train_args=flags),
+              say=lambda *a, **k: None)
+    pids = {pid for pid, _ in events(spy, "train")}
+    assert len(pids) == 1 and len(events(spy, "load")) == 6  # one worker, the data read once
+    close_pools()  # what the command's exit does
+    with pytest.raises(ProcessLookupError):
+        os.close(os.pidfd_open(pids.pop()))
