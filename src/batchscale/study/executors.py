@@ -174,7 +174,7 @@ class Worker:
         code = self.process.wait()
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         if self.log is not None and code != REQUEUE:  # REQUEUE: stopped before it began, nothing to report
-            with open(self.log, "a") as log:
+            with contextlib.suppress(OSError), open(self.log, "a") as log:  # a full disk: the exit code says it
                 log.write(f"batchscale sweep: error: the trial worker running this training (pid "
                           f"{self.process.pid}) ended with {how}; rerun the same command to resume it "
                           "(the next trainings run in a new worker)\n")

@@ -155,8 +155,11 @@ def serve(jobs: IO[str], results: IO[str]) -> int:
             code = REQUEUE
         finally:
             baseline.restore()
-        results.write(json.dumps({"exit_code": code}) + "\n")
-        results.flush()
+        try:
+            results.write(json.dumps({"exit_code": code}) + "\n")
+            results.flush()
+        except BrokenPipeError:  # the pool is gone (killed): the training has saved, nobody waits for more
+            return code
         if code == REQUEUE:  # a stop was asked for: the pool starts a new worker if it goes on
             return REQUEUE
     return 0
