@@ -53,8 +53,8 @@ class StudyConfig(Execution):
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
                      group=PROTOCOL, aliases=("--train-dir",))
     preset: str | None = flag(None, "cpu: a small model and a low target, 3 seeds (longer than the 30 minutes its one-"
-                              "seed version took on 2 CPU cores: see the README); gpu: width 64, 80%, B 64-4096, 2 seeds, "
-                              "about 10 minutes on one H100/H200; full: width 64, 94%, B 32-8192 (see "
+                              "seed version took on 2 CPU cores: see the README); gpu: width 64, 80%, B 64-4096, 2 seeds, no "
+                              "paper grid, about 10 minutes on one H100/H200; full: width 64, 94%, B 32-8192 (see "
                               "the README for its cost)", group=PROTOCOL,
                               choices=STUDY_PRESETS)
     batch_sizes: tuple[int, ...] = flag(tuple(2**i for i in range(5, 14)), "global batch sizes", group=PROTOCOL,
@@ -168,11 +168,12 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
     # 20261127/fast-metrics.jsonl), so a trial near its best LR trains some 300,000 images; a 10-epoch budget
     # (450,000) caps the misses. Not measured: a step at micro-batch 64 is launch-bound, guessed at 10,000 img/s
     # per training from the host-bound 6-7 ms steps at batch 128 there (bench-b128-call*.json, eval-mode batch
-    # norm); then 42 trials at 300,000 images over 4 slots take about 5 minutes, 56 to budget about 10, and the
-    # paper grid (2 epochs; per-worker batch 8 is slow on a GPU) about 1 more. No warmup, as for "cpu" below.
+    # norm); then 42 trials at 300,000 images over 4 slots take about 5 minutes, 56 to budget about 10. No paper
+    # grid (--paper adds it): its per-worker batch 8 is the slowest step of all on a GPU, and its cost is its own.
+    # No warmup, as for "cpu" below.
     "gpu": {"width": 64, "target": 0.80, "batch_sizes": tuple(2**i for i in range(6, 13)), "holdout": 5000,
             "budget_epochs": 10.0, "budget_steps": 20_000, "schedule": "constant", "warmup_images": 0,
-            "lr_points": 3, "extend_edges": 1, "seeds": (1, 2), "paper_epochs": 2, "slots": 4},
+            "lr_points": 3, "extend_edges": 1, "seeds": (1, 2), "paper": False, "slots": 4},
     # Scaled for 2 CPU cores: width 8, a low target a constant LR reaches, a smaller holdout, a short paper grid.
     # Its one-seed, 4-LR version took 1,731 s (benchmarks/results/cpu-study); 3 seeds x 3-6 LRs are 63-126 trials
     # against its 33, not yet timed. No warmup: at a constant LR the grid itself finds LRs that train from the
@@ -491,8 +492,8 @@ def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = 
     time = expected_time(config, (least + paper, budget + paper), device or estimate_device(config))
     say(f"{fewest} to {most} trials ({len(batches)} batch sizes x {config.lr_points} to "
         f"{config.lr_points + config.extend_edges} LRs x {seeds} seeds), at most {budget / 1e6:.1f}M images "
-        f"({budget / config.train_images:.0f} epochs); paper grid: {2 * len(PAPER_BATCHES)} runs x "
-        f"{config.paper_epochs} epochs\n{time}")
+        f"({budget / config.train_images:.0f} epochs); paper grid: "
+        + (f"{2 * len(PAPER_BATCHES)} runs x {config.paper_epochs} epochs" if config.paper else "off") + f"\n{time}")
     say(f"every batch's LR grid after B = {batches[0]} is centred on its neighbour's best LR x sqrt(batch ratio), "
         f"so only B = {batches[0]}'s LRs are known now:")
     for p in batch_trials(config, batches[0], first_grid(config)):
