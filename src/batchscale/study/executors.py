@@ -4,22 +4,27 @@ source of truth: a run is done when its summary.json says so, whoever ran it.
 
 Local runs are child processes this sweep supervises, not submitit's LocalExecutor: that one starts every
 job at once in a detached controller, so it could neither cap how many run together nor pass a Ctrl-C on.
+Each slot's single-process trainings run one after another in one long-lived worker (study/worker.py) unless
+--fresh-process asks for a process each; SLURM's array tasks are each a process of their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import ConfigError, Stopped
 
@@ -46,11 +51,18 @@ class Outcome:
 class LocalPool:
     """Up to `slots` trainings at once. On a GPU machine each run gets its own GPUs (CUDA_VISIBLE_DEVICES);
     on a CPU each gets an equal share of the cores (OMP_NUM_THREADS, unless already set), so runs do not fight
-    over them. Bit-identical results across slot counts need the same threads per run: set OMP_NUM_THREADS."""
+    over them. Bit-identical results across slot counts need the same threads per run: set OMP_NUM_THREADS.
+
+    By default each slot keeps one long-lived worker (study/worker.py) that runs its single-process trainings
+    one after another, so each slot starts Python and torch, reads the data and compiles once; `fresh` (the
+    --fresh-process flag) starts a process per training instead, as do launchers (torchrun, horovodrun)."""
 
     slots: int
     gpus: int = 0
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    fresh: bool = False
+    keep: bool = False  # workers outlive `run` for the next one (a study's next stage); `close()` ends them
+    workers: dict[int, Worker] = field(default_factory=dict, repr=False, compare=False)
 
     def env(self, slot: int, job: Job) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -66,43 +78,155 @@ class LocalPool:
         """Runs every job, `slots` at a time; a failed one does not stop the others. A job that exits with the
         requeue code (it was sent a signal and saved) goes back in the queue and resumes."""
         queue = list(jobs)
-        running: dict[int, tuple[Job, subprocess.Popen, Any]] = {}
-        with forwarding_signals(lambda: [p for _, p, _ in running.values()]) as stop:
-            while running or (queue and not stop.signal_name):  # once stopped, the queued jobs wait for a rerun
-                for slot in range(self.slots):
-                    if slot not in running and queue and not stop.signal_name:
-                        job = queue.pop(0)
-                        job.run_dir.mkdir(parents=True, exist_ok=True)
-                        log = open(job.run_dir / "train.log", "a")  # noqa: SIM115 (closed when the job ends)
-                        process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT,
-                                                   env=self.env(slot, job))
-                        running[slot] = (job, process, log)
-                for slot, (job, process, log) in list(running.items()):
-                    code = process.poll()
-                    if code is None:
-                        continue
-                    log.close()
-                    del running[slot]
-                    if code == REQUEUE and not stop.signal_name:
-                        queue.append(job)
-                    else:
-                        outcomes[job.name].exit_code = code
-                progress({job.name for job, _, _ in running.values()})
-                if running:
-                    wait_any([p for _, p, _ in running.values()], timeout=2.0)
+        running: dict[int, _Running] = {}
+        with forwarding_signals(lambda: [r.process for r in running.values()]) as stop:
+            try:
+                while running or (queue and not stop.signal_name):  # once stopped, queued jobs wait for a rerun
+                    for slot in range(self.slots):
+                        if slot not in running and queue and not stop.signal_name:
+                            running[slot] = self.start(slot, queue.pop(0))
+                    for slot, run in list(running.items()):
+                        code = run.ended()
+                        if code is None:
+                            continue
+                        del running[slot]
+                        if run.worker is not None and code == REQUEUE:
+                            run.worker.close()  # it stops after a stopped training: the slot's next gets a new one
+                        if code == REQUEUE and not stop.signal_name:
+                            queue.append(run.job)
+                        else:
+                            outcomes[run.job.name].exit_code = code
+                    progress({run.job.name for run in running.values()})
+                    if running:
+                        wait_any([r.process for r in running.values() if r.worker is None], timeout=2.0,
+                                 pipes=[r.worker.results for r in running.values() if r.worker is not None])
+            finally:
+                for run in running.values():  # only on an error of the pool's own: its trainings save and stop
+                    run.process.send_signal(signal.SIGTERM)
+                if not self.keep or stop.signal_name or sys.exc_info()[0] is not None:
+                    self.close()
             if stop.signal_name:
                 raise Stopped(f"the sweep was stopped by {stop.signal_name}; its running trainings saved their "
                               "progress; rerun the same command to resume them")
 
+    def close(self) -> None:
+        """Ends the idle workers (each finishes at the end of its input) and waits for them."""
+        for worker in self.workers.values():
+            worker.close()
+        self.workers.clear()
 
-def wait_any(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Returns when one of `processes` ends, or after `timeout` seconds (for the progress line)."""
+    def start(self, slot: int, job: Job) -> _Running:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        env = self.env(slot, job)
+        args = None if self.fresh else in_process_args(job.command)
+        if args is None:
+            log = open(job.run_dir / "train.log", "a")  # noqa: SIM115 (closed when the job ends)
+            process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            return _Running(job, process, log=log)
+        workers = self.workers
+        worker = workers.get(slot)
+        if worker is not None and (worker.env != env or worker.process.poll() is not None):
+            worker.close()
+            worker = None
+        if worker is None:
+            worker = workers[slot] = Worker(env)
+        try:
+            worker.send(args, job.run_dir / "train.log")
+        except BrokenPipeError:  # it died while idle: a new one
+            worker.close()
+            worker = workers[slot] = Worker(env)
+            worker.send(args, job.run_dir / "train.log")
+        return _Running(job, worker.process, worker=worker)
+
+
+def in_process_args(command: list[str]) -> list[str] | None:
+    """The training flags of `python -m batchscale.cli train FLAGS`, which a worker can run; None for anything
+    else (a launcher, another program), which runs as a process of its own."""
+    if command[:4] == [sys.executable, "-m", "batchscale.cli", "train"]:
+        return command[4:]
+    return None
+
+
+class Worker:
+    """A long-lived trial worker process (study/worker.py) and the pipes it is driven through."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        # Unbuffered binary pipes: a readable pipe then always means an unread result, or the worker's end.
+        self.process = subprocess.Popen([sys.executable, "-m", "batchscale.study.worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env, bufsize=0)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.jobs, self.results = self.process.stdin, self.process.stdout
+        self.log: Path | None = None
+
+    def send(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self.jobs.write((json.dumps({"args": args, "log": str(log)}) + "\n").encode())
+
+    def result(self) -> int | None:
+        """The exit code of the training it was given, once it ended; if the worker itself died (killed, a
+        crash in C code), its own exit status, said in the training's log. None while it runs."""
+        if not select.select([self.results], [], [], 0)[0]:
+            return None
+        line = self.results.readline()
+        if line:
+            return int(json.loads(line)["exit_code"])
+        code = self.process.wait()
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if self.log is not None and code != REQUEUE:  # REQUEUE: stopped before it began, nothing to report
+            with contextlib.suppress(OSError), open(self.log, "a") as log:  # a full disk: the exit code says it
+                log.write(f"batchscale sweep: error: the trial worker running this training (pid "
+                          f"{self.process.pid}) ended with {how}; rerun the same command to resume it "
+                          "(the next trainings run in a new worker)\n")
+        return code
+
+    def close(self) -> None:
+        """Ends an idle worker (end of its input), and waits for it; one that does not end is killed."""
+        with contextlib.suppress(OSError):
+            self.jobs.close()
+        try:
+            self.process.wait(timeout=TEARDOWN_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.results.close()
+
+
+TEARDOWN_SECONDS = 120  # a worker asked to stop mid-training saves a step checkpoint first
+
+
+@dataclass
+class _Running:
+    """A training in a slot: its own process (`log` is its train.log), or a worker's current one."""
+
+    job: Job
+    process: subprocess.Popen
+    log: IO[str] | None = None
+    worker: Worker | None = None
+
+    def ended(self) -> int | None:
+        if self.worker is not None:
+            return self.worker.result()
+        code = self.process.poll()
+        if code is not None and self.log is not None:
+            self.log.close()
+        return code
+
+
+def wait_any(processes: list[subprocess.Popen], timeout: float, pipes: Sequence[IO[bytes]] = ()) -> None:
+    """Returns when one of `processes` ends or one of `pipes` turns readable, or after `timeout` seconds (for
+    the progress line)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in processes):
             return
+        left = min(0.2, max(0.0, deadline - time.monotonic()))
+        if pipes:
+            if select.select(list(pipes), [], [], left if processes else deadline - time.monotonic())[0]:
+                return
+            continue
         try:
-            processes[0].wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            processes[0].wait(timeout=left)
         except subprocess.TimeoutExpired:
             pass
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -36,9 +37,9 @@ from .paper import PaperPlan, paper_stage, budget as paper_budget
 from .planned import Planned
 from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, cells_of, centre_after, lr_grid, next_lr, optimum
 from .runs import read_json
-from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, execute, refuse_overrides
+from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, clock, execute, refuse_overrides
 
-STUDY_PRESETS = ("cpu", "full")
+STUDY_PRESETS = ("cpu", "gpu", "full")
 SCHEDULES = {"constant": "constant", "linear": "onecycle"}  # the trial's LR after warmup -> the trainer's schedule
 PROTOCOL, PAPER = "the critical-batch protocol", "the paper's grid"
 
@@ -51,7 +52,8 @@ class StudyConfig(Execution):
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
                      group=PROTOCOL, aliases=("--train-dir",))
     preset: str | None = flag(None, "cpu: a small model and a low target, 2 seeds, about an hour on 2 CPU cores (see "
-                              "the README); full: width 64, 94%, B 32-8192 (see "
+                              "the README); gpu: width 64, 80%, B 64-4096, 2 seeds, no paper grid, about 10 minutes "
+                              "on one H100/H200; full: width 64, 94%, B 32-8192 (see "
                               "the README for its cost)", group=PROTOCOL,
                               choices=STUDY_PRESETS)
     batch_sizes: tuple[int, ...] = flag(tuple(2**i for i in range(5, 14)), "global batch sizes", group=PROTOCOL,
@@ -163,6 +165,18 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
     "full": {"width": 64, "target": 0.94, "batch_sizes": tuple(2**i for i in range(5, 14)), "holdout": 5000,
              "budget_epochs": 200.0, "budget_steps": 100_000, "schedule": "constant", "warmup_images": 25_000,
              "lr_points": 5, "seeds": (1, 2, 3), "paper_epochs": 90},
+    # Full width, sized for about 10 minutes on one H100/H200 with 4 trainings sharing it: 7 batch sizes x 3 LRs x
+    # 2 seeds = 42 trials, up to 56 with one edge extension each. The target, 80% held out: the fast recipe's test
+    # accuracy passes it at epoch 7 of 15 at batch 512, its LR still near the peak (benchmarks/results/gpu-h100-
+    # 20261127/fast-metrics.jsonl), so a trial near its best LR trains some 300,000 images; a 10-epoch budget
+    # (450,000) caps the misses. Not measured: a step at micro-batch 64 is launch-bound, guessed at 10,000 img/s
+    # per training from the host-bound 6-7 ms steps at batch 128 there (bench-b128-call*.json, eval-mode batch
+    # norm); then 42 trials at 300,000 images over 4 slots take about 5 minutes, 56 to budget about 10. No paper
+    # grid (--paper adds it): its per-worker batch 8 is the slowest step of all on a GPU, and its cost is its own.
+    # No warmup, as for "cpu" below.
+    "gpu": {"width": 64, "target": 0.80, "batch_sizes": tuple(2**i for i in range(6, 13)), "holdout": 5000,
+            "budget_epochs": 10.0, "budget_steps": 20_000, "schedule": "constant", "warmup_images": 0,
+            "lr_points": 3, "extend_edges": 1, "seeds": (1, 2), "paper": False, "slots": 4},
     # Scaled for an hour on 2 CPU cores (benchmarks/results/cpu-study): width 8, a low target a constant LR
     # reaches, a smaller holdout. Micro-batches of 32 (batch norm's batch at every B), 25% faster per image on
     # one CPU thread than 16 and the smallest batch itself; B 32-1024 brackets the earlier study's knee. 2 seeds,
@@ -392,17 +406,64 @@ def read_study(out: Path) -> StudyConfig:
     return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
 
 
-def dry_run(config: StudyConfig, say: Callable[..., None]) -> None:
+# Training images per second the dry run's time estimate divides by: (device, width, micro-batch) -> (rate, where,
+# the committed figure it comes from). Only these; another width gets no estimate rather than an invented one.
+THROUGHPUT: dict[tuple[str, int, int], tuple[float, str, str]] = {
+    # `batchscale bench` (synthetic data, fp32, eager), "ours": images_per_sec.
+    ("cpu", 64, 64): (75.0, "2 CPU cores", "benchmarks/results/cpu-bench-b64.json"),
+    ("cpu", 16, 128): (650.0, "2 CPU cores", "benchmarks/results/cpu-bench-b128-w16.json"),
+    # A whole --preset cpu study end to end (2 slots, start-ups and evaluations included): 1.7M curve images and
+    # the paper grid's 12 x 48,000 in 1,731 s.
+    ("cpu", 8, 128): (1316.0, "2 CPU cores", "benchmarks/results/cpu-study/README.md"),
+    # The fast recipe's training loop, bf16, compiled, train mode: steady_images_per_sec.
+    ("cuda", 64, 512): (37000.0, "one H100", "benchmarks/results/gpu-h100-20261127/fast-summary.json"),
+}
+
+
+def estimate_device(config: StudyConfig) -> str:
+    """Where the trials would train: a GPU if this machine has one and the trials may use it."""
+    import torch
+
+    return "cpu" if "--no-cuda" in config.train_args or not torch.cuda.is_available() else "cuda"
+
+
+def expected_time(config: StudyConfig, images: tuple[float, float], device: str) -> str:
+    """The planned images at the committed rate for this device, width and micro-batch, or why there is none. On a
+    CPU the step is compute-bound, so a figure within a factor 2 of the micro-batch serves (named); on a GPU small
+    steps are launch-bound and images/s rises steeply with the micro-batch (gpu-h100-20261127/README.md), so only
+    the same micro-batch does."""
+    near = 2.0 if device == "cpu" else 1.0
+    figures = {micro: figure for (d, width, micro), figure in THROUGHPUT.items()
+               if d == device and width == config.width and max(micro / config.micro, config.micro / micro) <= near}
+    if not figures:
+        known = ", ".join(f"{d} width {w} micro-batch {m}" for d, w, m in THROUGHPUT)
+        return (f"expected time: no committed throughput figure for width {config.width} at micro-batch "
+                f"{config.micro} on {device} (there are: {known}); time one (batchscale bench --width "
+                f"{config.width} --batch-size {config.micro}) to estimate")
+    micro = min(figures, key=lambda m: (abs(math.log(m / config.micro)), m))
+    rate, where, source = figures[micro]
+    cores = os.cpu_count() or 1
+    where += f" (this machine has {cores})" if device == "cpu" and f"{cores} CPU cores" != where else ""
+    measured = f"; measured at micro-batch {micro}, this study's is {config.micro}" if micro != config.micro else ""
+    return (f"expected at most {clock(images[0] / rate)} to {clock(images[1] / rate)} on {where} (every trial to its "
+            f"budget at {rate:,.0f} img/s, from {source}{measured}); trials that reach the target stop sooner")
+
+
+def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = None) -> None:
     """What may run: only the smallest batch's LRs are known before it has run, since every later grid is
     centred on its neighbour's best; the counts span no extension to every batch extended --extend-edges."""
     batches = sorted(config.batch_sizes)
     seeds = len(config.seeds)
     fewest, most = len(batches) * config.lr_points * seeds, len(batches) * (config.lr_points + config.extend_edges) * seeds
+    least = sum(config.lr_points * seeds * trial_steps(config, b) * b for b in batches)
     budget = sum((config.lr_points + config.extend_edges) * seeds * trial_steps(config, b) * b for b in batches)
+    paper = paper_budget(paper_plan(config)) * config.paper_epochs * config.train_images if config.paper else 0
+    time = expected_time(config, (least + paper, budget + paper), device or estimate_device(config))
     say(f"{fewest} to {most} trials ({len(batches)} batch sizes x {config.lr_points} to "
         f"{config.lr_points + config.extend_edges} LRs x {seeds} seeds), at most {budget / 1e6:.1f}M images "
         f"({budget / config.train_images:.0f} epochs); paper grid: "
-        + (f"{paper_budget(paper_plan(config))} runs x {config.paper_epochs} epochs" if config.paper else "off"))
+        + (f"{paper_budget(paper_plan(config))} runs x {config.paper_epochs} epochs" if config.paper else "off")
+        + f"\n{time}")
     say(f"every batch's LR grid after B = {batches[0]} is centred on its neighbour's best LR x sqrt(batch ratio), "
         f"so only B = {batches[0]}'s LRs are known now:")
     for p in batch_trials(config, batches[0], first_grid(config)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import itertools
 import json
@@ -82,6 +83,9 @@ class Execution:
                          group=EXECUTION, choices=EXECUTORS)
     slots: int = flag(1, "local: trainings at once (each gets its GPUs, or an equal share of the CPU cores)",
                       group=EXECUTION)
+    fresh_process: bool = flag(False, "local: start a new process for every training, as before trial workers (by "
+                               "default each slot runs its trainings one after another in one long-lived process, "
+                               "which starts torch, reads the data and compiles once)", group=EXECUTION)
     partition: str | None = flag(None, "slurm: the partition (default: the cluster's)", group=EXECUTION)
     time: int = flag(60, "slurm: minutes each job may run (a longer training is requeued and resumes)",
                      group=EXECUTION)
@@ -311,7 +315,27 @@ def run_pending(config: Execution, out: Path, pending: list[Job], progress: Prog
             progress.running = running
             progress.show()
 
-        LocalPool(config.slots, gpu_count()).run(pending, progress.outcomes, tick)
+        local_pool(config).run(pending, progress.outcomes, tick)
+
+
+POOLS: dict[tuple[int, int, bool], LocalPool] = {}
+
+
+def local_pool(config: Execution) -> LocalPool:
+    """One pool per layout for the life of the command, so that its workers carry on from one run to the next
+    (a study runs one per stage) instead of starting torch and reading the data again; ended at exit (an idle
+    worker also ends by itself when this process is gone: its input closes)."""
+    key = (config.slots, gpu_count(), config.fresh_process)
+    if key not in POOLS:
+        if not POOLS:
+            atexit.register(close_pools)
+        POOLS[key] = LocalPool(key[0], key[1], fresh=key[2], keep=True)
+    return POOLS[key]
+
+
+def close_pools() -> None:
+    for pool in POOLS.values():
+        pool.close()
 
 
 @contextlib.contextmanager
