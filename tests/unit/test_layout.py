@@ -76,3 +76,21 @@ def test_no_production_module_imports_the_test_package():
             continue
         found = {dep for dep in imports(name, path, known) if dep.startswith("batchscale.testing")}
         assert not found, f"{name} imports {', '.join(sorted(found))}: production code must not need the test package"
+
+
+# A training writes its records, and clears them for a fresh start; only study/runs.py reads them.
+RUN_RECORDS = {"summary.json", "diverged.json", "metrics.jsonl"}
+RECORD_WRITERS = {"metrics.py", "training/loop.py", "training/resume.py"}
+
+
+def test_only_the_run_folder_reader_names_a_runs_records():
+    """Paths to summary.json, diverged.json and metrics.jsonl are built in the modules that write them and in the
+    one reader (study/runs.py): anywhere else a second reading of a run folder has begun. Messages that mention
+    the files are free to."""
+    for path in PACKAGE.rglob("*.py"):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name in RECORD_WRITERS | {"study/runs.py"}:
+            continue
+        named = {node.value for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Constant) and node.value in RUN_RECORDS}
+        assert not named, f"{name} names {', '.join(sorted(named))}: read run folders through study/runs.py"

@@ -9,7 +9,7 @@ from ..atomic import write_json_atomic, write_text_atomic
 from .study import (PAPER_ACCURACY, PAPER_BATCHES, PAPER_WORKERS, StudyConfig, read_trials, tuned_lrs, tuned_name,
                        unfinished_trials)
 from .protocol import MISSED, PRECISE, REACHED, Analysis, Trial, analyze
-from .runs import positive, pyplot, read_json, read_records
+from .runs import has_diverged, positive, pyplot, read_run
 
 
 def paper_results(out: Path, tuned: dict[int, float]) -> list[dict[str, Any]]:
@@ -22,12 +22,12 @@ def paper_results(out: Path, tuned: dict[int, float]) -> list[dict[str, Any]]:
         lr = tuned.get(b * PAPER_WORKERS)
         folders = {"paper": out / f"paper/b{b}-paper-lr", "tuned": out / tuned_name(b, lr) if lr else None}
         for kind, folder in folders.items():
-            if folder is not None and (folder / "diverged.json").is_file():
+            if folder is not None and has_diverged(folder):
                 row[kind] = {"diverged": True}
-            if folder is None or not (folder / "summary.json").is_file():
+            run = read_run(folder) if folder is not None else None
+            if run is None:
                 continue
-            summary = read_json(folder / "summary.json")
-            records = read_records(folder / "metrics.jsonl")
+            summary, records = run.summary, run.records
             row[kind] = {"peak_lr": summary["config"]["base_lr"] * (PAPER_WORKERS if kind == "paper" else 1),
                          "final_test_acc": summary["final_val_acc"],
                          "mean_test_acc": sum(r["val_acc"] for r in records) / len(records),
