@@ -22,7 +22,7 @@ from .. import data, faults
 from ..atomic import write_json_atomic
 from ..config import Config
 from ..errors import BatchscaleError, ConfigError, Diverged
-from ..metrics import RunLog, summarize
+from ..metrics import Logging, RunLog, summarize
 from ..models import check_fits
 from ..noise import MIN_PAIRS, GradNorms
 from ..parallel import Backend, init_backend
@@ -34,7 +34,7 @@ from ..schedule import LRSchedule
 from ..state import EpochSums, TrainState
 from ..stopping import StopRequest
 from ..target import TargetWatch
-from .checkpointer import Checkpointer
+from .checkpointer import Checkpointer, Checkpointing
 from .guard import Guard
 from .setup import device_name, load_splits, seed_everything
 from .step import StepForward, build_model_and_optimizer, compile_forward, evaluate, train_step
@@ -105,7 +105,7 @@ class Trainer:
         self.state.noise.window = config.noise_window
         self.state.trial = TargetWatch(config.target_accuracy, config.eval_growth, config.stop_at_target, config.max_steps)
         self.guard = Guard(backend, stop, self.state, self.schedule, config.finite_check_every)
-        self.checkpointer = Checkpointer(config, backend, self.state, self.guard, self.steps_per_epoch)
+        self.checkpointer = Checkpointer(Checkpointing.of(config), backend, self.state, self.guard, self.steps_per_epoch)
         self.checkpointer.restore(resources, self.schedule.depends_on_epochs, self.parameters, self.finished)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         # What the loop calls: forward, loss and metrics of the backend's model, one graph with --compile.
@@ -119,7 +119,7 @@ class Trainer:
         # Everything alive now lives to the end: the collector need not walk it again during training.
         gc.collect()
         gc.freeze()
-        self.log = RunLog(config, backend.is_main, self.state.history, self.batches.global_batch,
+        self.log = RunLog(Logging.of(config), backend.is_main, self.state.history, self.batches.global_batch,
                           self.total_steps(), self.steps_per_epoch)
         resources.callback(self.log.close)
 
