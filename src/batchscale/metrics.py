@@ -85,6 +85,7 @@ class RunLog:
         self.global_batch = global_batch
         self.show_bars = enabled and config.progress
         self.dir = Path(config.log_dir)
+        self.settings = config.settings
         self.trackers: list[Tracker] = []
         self.total_steps = total_steps
         # About LOG_POINTS points per epoch of the in-epoch curves: each costs one host sync.
@@ -106,6 +107,14 @@ class RunLog:
             self.trackers = open_trackers(config.tracker, self.dir, config.settings)
         # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
         write_text_atomic(self.dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
+
+    def diverged(self, message: str, step: int, world_size: int, trial: dict[str, Any]) -> None:
+        """diverged.json, in place of a summary: a study counts a diverged trial as a result (it missed its target),
+        not a crash."""
+        if self.enabled:
+            write_json_atomic(self.dir / "diverged.json", {
+                "message": message, "step": step, "global_batch": self.global_batch, "world_size": world_size,
+                "trial": {**trial, "ended": "diverged"}, "config": self.settings})
 
     def say(self, message: str) -> None:
         if self.enabled:

@@ -4,7 +4,7 @@ their reports and the plan all ask it where a run stands and what it recorded, s
 that records no ending is not a finished trial" is written once.
 
 Why here and not in rundir.py: every reader of these records is in the study package, while the training
-core only writes them (metrics.py, training/loop.py) and clears them for a fresh start (training/resume.py).
+core only writes them (metrics.py) and clears them for a fresh start (training/resume.py).
 rundir.py keeps what a training needs of its own folder (the lock, the checks before writing) and so stays
 free of the readers' rules, which the trainer never needs."""
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .. import checkpoint, faults
@@ -76,13 +75,23 @@ class Checkpointer:
         """Whether the step just taken ends with a checkpoint inside the epoch."""
         return bool(self.every) and self.state.epoch_step % self.every == 0
 
+    def inside_epoch(self, step: int, sums: EpochSums, model: nn.Module) -> None:
+        """After update `step`, not the epoch's last: a checkpoint when one is due, or when the guard finds the run
+        must stop (which it then does, saved)."""
+        save = self.due()
+        if save or self.guard.due(step):
+            stopping = self.guard.check()
+            if save or stopping:
+                sums.lap()
+                path = self.save_partial(sums, model)
+                if stopping:
+                    self.guard.stopped(path)
+
     def save_partial(self, sums: EpochSums, model: nn.Module) -> Path:
         """A checkpoint inside the epoch: the job's sums so far travel with it, so the epoch's figures come out whole."""
         state, backend = self.state, self.backend
         backend.average_buffers(model)
-        totals = torch.stack([sums.loss_sum.double(), sums.correct.double(),
-                              torch.tensor(float(sums.images), dtype=torch.float64, device=backend.device)])
-        loss_sum, correct, images = backend.all_reduce_sum(totals).tolist()
+        loss_sum, correct, images = sums.reduced(backend)
         self.guard.check_weights(model)
         state.partial = {"loss_sum": loss_sum, "correct": int(correct), "images": int(images), "seconds": sums.seconds}
         path = checkpoint.partial_path(self.config.files, state.epoch + 1)
