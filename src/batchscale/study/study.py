@@ -31,7 +31,7 @@ from ..flags import flag, same_as
 from ..atomic import write_json_atomic
 from ..rundir import check_writable
 from .executors import Job
-from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, cells_of, centre_after, lr_grid, next_lr, optimum
+from .protocol import DIVERGED, MISSED, REACHED, Cells, Trial, analyze, cells_of, lr_grid, plan_curve
 from .runs import clear_record, damaged, finished, images_trained, read_json, trial_record
 from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, execute, refuse_overrides
 
@@ -238,39 +238,34 @@ def first_grid(config: StudyConfig) -> tuple[float, ...]:
 
 
 def curve_stage(config: StudyConfig, say: Callable[..., None]) -> list[str] | None:
-    """The curve, planned as testing/nqm.py's run_study plans it: batch sizes in ascending order, each a stage
-    of its grid centred on the previous batch's best (the first on the linear-scaling guess), extended one LR
-    at a time while its best is on the edge, up to --extend-edges. Every plan is made from the trials' records
-    on disk, so a rerun of a finished study plans the same trials and trains none of them. Returns the failed
-    runs' names, or None where --no-wait left a batch's trials to run (a rerun continues from there)."""
+    """The curve, as `protocol.plan_curve` plans it (and testing/nqm.py's run_study on a known answer): batch sizes
+    in ascending order, each a stage of its grid centred on the previous batch's best (the first on the linear-
+    scaling guess), extended one LR at a time while its best is on the edge, up to --extend-edges. Every plan is
+    made from the trials' records on disk, so a rerun of a finished study plans the same trials and trains none
+    of them. Returns the failed runs' names, or None where --no-wait left a batch's trials to run (a rerun
+    continues from there)."""
     out = Path(config.out)
-    batches = sorted(config.batch_sizes)
-    centre, previous = config.lr_per_128 * batches[0] / 128, batches[0]
-    for batch in batches:
-        lrs = list(lr_grid(centre_after(centre, previous, batch), config.lr_points, config.lr_spacing))
-        for extension in range(config.extend_edges + 1):
-            planned = batch_trials(config, batch, lrs)
-            if not config.wait:  # submit this batch's unfinished trials, or plan on from its finished ones
-                if not all(finished(out / p.name) for p in planned):
-                    run_stage(config, planned, f"curve B={batch}", say)
-                    return None
-                failed = []
-            else:
-                failed = run_stage(config, planned, f"curve B={batch}", say)
-            if failed:
-                say(f"curve: {len(failed)} trial(s) of B = {batch} failed; larger batches' grids are centred on its "
-                    "best, so the curve stops here: fix them and rerun the same command")
-                return failed
-            trials = [t for p in planned if (t := read_trial(out / p.name)) is not None]
-            cells = cells_of(trials).get(batch, {})
-            lr = next_lr(cells, config.lr_spacing) if extension < config.extend_edges else None
-            if lr is None:
-                break
-            say(f"curve: the best LR of B = {batch} is at the edge of its grid; trying {lr:.4g} beyond it")
-            lrs.append(lr)
-        best = optimum(cells)[0]
-        if best is not None:
-            centre, previous = best, batch
+
+    def results(batch: int, lrs: tuple[float, ...]) -> Cells:
+        trials = [t for p in batch_trials(config, batch, lrs) if (t := read_trial(out / p.name)) is not None]
+        return cells_of(trials).get(batch, {})
+
+    first = config.lr_per_128 * min(config.batch_sizes) / 128
+    for batch, lrs in plan_curve(config.batch_sizes, first, config.lr_points, config.lr_spacing, config.extend_edges,
+                                 results):
+        if len(lrs) > config.lr_points:
+            say(f"curve: the best LR of B = {batch} is at the edge of its grid; trying {lrs[-1]:.4g} beyond it")
+        planned = batch_trials(config, batch, lrs)
+        if not config.wait:  # submit this batch's unfinished trials, or plan on from its finished ones
+            if not all(finished(out / p.name) for p in planned):
+                run_stage(config, planned, f"curve B={batch}", say)
+                return None
+            continue
+        failed = run_stage(config, planned, f"curve B={batch}", say)
+        if failed:
+            say(f"curve: {len(failed)} trial(s) of B = {batch} failed; larger batches' grids are centred on its "
+                "best, so the curve stops here: fix them and rerun the same command")
+            return failed
     return []
 
 
