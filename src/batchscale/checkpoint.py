@@ -10,6 +10,7 @@ import glob
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +22,30 @@ from .errors import ConfigError
 from .rundir import write_error
 from .state import problem
 from . import faults
+
+
+@dataclass(frozen=True)
+class Files:
+    """The part of the configuration that names, finds and keeps a run's checkpoint files."""
+
+    checkpoint_format: str
+    log_dir: str
+    epochs: int
+    resume: bool
+    resume_from: str | None
+    keep_checkpoints: int
+
+    def checkpoint_path(self, epoch: int) -> str:
+        return self.checkpoint_format.format(epoch=epoch, log_dir=self.log_dir)  # as Config.checkpoint_path
+
+    @classmethod
+    def of(cls, config: Config) -> "Files":
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+# A whole Config names the same files as its slice (tools and tests pass one).
+Naming = Files | Config
+
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
     """Atomic (temporary file, fsync, rename): a crash mid-save leaves the previous checkpoint intact."""
@@ -52,12 +77,12 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def partial_path(config: Config, epoch: int) -> Path:
+def partial_path(config: Naming, epoch: int) -> Path:
     """Where a checkpoint taken inside epoch `epoch` (by --checkpoint-every-steps or a signal) lives until it ends."""
     return Path(config.checkpoint_path(epoch) + ".partial")
 
 
-def _naming(config: Config) -> tuple[str, Callable[[str], int | None]]:
+def _naming(config: Naming) -> tuple[str, Callable[[str], int | None]]:
     """A glob for this --checkpoint-format's files and a parser that gives a matching path's epoch."""
     marker = "\x00"
     parts = os.path.normpath(config.checkpoint_format.format(epoch=marker, log_dir=config.log_dir)).split(marker)
@@ -75,7 +100,7 @@ def _naming(config: Config) -> tuple[str, Callable[[str], int | None]]:
     return pattern, epoch_of
 
 
-def existing(config: Config) -> dict[Path, int]:
+def existing(config: Naming) -> dict[Path, int]:
     """Every checkpoint file of this --checkpoint-format on disk (epoch and .partial ones) with its epoch.
 
     One glob, whatever --epochs is: the folder is scanned, not every possible epoch's name.
@@ -89,14 +114,14 @@ def existing(config: Config) -> dict[Path, int]:
     return found
 
 
-def candidates(config: Config) -> list[Path]:
+def candidates(config: Naming) -> list[Path]:
     """This run's checkpoints up to --epochs, newest progress first: epoch e's, then the one inside e, then e-1's, ..."""
     found = [(epoch, not path.name.endswith(".partial"), path) for path, epoch in existing(config).items()
              if epoch <= config.epochs]
     return [path for _, _, path in sorted(found, reverse=True)]
 
 
-def remove_stale_temporaries(config: Config) -> None:
+def remove_stale_temporaries(config: Naming) -> None:
     """A save killed midway leaves `.NAME.RANDOM.tmp`; safe to remove only while this run holds the folder's lock."""
     _, epoch_of = _naming(config)
     folders = {Path(config.checkpoint_path(1)).parent, Path(config.checkpoint_path(2)).parent}
@@ -107,7 +132,7 @@ def remove_stale_temporaries(config: Config) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def clear(config: Config) -> int:
+def clear(config: Naming) -> int:
     """--no-resume: the checkpoints an earlier run left under this format go, so none is ever resumed by mistake."""
     files = list(existing(config))
     for path in files:
@@ -115,7 +140,7 @@ def clear(config: Config) -> int:
     return len(files)
 
 
-def find_and_load(config: Config, say: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+def find_and_load(config: Naming, say: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
     """The newest usable checkpoint of this run (or --resume PATH), or None.
 
     A corrupt, truncated, malformed or non-finite one is reported and the one before it used;
@@ -135,7 +160,7 @@ def find_and_load(config: Config, say: Callable[[str], None]) -> tuple[Path, dic
     return None
 
 
-def prune(config: Config, epoch: int) -> None:
+def prune(config: Naming, epoch: int) -> None:
     """After epoch `epoch`'s checkpoint is safely written: drop its partial one and those past --keep-checkpoints."""
     partial_path(config, epoch).unlink(missing_ok=True)
     if config.keep_checkpoints:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .flags import flag
+from .parallel import CHOICES
 from .target import COARSE_GROWTH, NEAR
 from .trackers import EXTRA, TRACKERS, parse_trackers
 
@@ -20,7 +21,7 @@ MODELS = ("resnet18", "resnet18-imagenet")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 LR_SCALINGS = ("linear", "sqrt", "none")
 LR_SCHEDULES = ("cosine", "step", "onecycle", "constant")
-BACKENDS = ("auto", "single", "torch", "horovod")
+BACKENDS = CHOICES  # the parallel package's registry: a new backend is added there
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TRANSLATE_PADS = ("zeros", "reflect")
 TTA_MODES = ("none", "flip", "flip-translate")

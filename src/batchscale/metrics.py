@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +57,35 @@ def quiet_tensorboard_threads() -> None:
 _threads_quieted = False
 
 
+@dataclass(frozen=True)
+class Logging:
+    """The part of the configuration the run's log reads: where it writes, whether it draws bars, whether a fresh
+    start replaces an earlier run's tracker runs, and the settings each tracker records."""
+
+    log_dir: str
+    progress: bool
+    resume: bool
+    tracker: tuple[str, ...]
+    settings: dict[str, Any]  # Config.to_dict(): read, never changed
+
+    @classmethod
+    def of(cls, config: Config) -> "Logging":
+        return cls(config.log_dir, config.progress, config.resume, config.tracker, config.to_dict())
+
+
 class RunLog:
     """Every output of a run. On ranks other than 0 each method does nothing.
 
     Every scalar goes to the trackers against the optimizer step, so epoch figures and the in-epoch LR and
     training loss line up on one axis."""
 
-    def __init__(self, config: Config, enabled: bool, history: list[dict[str, Any]], global_batch: int,
+    def __init__(self, config: Logging, enabled: bool, history: list[dict[str, Any]], global_batch: int,
                  total_steps: int = 0, steps_per_epoch: int = 0) -> None:
         self.enabled = enabled
         self.global_batch = global_batch
         self.show_bars = enabled and config.progress
         self.dir = Path(config.log_dir)
+        self.settings = config.settings
         self.trackers: list[Tracker] = []
         self.total_steps = total_steps
         # About LOG_POINTS points per epoch of the in-epoch curves: each costs one host sync.
@@ -86,9 +104,17 @@ class RunLog:
             if not config.resume:  # a fresh start is a new tracker run too, not the old one continued
                 for name in RUN_ID_FILES:
                     (self.dir / name).unlink(missing_ok=True)
-            self.trackers = open_trackers(config.tracker, self.dir, config.to_dict())
+            self.trackers = open_trackers(config.tracker, self.dir, config.settings)
         # A resumed run rewrites the lines of the epochs its checkpoint holds, dropping any written after it.
         write_text_atomic(self.dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
+
+    def diverged(self, message: str, step: int, world_size: int, trial: dict[str, Any]) -> None:
+        """diverged.json, in place of a summary: a study counts a diverged trial as a result (it missed its target),
+        not a crash."""
+        if self.enabled:
+            write_json_atomic(self.dir / "diverged.json", {
+                "message": message, "step": step, "global_batch": self.global_batch, "world_size": world_size,
+                "trial": {**trial, "ended": "diverged"}, "config": self.settings})
 
     def say(self, message: str) -> None:
         if self.enabled:

@@ -150,16 +150,3 @@ def write_error(path: Path, err: BaseException, what: str, flag: str) -> OutputE
     return OutputError(f"could not write {named} ({full}){space}; free some space or choose another {flag} "
                        "and rerun: what was saved before is intact")
 
-
-def folder_state(folder: Path) -> str:
-    """Where a run without a summary stands, from its folder alone (the one reading of it that `sweep --status`
-    and the report share): "diverged" (the trainer's diverged.json), "running" (its lock file: the
-    training holds it for its life), "stopped or failed" (it wrote a log or a checkpoint; a rerun resumes it),
-    or "not started"."""
-    if (folder / "diverged.json").is_file():
-        return "diverged"
-    if (folder / LOCK_NAME).is_file():
-        return "running"
-    if (folder / "train.log").is_file() or any(folder.glob("checkpoint-*")):
-        return "stopped or failed"
-    return "not started"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,9 @@ from .errors import ConfigError
 from .noise import SUMS, NoiseScale
 from .parallel.base import ReplicaState
 from .target import TargetWatch
+
+if TYPE_CHECKING:
+    from .parallel.base import Backend
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -32,7 +36,8 @@ class EpochSums:
     loss_sum: Tensor
     correct: Tensor
     images: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # of training: evaluations inside the epoch are left out
+    clock: float = field(default=0.0, repr=False)  # where the running lap of `seconds` began
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochSums":
@@ -52,6 +57,24 @@ class EpochSums:
         self.loss_sum += loss_sum
         self.correct += correct
         self.images += images
+
+    def start(self) -> None:
+        """Starts (or restarts, after an evaluation) the clock of the epoch's training seconds."""
+        self.clock = time.perf_counter()
+
+    def lap(self) -> float:
+        """Adds the time since the clock started to the training seconds, restarts it, and returns them."""
+        now = time.perf_counter()
+        self.seconds += now - self.clock
+        self.clock = now
+        return self.seconds
+
+    def reduced(self, backend: Backend) -> tuple[float, float, float]:
+        """The job's loss sum, correct count and images so far, summed over the ranks (waits for the device)."""
+        totals = torch.stack([self.loss_sum.double(), self.correct.double(),
+                              torch.tensor(float(self.images), dtype=torch.float64, device=backend.device)])
+        loss_sum, correct, images = backend.all_reduce_sum(totals).tolist()
+        return loss_sum, correct, images
 
 
 @dataclass

@@ -8,8 +8,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "batchscale"
 CORE = ("training/loop.py", "training/step.py", "training/setup.py", "training/checkpointer.py", "training/resume.py",
-        "training/guard.py", "state.py", "checkpoint.py", "atomic.py", "faults.py", "data.py", "schedule.py", "metrics.py",
-        "noise.py", "precision.py", "parallel/base.py", "parallel/torchdist.py", "parallel/horovod_backend.py")
+        "training/guard.py", "training/evaluation.py", "training/report.py", "state.py", "checkpoint.py", "atomic.py",
+        "faults.py", "data.py", "schedule.py", "metrics.py", "noise.py", "precision.py", "parallel/base.py",
+        "parallel/torchdist.py", "parallel/horovod_backend.py")
 
 
 def modules() -> dict[str, Path]:
@@ -20,11 +21,22 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """The nodes under `if TYPE_CHECKING:`: imports for annotations alone, which never run."""
+    return {inner for node in ast.walk(tree) if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+            and node.test.id == "TYPE_CHECKING" for child in node.body for inner in ast.walk(child)}
+
+
 def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """Modules of the package that `name` imports, at the top or inside functions alike."""
+    """Modules of the package that `name` imports, at the top or inside functions alike (not those imported for
+    type checking only)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skipped = type_checking_only(tree)
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
@@ -76,3 +88,39 @@ def test_no_production_module_imports_the_test_package():
             continue
         found = {dep for dep in imports(name, path, known) if dep.startswith("batchscale.testing")}
         assert not found, f"{name} imports {', '.join(sorted(found))}: production code must not need the test package"
+
+
+# A training writes its records, and clears them for a fresh start; only study/runs.py reads them.
+RUN_RECORDS = {"summary.json", "diverged.json", "metrics.jsonl"}
+RECORD_WRITERS = {"metrics.py", "training/resume.py"}
+
+
+def test_only_the_run_folder_reader_names_a_runs_records():
+    """Paths to summary.json, diverged.json and metrics.jsonl are built in the modules that write them and in the
+    one reader (study/runs.py): anywhere else a second reading of a run folder has begun. Messages that mention
+    the files are free to."""
+    for path in PACKAGE.rglob("*.py"):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name in RECORD_WRITERS | {"study/runs.py"}:
+            continue
+        named = {node.value for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Constant) and node.value in RUN_RECORDS}
+        assert not named, f"{name} names {', '.join(sorted(named))}: read run folders through study/runs.py"
+
+
+def test_backend_choices_come_from_the_parallel_registry():
+    """A new backend is added to parallel.BACKENDS alone: --backend's choices, and what validate accepts, follow."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from batchscale import config, parallel
+
+    assert parallel.CHOICES == ("auto", *parallel.BACKENDS)
+    field = next(f for f in dataclasses.fields(config.Config) if f.name == "backend")
+    assert field.metadata["choices"] is parallel.CHOICES and config.BACKENDS is parallel.CHOICES
+    # Reading the flag table imports neither torch nor a backend.
+    probe = "import sys, batchscale.config; print(sorted(m for m in sys.modules if m in ('torch', 'horovod') " \
+            "or m.startswith('batchscale.parallel.')))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['batchscale.parallel.launch']"

@@ -141,7 +141,7 @@ def test_in_epoch_points_cost_no_host_sync_per_step(tmp_path, monkeypatch):
     from batchscale.config import Config
 
     monkeypatch.setattr(metrics, "REFRESH_SECONDS", 1e9)  # no timed flush: only the epoch's end writes
-    log = metrics.RunLog(Config(log_dir=str(tmp_path), progress=False), True, [], 32, total_steps=40,
+    log = metrics.RunLog(metrics.Logging.of(Config(log_dir=str(tmp_path), progress=False)), True, [], 32, total_steps=40,
                          steps_per_epoch=40)
     log.bar(40, "epoch 1/1")
     for step in range(1, 41):

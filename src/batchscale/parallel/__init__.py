@@ -1,26 +1,59 @@
 """The distributed layer: a backend interface (`base.Backend`), torch.distributed and Horovod behind it,
-Adasum for both, and launcher detection. `init_backend(config)` is the one entry point."""
+Adasum for both, and launcher detection. `init_backend(config)` is the one entry point.
+
+`BACKENDS` is the one list of backends: `--backend`'s choices (config.py) are read from it, so a new backend
+touches this package only. Each is imported when chosen, and `Backend`, `Communication` and `unwrap` when first
+used: config.py imports this package, and reading a flag table must not import torch or Horovod.
+"""
 
 from __future__ import annotations
 
-from ..config import Config
-from .base import Backend, Communication, unwrap
+from typing import TYPE_CHECKING, Any
+
 from .launch import launched_by, launcher_rank
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .base import Backend, Communication, unwrap
+
+
+def _single() -> type[Backend]:
+    from .base import Backend
+
+    return Backend
+
+
+def _torch() -> type[Backend]:
+    from .torchdist import TorchBackend
+
+    return TorchBackend
+
+
+def _horovod() -> type[Backend]:
+    from .horovod_backend import HorovodBackend
+
+    return HorovodBackend
+
+
+# --backend's name -> its class, imported on first use.
+BACKENDS = {"single": _single, "torch": _torch, "horovod": _horovod}
+CHOICES = ("auto", *BACKENDS)  # auto: the one the launcher's environment names (launch.launched_by)
 
 
 def init_backend(config: Config) -> Backend:
     """The backend the launcher (or --backend) asks for, given only the settings it reads."""
+    from .base import Communication
+
     choice = launched_by() if config.backend == "auto" else config.backend
-    settings = Communication.of(config)
-    if choice == "horovod":
-        from .horovod_backend import HorovodBackend
-
-        return HorovodBackend(settings)
-    if choice == "torch":
-        from .torchdist import TorchBackend
-
-        return TorchBackend(settings)
-    return Backend(settings)
+    return BACKENDS[choice]()(Communication.of(config))
 
 
-__all__ = ["Backend", "Communication", "init_backend", "launched_by", "launcher_rank", "unwrap"]
+def __getattr__(name: str) -> Any:
+    if name in ("Backend", "Communication", "unwrap"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BACKENDS", "CHOICES", "Backend", "Communication", "init_backend", "launched_by", "launcher_rank", "unwrap"]

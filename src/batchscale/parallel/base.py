@@ -15,14 +15,16 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from ..config import Config
 from ..errors import BatchscaleError, ConfigError
 from ..noise import GradNorms
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 T = TypeVar("T")
 # A teardown (a barrier, destroy_process_group, hvd.shutdown) after the outputs are written: a rank stuck in it must

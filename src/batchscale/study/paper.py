@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .planned import Planned
-from .runs import read_json, read_records
+from .runs import has_diverged, read_run
 
 BATCHES = (8, 16, 32, 64, 128, 256)  # per worker, on 4 workers (Kim et al. 2023)
 WORKERS = 4
@@ -120,16 +120,16 @@ def paper_stage(plan: PaperPlan, centres: dict[int, float], run: Callable[[list[
 # -- the results --------------------------------------------------------------------------------------------
 
 
-def read_run(folder: Path) -> dict[str, Any] | None:
+def run_accuracies(folder: Path) -> dict[str, Any] | None:
     """One finished run's accuracies (diverged: marked so), or None if it has not finished."""
-    if (folder / "diverged.json").is_file():
+    if has_diverged(folder):
         return {"diverged": True}
-    if not (folder / "summary.json").is_file():
+    run = read_run(folder, ("final_val_acc",))
+    if run is None:
         return None
-    summary, records = read_json(folder / "summary.json"), read_records(folder / "metrics.jsonl")
-    return {"final_test_acc": summary["final_val_acc"],
-            "mean_test_acc": statistics.fmean(r["val_acc"] for r in records),  # the paper's "mean": over its epochs
-            "final_holdout_acc": records[-1].get("holdout_acc")}
+    return {"final_test_acc": run.summary["final_val_acc"],
+            "mean_test_acc": statistics.fmean(r["val_acc"] for r in run.records),  # the paper's "mean": over epochs
+            "final_holdout_acc": run.records[-1].get("holdout_acc")}
 
 
 def over_seeds(found: Sequence[dict[str, Any] | None], peak_lr: float) -> dict[str, Any] | None:
@@ -167,13 +167,13 @@ def paper_results(out: Path, plan: PaperPlan, centres: dict[int, float]) -> list
             rows.append(row)
             continue
         seeds = plan.seeds
-        paper = over_seeds([read_run(out / f"paper/b{b}-paper-lr-s{s}") for s in seeds], PAPER_LR * WORKERS)
+        paper = over_seeds([run_accuracies(out / f"paper/b{b}-paper-lr-s{s}") for s in seeds], PAPER_LR * WORKERS)
         cells = [c for lr in grid(centres.get(b * WORKERS, PAPER_LR * WORKERS), plan.lr_points)
-                 if (c := over_seeds([read_run(out / folder(b, lr, s)) for s in seeds], lr))]
+                 if (c := over_seeds([run_accuracies(out / folder(b, lr, s)) for s in seeds], lr))]
         row.update({k: v for k, v in (("paper", paper), ("tuned", pick(cells))) if v is not None})
         row["grid"] = cells
         if b == CONTROL:
-            control = over_seeds([read_run(out / f"paper/b{b}-control-s{s}") for s in seeds], PAPER_LR * WORKERS)
+            control = over_seeds([run_accuracies(out / f"paper/b{b}-control-s{s}") for s in seeds], PAPER_LR * WORKERS)
             if control is not None:
                 row["control"] = control
         rows.append(row)

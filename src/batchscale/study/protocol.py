@@ -1,5 +1,5 @@
 """The critical-batch protocol's arithmetic (Shallue et al. 2019; McCandlish et al. 2018), apart from any
-training: the LR grid per batch, the best trial per batch, the fit of steps and examples to target, its
+training: the LR grid per batch and the curve's plan (`plan_curve`), the best trial per batch, the fit of steps and examples to target, its
 bootstrap interval, and B_simple's prediction beside the measured critical batch.
 
 Every trial counts: one that missed its target within its budget, or diverged, stays in the results
@@ -13,6 +13,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from statistics import median
+from collections.abc import Callable, Iterator
 from typing import Any
 
 REACHED, MISSED, DIVERGED = "reached", "missed", "diverged"
@@ -114,6 +115,32 @@ def optimum(cells: Cells) -> tuple[float | None, float | None, bool, bool]:
             x = (x0 + x1) / 2 - slope01 / (2 * curvature)
             return best, y0 + slope01 * (x - x0) + curvature * (x - x0) * (x - x1), at_edge, True
     return best, means[best], at_edge, False
+
+
+def plan_curve(batches: list[int] | tuple[int, ...], first_lr: float, points: int, spacing: float, extend: int,
+               results: Callable[[int, tuple[float, ...]], Cells]) -> Iterator[tuple[int, tuple[float, ...]]]:
+    """The curve's plan, for `batchscale study` and its check against a known answer (testing/nqm.py) alike:
+    yields (batch, its LRs so far) to run, batch sizes in ascending order, each with `points` LRs `spacing`
+    apart centred on its neighbour's best (`centre_after`; the smallest on `first_lr`), then, while its best is on
+    the grid's edge, once more with one LR beyond it (`next_lr`), at most `extend` times. Each LR is yielded
+    again with those after it: the caller runs what it has not run. Before planning on, it reads the batch's
+    `results(batch, lrs)`, so the caller must have run them by the time it asks for the next."""
+    ascending = sorted(batches)
+    centre, previous = first_lr, ascending[0]
+    for batch in ascending:
+        lrs = lr_grid(centre_after(centre, previous, batch), points, spacing)
+        yield batch, lrs
+        cells = results(batch, lrs)
+        for _ in range(extend):
+            lr = next_lr(cells, spacing)
+            if lr is None:
+                break
+            lrs = (*lrs, lr)
+            yield batch, lrs
+            cells = results(batch, lrs)
+        best = optimum(cells)[0]
+        if best is not None:
+            centre, previous = best, batch
 
 
 def cells_of(trials: list[Trial]) -> dict[int, Cells]:

@@ -17,7 +17,6 @@ rerun skips finished trials and resumes interrupted ones, so the study resumes a
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -35,8 +34,8 @@ from ..rundir import check_writable
 from .executors import Job
 from .paper import PaperPlan, paper_stage, budget as paper_budget
 from .planned import Planned
-from .protocol import DIVERGED, MISSED, REACHED, Trial, analyze, cells_of, centre_after, lr_grid, next_lr, optimum
-from .runs import read_json
+from .protocol import DIVERGED, MISSED, REACHED, Cells, Trial, analyze, cells_of, lr_grid, plan_curve
+from .runs import clear_record, damaged, finished, images_trained, read_json, trial_record
 from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, clock, execute, refuse_overrides
 
 STUDY_PRESETS = ("cpu", "gpu", "full")
@@ -248,39 +247,34 @@ def first_grid(config: StudyConfig) -> tuple[float, ...]:
 
 
 def curve_stage(config: StudyConfig, say: Callable[..., None]) -> list[str] | None:
-    """The curve, planned as testing/nqm.py's run_study plans it: batch sizes in ascending order, each a stage
-    of its grid centred on the previous batch's best (the first on the linear-scaling guess), extended one LR
-    at a time while its best is on the edge, up to --extend-edges. Every plan is made from the trials' records
-    on disk, so a rerun of a finished study plans the same trials and trains none of them. Returns the failed
-    runs' names, or None where --no-wait left a batch's trials to run (a rerun continues from there)."""
+    """The curve, as `protocol.plan_curve` plans it (and testing/nqm.py's run_study on a known answer): batch sizes
+    in ascending order, each a stage of its grid centred on the previous batch's best (the first on the linear-
+    scaling guess), extended one LR at a time while its best is on the edge, up to --extend-edges. Every plan is
+    made from the trials' records on disk, so a rerun of a finished study plans the same trials and trains none
+    of them. Returns the failed runs' names, or None where --no-wait left a batch's trials to run (a rerun
+    continues from there)."""
     out = Path(config.out)
-    batches = sorted(config.batch_sizes)
-    centre, previous = config.lr_per_128 * batches[0] / 128, batches[0]
-    for batch in batches:
-        lrs = list(lr_grid(centre_after(centre, previous, batch), config.lr_points, config.lr_spacing))
-        for extension in range(config.extend_edges + 1):
-            planned = batch_trials(config, batch, lrs)
-            if not config.wait:  # submit this batch's unfinished trials, or plan on from its finished ones
-                if not all(finished(out / p.name) for p in planned):
-                    run_stage(config, planned, f"curve B={batch}", say)
-                    return None
-                failed = []
-            else:
-                failed = run_stage(config, planned, f"curve B={batch}", say)
-            if failed:
-                say(f"curve: {len(failed)} trial(s) of B = {batch} failed; larger batches' grids are centred on its "
-                    "best, so the curve stops here: fix them and rerun the same command")
-                return failed
-            trials = [t for p in planned if (t := read_trial(out / p.name)) is not None]
-            cells = cells_of(trials).get(batch, {})
-            lr = next_lr(cells, config.lr_spacing) if extension < config.extend_edges else None
-            if lr is None:
-                break
-            say(f"curve: the best LR of B = {batch} is at the edge of its grid; trying {lr:.4g} beyond it")
-            lrs.append(lr)
-        best = optimum(cells)[0]
-        if best is not None:
-            centre, previous = best, batch
+
+    def results(batch: int, lrs: tuple[float, ...]) -> Cells:
+        trials = [t for p in batch_trials(config, batch, lrs) if (t := read_trial(out / p.name)) is not None]
+        return cells_of(trials).get(batch, {})
+
+    first = config.lr_per_128 * min(config.batch_sizes) / 128
+    for batch, lrs in plan_curve(config.batch_sizes, first, config.lr_points, config.lr_spacing, config.extend_edges,
+                                 results):
+        if len(lrs) > config.lr_points:
+            say(f"curve: the best LR of B = {batch} is at the edge of its grid; trying {lrs[-1]:.4g} beyond it")
+        planned = batch_trials(config, batch, lrs)
+        if not config.wait:  # submit this batch's unfinished trials, or plan on from its finished ones
+            if not all(finished(out / p.name) for p in planned):
+                run_stage(config, planned, f"curve B={batch}", say)
+                return None
+            continue
+        failed = run_stage(config, planned, f"curve B={batch}", say)
+        if failed:
+            say(f"curve: {len(failed)} trial(s) of B = {batch} failed; larger batches' grids are centred on its "
+                "best, so the curve stops here: fix them and rerun the same command")
+            return failed
     return []
 
 
@@ -293,49 +287,6 @@ def train_command(args: tuple[str, ...], run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "batchscale.cli", "train", *args, "--log-dir", str(run_dir)]
 
 
-def images_trained(run_dir: Path) -> float:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0.0
-    total = 0.0
-    for line in metrics.read_text().splitlines():
-        try:
-            total += json.loads(line)["images"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut by a crash; the run's own resume rewrites it
-    return total
-
-
-ENDINGS = ("target", "budget", "epochs")  # how a finished trial or paper run ended (target.TargetWatch)
-
-
-def damaged(run_dir: Path) -> str | None:
-    """Why the run's summary.json or diverged.json is not a finished run's record, or None (sound, or absent)."""
-    for name in ("diverged.json", "summary.json"):
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            return f"{name} cannot be read ({err})"
-        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-            return f"{name} has no config"
-        trial = saved.get("trial")
-        if not isinstance(trial, dict) or (name == "summary.json" and trial.get("ended") not in ENDINGS):
-            return f"{name} has no trial record of how it ended"
-        if not isinstance(trial.get("evals") or [], list) or not isinstance(trial.get("reached") or {}, dict):
-            return f"{name} has a malformed trial record"
-        return None
-    return None
-
-
-def finished(run_dir: Path) -> bool:
-    """A trial or paper run is over once it wrote a sound summary (a run in progress has none) or diverged."""
-    present = (run_dir / "summary.json").is_file() or (run_dir / "diverged.json").is_file()
-    return present and damaged(run_dir) is None
-
-
 def run_stage(config: StudyConfig, planned: list[Planned], label: str, say: Callable[..., None]) -> list[str]:
     """Runs what is not finished; returns the failed runs' names (a diverged trial is a result, not a failure).
     A run whose record is damaged is named and run again (it resumes from its last checkpoint)."""
@@ -346,8 +297,7 @@ def run_stage(config: StudyConfig, planned: list[Planned], label: str, say: Call
         why = damaged(job.run_dir)
         if why is not None:
             say(f"{label}: {job.name}: {why}; running it again (it resumes from its last checkpoint)")
-            for name in ("summary.json", "diverged.json"):
-                (job.run_dir / name).unlink(missing_ok=True)
+            clear_record(job.run_dir)
     if len(pending) < len(planned):
         say(f"{label}: {len(planned) - len(pending)} of {len(planned)} already finished, skipped")
     progress = Progress(out, {p.name: float(p.budget_images) for p in planned}, finished, images_trained, say,
@@ -365,15 +315,16 @@ def read_trial(run_dir: Path) -> Trial | None:
     why = damaged(run_dir)
     if why is not None:
         raise ConfigError(f"{run_dir}: {why}; rerun the study (it runs that trial again) or move the folder out")
-    if (run_dir / "diverged.json").is_file():
-        saved, status = read_json(run_dir / "diverged.json"), DIVERGED
-    elif (run_dir / "summary.json").is_file():
-        saved = read_json(run_dir / "summary.json")
+    record = trial_record(run_dir)
+    if record is None:
+        return None
+    saved, diverged = record
+    if diverged:
+        status = DIVERGED
+    else:
         status = REACHED if (saved.get("trial") or {}).get("reached") else MISSED
         if (saved.get("trial") or {}).get("ended") not in ("target", "budget"):
-            return None
-    else:
-        return None
+            return None  # a paper run (it ends at its epochs), not a trial
     trial, config = saved["trial"], saved["config"]
     hit = trial.get("reached") or {}
     evals = trial.get("evals") or []

@@ -20,8 +20,9 @@ from ..config import Config, global_batch
 from ..errors import BatchscaleError, ConfigError, Diverged, Stopped
 from ..flags import flag, given_options, same_as
 from ..atomic import write_json_atomic
-from ..rundir import check_writable, folder_state
+from ..rundir import check_writable
 from .executors import Job, LocalPool, Outcome, SlurmQueue, forwarding_signals
+from .runs import diverged_why, epochs_done, folder_state, has_diverged, is_done, read_json, unreadable
 
 LAUNCHERS = ("simulate", "torchrun", "horovodrun")
 PRESETS = ("paper",)  # the critical batch is measured by `batchscale study` (study/critical.py)
@@ -194,21 +195,6 @@ def preset(name: str, config: SweepConfig, given: set[str] = frozenset()) -> Swe
     return SweepConfig(**{**asdict(config), **chosen, "preset": name})
 
 
-def is_done(run_dir: Path, epochs: int) -> bool:
-    """Finished its epochs, or ended as a trial (at its target or its step budget), or diverged: a rerun
-    would only repeat it."""
-    if (run_dir / "diverged.json").is_file():
-        return True
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return False
-    try:
-        saved = json.loads(summary.read_text())
-    except json.JSONDecodeError:
-        return False
-    return saved.get("epochs_completed") == epochs or saved.get("trial", {}).get("ended") in ("target", "budget")
-
-
 def command(config: SweepConfig, run: Run, run_dir: Path) -> list[str]:
     args = [*config.train_args, "--epochs", str(config.epochs), "--batch-size", str(run.batch_size),
             "--batches-per-allreduce", str(run.batches_per_allreduce), "--lr-scaling", run.lr_scaling,
@@ -230,11 +216,6 @@ def command(config: SweepConfig, run: Run, run_dir: Path) -> list[str]:
                 "-m", "batchscale.cli", "train", *args]
     horovodrun = str(Path(sys.executable).parent / "horovodrun")
     return [horovodrun, "-np", str(run.workers), "-H", f"localhost:{run.workers}", *train, *args]
-
-
-def epochs_done(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.jsonl"
-    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
 
 
 def clock(seconds: float) -> str:
@@ -281,15 +262,6 @@ def ended_badly(progress: Progress, out: Path, total: int, command: str) -> None
     if diverged:
         raise Diverged(f"{len(diverged)} of {total} runs diverged: {'; '.join(diverged)}; they are results (a rerun "
                        f"keeps them): {report}; a smaller LR trains them")
-
-
-def diverged_why(run_dir: Path) -> str:
-    try:
-        saved = json.loads((run_dir / "diverged.json").read_text())
-        # The message names the first non-finite step; `step` is where the check found it (the epoch's end, say).
-        return str(saved["message"]).split(";")[0]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "diverged.json unreadable"
 
 
 def execute(config: Execution, out: Path, pending: list[Job], progress: Progress, say: Callable[..., None]) -> None:
@@ -404,7 +376,7 @@ class Progress:
         self.offline = False
 
     def state(self, name: str) -> str:
-        if (self.out / name / "diverged.json").is_file():  # what the trainer leaves for a run it stopped at a NaN
+        if has_diverged(self.out / name):
             return "diverged"
         if self.finished(self.out / name):
             return "done"
@@ -451,10 +423,9 @@ class Progress:
 def status(config: SweepConfig, say: Callable[..., None] = print) -> None:
     """`batchscale sweep --status`: where each run of a sweep folder stands, from the folder (and squeue)."""
     out = Path(config.out)
-    if not (out / "sweep.json").is_file():
+    recorded = recorded_sweep(out)
+    if recorded is None:
         raise ConfigError(f"{out} holds no sweep (no sweep.json); give the --out of a sweep")
-    saved = json.loads((out / "sweep.json").read_text())
-    recorded = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "runs"})
     jobs = read_jobs(out)
     progress = Progress(out, {r.name: float(recorded.epochs) for r in recorded.runs()},
                         lambda d: is_done(d, recorded.epochs), epochs_done, say)
@@ -468,5 +439,19 @@ def status(config: SweepConfig, say: Callable[..., None] = print) -> None:
             + (f", job {jobs[run.name]}" if run.name in jobs else ""))
 
 
+def recorded_sweep(out: Path) -> SweepConfig | None:
+    """The sweep its sweep.json records, or None for a folder of loose runs."""
+    path = out / "sweep.json"
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    try:
+        return SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "runs"})
+    except (TypeError, AttributeError) as err:
+        raise unreadable(path, f"is not a sweep's record ({err})") from None
 
 
+def planned_runs(out: Path) -> dict[str, tuple[int, int]]:
+    """Run name -> (global batch, workers) for every run sweep.json lists (empty for a folder of loose runs)."""
+    recorded = recorded_sweep(out)
+    return {r.name: (r.global_batch, r.workers) for r in recorded.runs()} if recorded is not None else {}

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..atomic import write_text_atomic
 from .runs import MEAN_LAST, RunResult, Unfinished, load_runs, load_unfinished, positive, pyplot, read_json
+from .sweep import planned_runs
 
 
 def knee(runs: list[RunResult]) -> int | None:
@@ -150,7 +151,7 @@ def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
 def report(sweep_dir: str | Path) -> Path:
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir, allow_empty=True)
-    unfinished = load_unfinished(sweep_dir)
+    unfinished = load_unfinished(sweep_dir, planned_runs(sweep_dir))
     if not runs and not unfinished:
         load_runs(sweep_dir)  # its one-line error: nothing here to report
     knee_batch = knee(runs)

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..noise import NoiseScale
-from ..study.protocol import (DIVERGED, MISSED, REACHED, Fit, Trial, cells_of, centre_after, fit_curve,
-                              lr_grid, next_lr, optimum)
+from ..study.protocol import DIVERGED, MISSED, REACHED, Cells, Fit, Trial, cells_of, fit_curve, plan_curve
 from ..target import TargetWatch
 
 
@@ -158,28 +157,18 @@ class NoisyQuadratic:
 
 def run_study(problem: NoisyQuadratic, batches: list[int], seeds: list[int], first_lr: float, points: int = 5,
               spacing: float = 2**0.5, extend: int = 4, budget: int = 5000, measure_noise: bool = False) -> list[Trial]:
-    """The study's curve stage on this problem, planned as `batchscale study` plans it: batch sizes in
-    ascending order, each with `points` LRs `spacing` apart centred on the last batch's best (`centre_after`),
-    extended one LR at a time while the best is on the grid's edge (`next_lr`), every (batch, LR) run with
+    """The study's curve stage on this problem, planned by the plan `batchscale study` follows
+    (`protocol.plan_curve`): batch sizes in ascending order, each with `points` LRs `spacing` apart centred on the
+    last batch's best, extended one LR at a time while the best is on the grid's edge, every (batch, LR) run with
     every seed."""
     trials: list[Trial] = []
-    centre = first_lr
-    previous = batches[0]
-    for batch in batches:
-        mine: list[Trial] = []
+    tried: dict[int, int] = {}  # batch -> how many of its LRs have run
 
-        def run(lr: float) -> None:
-            mine.extend(problem.trial(batch, lr, seed, budget, measure_noise=measure_noise)[0] for seed in seeds)
+    def results(batch: int, lrs: tuple[float, ...]) -> Cells:
+        return cells_of([t for t in trials if t.batch == batch])[batch]
 
-        for lr in lr_grid(centre_after(centre, previous, batch), points, spacing):
-            run(lr)
-        for _ in range(extend):
-            lr = next_lr(cells_of(mine)[batch], spacing)
-            if lr is None:
-                break
-            run(lr)
-        trials += mine
-        best = optimum(cells_of(mine)[batch])[0]
-        if best is not None:
-            centre, previous = best, batch
+    for batch, lrs in plan_curve(batches, first_lr, points, spacing, extend, results):
+        for lr in lrs[tried.get(batch, 0):]:
+            trials.extend(problem.trial(batch, lr, seed, budget, measure_noise=measure_noise)[0] for seed in seeds)
+        tried[batch] = len(lrs)
     return trials

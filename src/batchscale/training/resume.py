@@ -6,6 +6,7 @@ lists them from the step they took effect).
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,23 @@ NOT_RECORDED = ("train_dir", "val_dir", "download", "log_dir", "checkpoint_forma
                 "target_accuracy", "backend", "no_cuda", "tracker")
 
 
+@dataclass(frozen=True)
+class Resuming:
+    """The part of the configuration a resume reads: the checkpoint files, and every flag of the run, as a resume
+    compares each with what the checkpoint was written with."""
+
+    files: checkpoint.Files
+    settings: dict[str, Any]  # Config.to_dict(): read, never changed
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.files.log_dir)
+
+    @classmethod
+    def of(cls, config: Config) -> "Resuming":
+        return cls(checkpoint.Files.of(config), config.to_dict())
+
+
 @dataclass
 class Opened:
     """The checkpoint a run resumes from, as rank 0 found and checked it."""
@@ -34,46 +52,47 @@ class Opened:
     changes: list[dict[str, Any]]
 
 
-def open_run(config: Config, workers: int, epoch_bound: bool, room: int,
+def open_run(config: Resuming, workers: int, epoch_bound: bool, room: int,
              resources: contextlib.ExitStack) -> Opened | None:
     """Rank 0: lock the run's folders (released with `resources`), check there is `room` for checkpoints, clear
     what a fresh start replaces, find the checkpoint to resume. `epoch_bound`: the LR schedule depends on --epochs."""
-    ckpt_dir = Path(config.checkpoint_path(1)).parent
-    lock = RunLock([Path(config.log_dir), ckpt_dir]).acquire()
+    files, log_dir = config.files, config.log_dir
+    ckpt_dir = Path(files.checkpoint_path(1)).parent
+    lock = RunLock([log_dir, ckpt_dir]).acquire()
     resources.callback(lock.release)
     check_space(ckpt_dir, room, "a checkpoint of this model")
-    found = checkpoint.find_and_load(config, lambda text: print(text, flush=True))
+    found = checkpoint.find_and_load(files, lambda text: print(text, flush=True))
     opened = None
     if found is not None:
         path, state = found
-        opened = Opened(path, state, settings_changes(state, config, workers, path, epoch_bound))
+        opened = Opened(path, state, settings_changes(state, config.settings, workers, path, epoch_bound))
     # Nothing is removed before every check has passed.
-    (Path(config.log_dir) / "summary.json").unlink(missing_ok=True)  # a run in progress has no summary
-    (Path(config.log_dir) / "diverged.json").unlink(missing_ok=True)
-    if not config.resume:
-        removed = checkpoint.clear(config)
-        for old in Path(config.log_dir).glob("events.out.tfevents.*"):
+    (log_dir / "summary.json").unlink(missing_ok=True)  # a run in progress has no summary
+    (log_dir / "diverged.json").unlink(missing_ok=True)
+    if not files.resume:
+        removed = checkpoint.clear(files)
+        for old in log_dir.glob("events.out.tfevents.*"):
             old.unlink()
         if removed:
             print(f"--no-resume: removed {removed} checkpoint(s) of an earlier run under {ckpt_dir}", flush=True)
     return opened
 
 
-def settings_in_force(current: Config, saved: dict[str, Any], finished: bool) -> dict[str, Any]:
-    """The settings a resumed run records: the current ones, which train from here on; a run that was already
-    finished trains nothing, so no flag changes what it ran and the saved ones stand."""
-    settings = current.to_dict()
+def settings_in_force(current: dict[str, Any], saved: dict[str, Any], finished: bool) -> dict[str, Any]:
+    """The settings a resumed run records: the `current` ones (Config.to_dict()), which train from here on; a run
+    that was already finished trains nothing, so no flag changes what it ran and the saved ones stand."""
+    settings = copy.deepcopy(current)  # the record is the run's own, not a view of the configuration
     if finished:
         settings.update({k: v for k, v in saved.items() if k not in NOT_RECORDED and k in settings})
     return settings
 
 
-def settings_changes(state: dict[str, Any], config: Config, workers: int, path: Path,
+def settings_changes(state: dict[str, Any], current: dict[str, Any], workers: int, path: Path,
                      epoch_bound: bool) -> list[dict[str, Any]]:
-    """Refuses a resume that would change what the run is; returns the other changed settings, which apply
-    from the resumed step on and are recorded (summary.json lists them). `epoch_bound`: the LR schedule
-    depends on --epochs (`LRSchedule.depends_on_epochs`)."""
-    saved, current = state["config"], config.to_dict()
+    """Refuses a resume that would change what the run is; returns the other changed settings (of `current`, the
+    run's Config.to_dict()), which apply from the resumed step on and are recorded (summary.json lists them).
+    `epoch_bound`: the LR schedule depends on --epochs (`LRSchedule.depends_on_epochs`)."""
+    saved = state["config"]
     for key in MUST_MATCH:
         if saved.get(key, BEFORE_IT_EXISTED.get(key)) != current[key]:
             raise ConfigError(
@@ -81,7 +100,7 @@ def settings_changes(state: dict[str, Any], config: Config, workers: int, path: 
                 "use the same value, another --log-dir, or --no-resume"
             )
     old = (saved["batch_size"], saved["batches_per_allreduce"], state["world_size"])
-    new = (config.batch_size, config.batches_per_allreduce, workers)
+    new = (current["batch_size"], current["batches_per_allreduce"], workers)
     if old != new:
         same = global_batch(*old) == global_batch(*new)
         raise ConfigError(

@@ -1,18 +1,35 @@
-"""What a run is built from, in one place: seeds, the data on the device and how it is split, the run's banner."""
+"""What a run is built from, in one place: seeds, its workers, the data on the device and how it is split, the state
+it trains and checkpoints."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import data
 from ..config import Config
 from ..errors import ConfigError
-from ..parallel import Backend
-from ..target import QUICK_PART
+from ..models import check_fits
+from ..parallel import Backend, init_backend
+from ..parallel.launch import launcher_world_size
+from ..rundir import check_writable
+from ..state import TrainState
+from ..target import QUICK_PART, TargetWatch
+
+
+def start(config: Config) -> tuple[Config, Backend]:
+    """The run's configuration as its launch completes it, checked, and its backend: whatever would fail later (an
+    output folder that cannot be written, a model too large for the device) fails here, before any data is read."""
+    config = config.validate().for_run(launcher_world_size())
+    check_writable(config.log_dir, "--log-dir")
+    check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
+    backend = init_backend(config)
+    check_fits(config.model, config.width, backend.device)
+    return config, backend
 
 
 def seed_everything(config: Config) -> None:
@@ -23,6 +40,22 @@ def seed_everything(config: Config) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def count_workers(config: Config, backend: Backend) -> int:
+    """The workers whose arithmetic the run does: its real ranks times --simulate-workers."""
+    if config.simulate_workers > 1 and backend.world_size > 1:
+        raise ConfigError("--simulate-workers runs in one process; launch it with python, not torchrun or horovodrun")
+    return backend.world_size * config.simulate_workers
+
+
+def new_state(config: Config, backend: Backend, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler | None, workers: int) -> TrainState:
+    """Where training stands before any checkpoint is restored: nothing trained, its trial not begun."""
+    state = TrainState(model, optimizer, scaler, config.to_dict(), workers, owner=backend)
+    state.noise.window = config.noise_window
+    state.trial = TargetWatch(config.target_accuracy, config.eval_growth, config.stop_at_target, config.max_steps)
+    return state
 
 
 def device_name(device: torch.device) -> str:

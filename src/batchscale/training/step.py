@@ -1,7 +1,8 @@
 """The training step and evaluation, apart from the loop: what the trainer, the bench and the tests call.
 
 `train_step` is one optimizer update from k micro-batches; `evaluate` one pass over a split; `StepForward` the
-forward, loss and metrics as one module, so that compiled they are one graph.
+forward, loss and metrics as one module, so that compiled they are one graph; `Stepper` the three as the
+trainer takes its steps.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 from .. import data
 from ..config import Config
 from ..models import build_model, tta_logits
-from ..noise import GradNorms, squared_norm
+from ..noise import MIN_PAIRS, GradNorms, NoiseScale, squared_norm
 from ..parallel import Backend, unwrap
 from ..precision import FP32, Precision
 
@@ -213,3 +215,80 @@ def build_model_and_optimizer(config: Config, backend: Backend) -> tuple[nn.Modu
         weight_decay=config.wd, fused=device.type == "cuda" or None,  # one kernel for the whole update on GPUs
     )
     return model, optimizer
+
+
+@dataclass(frozen=True)
+class Stepping:
+    """The part of the configuration the step reads: the loss, the compiled graph, when to measure the noise."""
+
+    batch_size: int
+    batches_per_allreduce: int
+    noise_every: int
+    use_adasum: bool
+    label_smoothing: float
+    tta: str
+    compile: bool
+    compile_mode: str
+
+    @classmethod
+    def of(cls, config: Config) -> "Stepping":
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+class Stepper:
+    """The step as the trainer takes it: one optimizer update of the backend's model at an LR, measuring the noise
+    scale on the steps it can (it decides which), and evaluation through the same (compiled) forward."""
+
+    def __init__(self, config: Stepping, backend: Backend, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 precision: Precision, batches: data.TrainBatches, test: data.EvalBatches, simulated: int) -> None:
+        self.config, self.backend, self.model, self.optimizer = config, backend, model, optimizer
+        self.precision, self.global_batch, self.simulated = precision, batches.global_batch, simulated
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        # What the loop calls: forward, loss and metrics of the backend's model, one graph with --compile.
+        self.forward: nn.Module = StepForward(model, self.criterion, precision, config.tta)
+        self.cuda_graphs = config.compile and config.compile_mode == "reduce-overhead"
+        self.compile_seconds, self.skipped = 0.0, None  # skipped: graphs CUDA graphs declined (summary.json)
+        if config.compile:
+            self.forward, self.compile_seconds, self.skipped = compile_forward(
+                self.forward, model, batches, test, precision, config.compile_mode, warn=backend.is_main)
+
+    def __call__(self, micro: list[tuple[Tensor, Tensor]], step: int, lr: float, norms: GradNorms,
+                 noise: NoiseScale) -> tuple[Tensor, Tensor]:
+        """One optimizer step at `lr`; every --noise-every steps it also measures the noise scale: a small batch
+        (one worker's, or one micro-batch) against the combined gradient, which needs a larger combined batch
+        (not one worker without accumulation, nor Adasum, which has no averaged gradient)."""
+        config, backend = self.config, self.backend
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        measure = (not config.use_adasum and self.global_batch > config.batch_size
+                   and (step + 1) % config.noise_every == 0 and (len(micro) > 1 or backend.can_probe))
+        probing = measure and len(micro) == 1
+        if measure:
+            norms.reset(backend.device)
+        if probing:
+            backend.probe(norms)
+        loss, correct = train_step(self.model, self.optimizer, micro, backend, self.criterion, self.precision,
+                                   norms if measure else None, self.forward, self.cuda_graphs)
+        if probing:
+            backend.probe(None)
+        if measure:
+            noise.update(norms.small_sq, norms.big_sq, config.batch_size, self.global_batch,
+                         examples=config.noise_every * self.global_batch)
+        return loss, correct
+
+    def evaluate(self, batches: data.EvalBatches) -> tuple[float, float]:
+        return evaluate(self.model, batches, self.backend, self.precision, self.forward, self.config.tta,
+                        self.cuda_graphs)
+
+    def noise_note(self, noise: NoiseScale) -> str | None:
+        """Why this run can measure no noise scale, or None when it can."""
+        config, backend = self.config, self.backend
+        if config.use_adasum:
+            return "Adasum combines updates, so there is no averaged gradient to measure"
+        if self.global_batch <= config.batch_size:
+            return "one worker without accumulation: no batch smaller than the one that steps (add --batches-per-allreduce 2)"
+        if config.batches_per_allreduce * self.simulated == 1 and not backend.can_probe:
+            return f"the {backend.name} backend cannot see one worker's gradient; add --batches-per-allreduce 2"
+        if noise.b_simple is None:
+            return f"fewer than {MIN_PAIRS} measurements, or |G|^2 not yet estimated positive"
+        return None
