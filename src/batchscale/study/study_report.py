@@ -148,23 +148,28 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         lines += [f"- {len(coarse)} reached trial(s) have steps known only within x{max(t.resolution for t in coarse):.2f}"  # type: ignore[type-var]
                   " (the accuracy jumped past the fine-evaluation band between two quick looks)."]
     lines += ["", "## Steps to target per batch size", "",
-              "| B | best LR | steps to target | examples | train s | known within | trials missed | B_simple |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "Steps at the optimum are what the fit uses: the minimum of the parabola in log LR through the best LR "
+              "and its neighbours (marked *), or else the geometric mean of the best LR's seeds.", "",
+              "| B | best LR | steps at the optimum | examples | each seed at the best LR | trials missed | B_simple |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
     for b in analysis.bests:
-        t = b.trial
-        if t is None:
-            lines.append(f"| {b.batch} | none reached | - | - | - | - | {b.missed}/{len(b.lrs) * len(config.seeds)} | - |")
+        t, tried = b.trial, f"{b.missed}/{len(b.lrs) * len(config.seeds)}"
+        if t is None or b.steps is None:
+            lines.append(f"| {b.batch} | none reached | - | - | - | {tried} | - |")
             continue
         edge = " (edge)" if b.at_edge else ""
-        known = f"({t.previous_eval}, {t.steps}]"
-        lines.append(f"| {b.batch} | {t.lr:.4g}{edge} | {t.steps:,} | {t.examples:,} | "
-                     f"{num(t.extra.get('train_seconds'))} | {known} | {b.missed}/{len(b.lrs) * len(config.seeds)} | "
-                     f"{positive(t.b_simple, 0)} |")
-    lines += ["", "## Every trial", "", "| B | LR | seed | outcome | steps | budget | best held-out acc |",
-              "|---:|---:|---:|---|---:|---:|---:|"]
+        seeds = " / ".join(num(s.steps) for s in sorted(trials, key=lambda s: s.seed)
+                           if s.batch == b.batch and s.lr == t.lr)
+        lines.append(f"| {b.batch} | {t.lr:.4g}{edge} | {b.steps:,.0f}{'*' if b.fitted else ''} | "
+                     f"{b.steps * b.batch:,.0f} | {seeds} | {tried} | {positive(t.b_simple, 0)} |")
+    lines += ["", "## Every trial", "", "Steps are the first whole-split evaluation at or above the target; the true "
+              "step lies in (previous evaluation, step].", "",
+              "| B | LR | seed | outcome | steps | known within | budget | best held-out acc | train s |",
+              "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for t in sorted(trials, key=lambda t: (t.batch, t.lr, t.seed)):
-        lines.append(f"| {t.batch} | {t.lr:.4g} | {t.seed} | {t.status} | {num(t.steps)} | {num(t.budget)} | "
-                     f"{pct(t.best_acc)} |")
+        known = f"({t.previous_eval}, {t.steps}]" if t.steps else "-"
+        lines.append(f"| {t.batch} | {t.lr:.4g} | {t.seed} | {t.status} | {num(t.steps)} | {known} | {num(t.budget)} | "
+                     f"{pct(t.best_acc)} | {num(t.extra.get('train_seconds'))} |")
     subset = f", {config.train_subset} training images" if config.train_subset else ""
     title = (f"ResNet-18 width {config.width}, target {100 * config.target:g}% on {config.holdout} held-out images"
              f"{subset}, {config.schedule} LR, seeds {','.join(map(str, config.seeds))}")
