@@ -138,6 +138,24 @@ def test_the_report_says_how_much_of_the_papers_drop_survives():
     assert "another scale" in paper.drop_statement(rows, comparable=False)
 
 
+def test_a_batch_that_diverged_at_every_seed_is_named_not_skipped():
+    rows = [{"per_worker_batch": b, "published": p, "paper": {"final_test_acc": a}}
+            for b, p, a in zip(paper.BATCHES, (23.9, 81.0, 86.0, 87.8, 88.2, 80.5), (None, .7, .8, .85, .86, .75))]
+    text = paper.drop_statement(rows)
+    assert "at the paper's LR, no figure yet for per-worker batch 8 (diverged at every seed" in text
+    assert "has not finished" not in text
+
+
+def test_the_control_is_judged_against_the_standard_error_of_the_difference():
+    # Two seeds each, sd 2 points: the difference of the means has standard error sqrt(2 x 0.02^2 / 2) = 2 points.
+    arm = {"seeds": 2, "diverged": 0, "unfinished": 0, "final_test_sd": 0.02}
+    for control, verdict in ((0.56, "more than twice it"), (0.53, "within twice it")):
+        rows = [{"per_worker_batch": 8, "paper": {**arm, "final_test_acc": 0.50},
+                 "control": {**arm, "final_test_acc": control}}]
+        text = paper.control_statement(rows)
+        assert f"standard error 2.0 points: {verdict}" in text and f"{100 * (control - 0.5):+.1f} points" in text
+
+
 def test_results_at_another_width_or_epoch_count_are_labelled_not_comparable(config):
     config.paper = True
     for width, epochs, comparable in ((64, 90, True), (8, 90, False), (64, 1, False)):
@@ -167,3 +185,14 @@ def test_an_older_study_folder_with_a_retired_flag_still_reads(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps(saved))
     config = read_study(tmp_path)
     assert config.batch_sizes == (16, 32) and config.micro == 16
+
+
+def test_an_lr_judged_on_fewer_seeds_is_not_picked_and_a_disagreeing_mean_is_named():
+    run = lambda final, mean: {"final_test_acc": final, "mean_test_acc": mean, "final_holdout_acc": final,  # noqa: E731
+                               "mean_holdout_acc": mean}
+    lucky = paper.over_seeds([run(0.9, 0.9), None], 0.8)  # one seed still running
+    steady = paper.over_seeds([run(0.6, 0.3), run(0.6, 0.3)], 0.4)
+    early = paper.over_seeds([run(0.5, 0.5), run(0.5, 0.5)], 0.2)  # worse at the end, better on average
+    best = paper.pick([early, steady, lucky])
+    assert best["peak_lr"] == 0.4 and best["by_mean"] == 0.2 and not best["at_edge"]
+    assert paper.cell(lucky) == "90.0 / 90.0 (1 of 2 seeds)"

@@ -208,8 +208,8 @@ def comparison_lines(analysis: Analysis) -> list[str]:
         return ["- No B_simple to compare: no best trial measured it to within "
                 f"{100 * PRECISE:.0f}%{left_out}."] if analysis.b_simple else []
     what = (f"- B_simple = {c.b_simple:,.0f} (90% interval {c.low:,.0f} to {c.high:,.0f}): the median over B = "
-            f"{', '.join(map(str, analysis.compared))} of the best trial's average over its whole run to the target"
-            f"{left_out}.")
+            f"{', '.join(map(str, analysis.compared))} of the best LR's median seed's average over its whole run to "
+            f"the target (with an even number of seeds, the slower of the middle two){left_out}.")
     if c.ratio is None:
         return [what]
     if c.ratio_low is None:
