@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,7 +108,9 @@ def test_a_slurm_job_array_survives_preemption_and_ends_like_a_local_sweep(slurm
     assert waiting.returncode == 0, stderr[-3000:]
     assert "[sweep] 2 done, 0 running, 0 queued, 0 failed" in stdout
     log = (out / stopped / "train.log").read_text()
-    assert "stopped by SIGUSR1 after step 3" in log
+    # SLURM's signal reaches the training twice: from slurmd, and as SIGTERM from its array task, which forwards
+    # what it gets; whichever the training handles first names the stop. Either way it saved at step 3.
+    assert re.search(r"stopped by SIG(USR1|TERM) after step 3 ", log), log[-2000:]
     assert "after epoch 0, step 3" in log  # the requeued job resumed from the step checkpoint
     other = next(run for run in RUNS if run != stopped)
     assert (out / other / "train.log").read_text().count("batchscale:") == 1  # only the preempted task requeued
