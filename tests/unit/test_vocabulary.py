@@ -106,8 +106,8 @@ def test_each_help_lists_what_is_measured_before_where_it_runs(command_name, fir
 
 def test_the_readme_uses_the_common_spellings():
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    old = [line for line in text.splitlines() if re.search(r"(?<![a-z-])--schedule\b", line)]
-    assert all("--lr-schedule" in line for line in old), old  # the old name only beside the new one
+    old = [part for part in text.split("\n\n") if re.search(r"(?<![a-z-])--schedule\b", part)]
+    assert all("--lr-schedule" in part for part in old), old  # the old name only beside the new one
     quick = text[text.index("## Quick start"):]
     quick = quick[:quick.index("```", quick.index("```bash") + 7)]
     assert "-- --width" not in quick  # one spelling of --width in the quick start, sweep and train alike
