@@ -2,7 +2,8 @@
 
 `flag(default, help, ...)` declares a field; `add_flags(parser, Config)` turns every field into its
 option (`--batch-size` for `batch_size`; booleans that default to on get a `--no-...` switch), under
-the field's group; `build(Config, args)` fills the dataclass back.
+the field's group (groups in the class's `help_order`, then the command's own before those it inherits: what it
+measures before where it runs); `build(Config, args)` fills the dataclass back.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def test_study_takes_the_training_spellings_and_keeps_its_old_ones(argv, field, 
 def test_the_study_help_names_the_training_spellings_first():
     text = help_of("study")
     assert "--lr-schedule {constant,linear}, --schedule {constant,linear}" in text
-    assert "--train-dir TRAIN_DIR, --data TRAIN_DIR" in text or "--train-dir DATA, --data DATA" in text
+    assert "--train-dir DIR, --data DIR" in text
 
 
 def test_sweep_takes_width_and_data_without_the_double_dash(tmp_path):

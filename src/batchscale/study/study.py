@@ -49,7 +49,7 @@ class StudyConfig(Execution):
 
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
-                     group=PROTOCOL, name="--train-dir", aliases=("--data",))
+                     group=PROTOCOL, name="--train-dir", aliases=("--data",), metavar="DIR")
     preset: str | None = flag(None, "cpu: a small model and a low target, 2 seeds, about an hour on 2 CPU cores (see "
                               "the README); gpu: width 64, 80%, B 64-4096, 2 seeds, no paper grid, about 10 minutes "
                               "on one H100/H200; full: width 64, 94%, B 32-8192 (see "

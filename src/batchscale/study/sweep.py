@@ -139,7 +139,7 @@ class SweepConfig(Execution):
     width: int | None = flag(None, "every run's --width: channels of ResNet-18's first stage (default: the "
                              "training's, 64)", group=GRID, parse=int)
     train_dir: str | None = flag(None, "folder holding cifar-10-batches-py/: every run's --train-dir and --val-dir "
-                                 "(default: the training's, ./data)", group=GRID, aliases=("--data",))
+                                 "(default: the training's, ./data)", group=GRID, aliases=("--data",), metavar="DIR")
     status: bool = flag(False, "print where each run of --out stands, and return", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
 
