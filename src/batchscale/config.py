@@ -8,7 +8,7 @@ import importlib.util
 import math
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 from .flags import flag
@@ -53,8 +53,8 @@ def decay_epochs(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 30,60,80, got {text!r}") from None
 
 
-DATA = OUTPUTS = "data and outputs"
-SCHEDULE, OPTIMIZER = "schedule", "optimizer and learning rate"
+DATA, OUTPUTS = "data", "outputs and checkpoints"
+SCHEDULE, OPTIMIZER = "epochs and batch", "optimizer and learning rate"
 MODEL, DISTRIBUTED, MEASURE, REPRO = "model", "distributed", "measurement", "reproducibility and devices"
 AUGMENT = "augmentation and recipes"
 
@@ -62,6 +62,10 @@ AUGMENT = "augmentation and recipes"
 @dataclass
 class Config:
     """Every training setting; each field is its own flag (flags.py), with its help beside it."""
+
+    # --help: what the run trains first, then where it writes and runs (flags.add_flags).
+    help_order: ClassVar[tuple[str, ...]] = (SCHEDULE, OPTIMIZER, MODEL, AUGMENT, DATA, MEASURE, OUTPUTS, DISTRIBUTED,
+                                             REPRO)
 
     train_dir: str = flag("./data", "folder holding cifar-10-batches-py/ for training", group=DATA)
     val_dir: str = flag("./data", "folder holding cifar-10-batches-py/ for validation", group=DATA)

@@ -2,7 +2,8 @@
 
 `flag(default, help, ...)` declares a field; `add_flags(parser, Config)` turns every field into its
 option (`--batch-size` for `batch_size`; booleans that default to on get a `--no-...` switch), under
-the field's group; `build(Config, args)` fills the dataclass back.
+the field's group (groups in the class's `help_order`, then the command's own before those it inherits: what it
+measures before where it runs); `build(Config, args)` fills the dataclass back.
 """
 
 from __future__ import annotations
@@ -69,14 +70,17 @@ def shown(value: Any) -> str:
 def add_flags(parser: argparse.ArgumentParser, cls: type, only_given: bool = False) -> None:
     """One option per field that has a `flag`. With `only_given`, options left out are absent from the parsed
     namespace (not filled with defaults), so a caller can tell what the user gave."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
     defaults = cls()
-    own = vars(cls).get("__annotations__", {})  # a command's own groups first, then those it inherits
-    for field in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
+    listed = [f for f in help_order(cls) if "help" in f.metadata]
+    # The groups in the order --help shows them: the class's `help_order` (what the command measures first, then
+    # where it runs and writes), then each other group where its first field comes.
+    names = [*getattr(cls, "help_order", ()), *(f.metadata["group"] for f in listed)]
+    used = {f.metadata["group"] for f in listed}
+    groups = {name: parser.add_argument_group(name) for name in dict.fromkeys(names) if name in used}
+    rank = {name: i for i, name in enumerate(groups)}
+    for field in sorted(listed, key=lambda f: rank[f.metadata["group"]]):  # the usage line in the same order
         meta = field.metadata
-        if "help" not in meta:
-            continue
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        group = groups[meta["group"]]
         default = getattr(defaults, field.name)
         help_text = meta["help"]
         kwargs: dict[str, Any] = {"dest": field.name}
@@ -95,6 +99,15 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, only_given: bool = Fal
                 help_text = f"{help_text} (default: {shown(default)})"
         kwargs["default"] = argparse.SUPPRESS if only_given else default
         group.add_argument(option(field), *meta.get("aliases", ()), help=help_text.replace("%", "%%"), **kwargs)
+
+
+def help_order(cls: type) -> list[dataclasses.Field]:
+    """The fields a command declares itself first, then those it inherits: a sweep's grid before the executor flags
+    it shares with a study. A field a class only redeclares (a study's --no-wait, with its own help) keeps the
+    inherited place, so it does not pull its group to the top."""
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    own = set(vars(cls).get("__annotations__", {})) - inherited
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
 
 
 def build(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:

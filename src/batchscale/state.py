@@ -102,6 +102,15 @@ class TrainState:
         """Optimizer steps taken so far."""
         return self.epoch * steps_per_epoch + self.epoch_step
 
+    def position(self, steps_per_epoch: int) -> str:
+        """Where training stands, in the words every line uses (the stop line, the resume line), epochs counted from
+        1 as the epoch lines count them: `epoch 2 (step 20)` at an epoch's end, `step 14 (step 4 of 10 in epoch 2)`
+        inside one."""
+        if not self.epoch_step:
+            return f"epoch {self.epoch} (step {self.step(steps_per_epoch)})"
+        return (f"step {self.step(steps_per_epoch)} (step {self.epoch_step} of {steps_per_epoch} in epoch "
+                f"{self.epoch + 1})")
+
     def state_dict(self, steps_per_epoch: int) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,

@@ -57,10 +57,12 @@ def test_sigterm_saves_a_step_checkpoint_and_the_rerun_ends_identical(tiny_cifar
     assert result.returncode == STOPPED
     line = one_line(result.stderr)
     assert "SIGTERM" in line and "after step 14" in line and "checkpoint-2.pth.tar.partial" in line
+    where = line.split(" after ")[1].split(";")[0]  # the stop line's point; the resume line names it the same way
+    assert where == "step 14 (step 4 of 10 in epoch 2)"  # 10 steps an epoch: epochs counted from 1, as epoch lines
     assert checkpoint.load(stopped / "checkpoint-2.pth.tar.partial")["step"] == 14
     again = train(tiny_cifar, stopped)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "after epoch 1, step 4" in again.stdout
+    assert f"after {where}" in again.stdout
     assert same_weights(reference / "checkpoint-2.pth.tar", stopped / "checkpoint-2.pth.tar")
 
 
@@ -86,7 +88,7 @@ def test_sigterm_to_torchrun_saves_once_for_all_ranks_and_resumes(tiny_cifar, tm
     assert not (tmp_path / "summary.json").exists()
     again = train(tiny_cifar, tmp_path, "--finite-check-every", "2", ranks=2)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "after epoch 0, step 4" in again.stdout
+    assert "after step 4 (step 4 of " in again.stdout and "in epoch 1)" in again.stdout
 
 
 def test_an_interrupted_sweep_stops_its_training_and_leaves_no_orphan(tiny_cifar, tmp_path):

@@ -82,7 +82,7 @@ def test_sweep_keeps_pass_through_flags_it_does_not_set(tmp_path):
 
 @pytest.mark.parametrize("passed,study_flag", [
     (["--width", "16"], "--width"), (["--epochs", "1"], "--budget-epochs"), (["--target-accuracy", "0.5"], "--target"),
-    (["--train-dir", "/x"], "--data"), (["--seed", "1"], "--seeds"), (["--max-steps", "5"], "--budget-steps"),
+    (["--train-dir", "/x"], "--train-dir"), (["--seed", "1"], "--seeds"), (["--max-steps", "5"], "--budget-steps"),
 ])
 def test_study_refuses_a_pass_through_flag_it_would_override(passed, study_flag):
     with pytest.raises(ConfigError, match=f"use batchscale study {study_flag}"):

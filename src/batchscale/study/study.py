@@ -49,7 +49,7 @@ class StudyConfig(Execution):
 
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
-                     group=PROTOCOL, aliases=("--train-dir",))
+                     group=PROTOCOL, name="--train-dir", aliases=("--data",), metavar="DIR")
     preset: str | None = flag(None, "cpu: a small model and a low target, 2 seeds, about an hour on 2 CPU cores (see "
                               "the README); gpu: width 64, 80%, B 64-4096, 2 seeds, no paper grid, about 10 minutes "
                               "on one H100/H200; full: width 64, 94%, B 32-8192 (see "
@@ -78,7 +78,8 @@ class StudyConfig(Execution):
                               "(ceil(N / B) steps): the same in examples for every B, not a share of a budget",
                               group=PROTOCOL, metavar="N")
     schedule: str = flag("constant", "LR after warmup: constant, or linear decay to 0 at the budget's end (which "
-                         "ties steps to target to the budget)", group=PROTOCOL, choices=tuple(SCHEDULES))
+                         "ties steps to target to the budget)", group=PROTOCOL, choices=tuple(SCHEDULES),
+                         name="--lr-schedule", aliases=("--schedule",))
     micro_batch: int = flag(0, "every batch is accumulated from micro-batches this size, the same for every B (batch "
                             "norm's batch, and B_simple's small batch); at most the smallest batch size (default: 0, "
                             "the smallest batch size)", group=PROTOCOL)
@@ -196,11 +197,11 @@ def study_preset(name: str, config: StudyConfig, given: set[str] = frozenset()) 
 
 # The training flags every trial gets from the study, and the study flag that sets them instead.
 STUDY_SETS = {
-    "train_dir": "--data", "val_dir": "--data", "width": "--width", "holdout": "--holdout",
+    "train_dir": "--train-dir", "val_dir": "--train-dir", "width": "--width", "holdout": "--holdout",
     "target_accuracy": "--target", "batch_size": "--batch-sizes", "batches_per_allreduce": "--micro-batch",
     "lr_scaling": "--lr-per-128", "base_lr": "--lr-per-128, --lr-points, --lr-spacing",
     "warmup_start_lr": "--warmup-images", "warmup_steps": "--warmup-images", "warmup_epochs": "--warmup-images",
-    "lr_schedule": "--schedule", "lr_decay_epochs": "--paper-epochs", "epochs": "--budget-epochs or --paper-epochs",
+    "lr_schedule": "--lr-schedule", "lr_decay_epochs": "--paper-epochs", "epochs": "--budget-epochs or --paper-epochs",
     "max_steps": "--budget-steps", "eval_growth": "--eval-growth", "seed": "--seeds", "log_dir": "--out",
     "simulate_workers": "--no-paper (the paper grid has 4 workers)", "train_subset": "--train-subset",
 }

@@ -130,7 +130,7 @@ def write_report(out: Path, config: StudyConfig) -> Path:
                   "answer, 23 of 24 such studies' intervals held it."]
     if config.schedule == "linear":
         lines += ["- Caveat: each trial's LR decays to 0 at the end of its budget, so its steps to target also depend "
-                  "on that budget (Shallue et al. tune the decay length too); --schedule constant, with a target a "
+                  "on that budget (Shallue et al. tune the decay length too); --lr-schedule constant, with a target a "
                   "constant LR reaches, measures without it."]
     edges = [b.batch for b in analysis.bests if b.at_edge]
     if edges:

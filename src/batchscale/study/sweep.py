@@ -135,6 +135,11 @@ class SweepConfig(Execution):
                                 "(default: 0, all)")
     launcher: str = flag("simulate", "simulate: N workers' arithmetic in one process; torchrun/horovodrun: N real "
                          "processes", group=GRID, choices=LAUNCHERS)
+    # Training flags a sweep is commonly given, spelled as train and study spell them (also accepted after --).
+    width: int | None = flag(None, "every run's --width: channels of ResNet-18's first stage (default: the "
+                             "training's, 64)", group=GRID, parse=int)
+    train_dir: str | None = flag(None, "folder holding cifar-10-batches-py/: every run's --train-dir and --val-dir "
+                                 "(default: the training's, ./data)", group=GRID, aliases=("--data",), metavar="DIR")
     status: bool = flag(False, "print where each run of --out stands, and return", group=EXECUTION)
     train_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -156,8 +161,19 @@ class SweepConfig(Execution):
         if self.nodes_per_run > 1 and (self.launcher != "torchrun" or any(w % self.nodes_per_run for w in self.workers)):
             raise ConfigError("--nodes-per-run > 1 needs --executor slurm, --launcher torchrun and worker counts that "
                               "split evenly across the nodes")
-        refuse_overrides("sweep", self.train_args, SWEEP_SETS)
+        if self.width is not None and self.width < 1:
+            raise ConfigError(f"--width must be an integer >= 1 (got {self.width})")
+        given = {"width": "--width"} if self.width is not None else {}
+        given |= {"train_dir": "--train-dir", "val_dir": "--train-dir"} if self.train_dir is not None else {}
+        refuse_overrides("sweep", self.train_args, SWEEP_SETS | given)
         return self
+
+    def training_flags(self) -> list[str]:
+        """The training flags given to the sweep itself, for every run."""
+        width = ["--width", str(self.width)] if self.width is not None else []
+        folder = str(Path(self.train_dir).absolute()) if self.train_dir is not None else ""  # SLURM runs elsewhere
+        data = ["--train-dir", folder, "--val-dir", folder] if folder else []
+        return [*width, *data]
 
 
 # The training flags every sweep run gets from the sweep itself, and the sweep flag to use instead.
@@ -196,7 +212,7 @@ def preset(name: str, config: SweepConfig, given: set[str] = frozenset()) -> Swe
 
 
 def command(config: SweepConfig, run: Run, run_dir: Path) -> list[str]:
-    args = [*config.train_args, "--epochs", str(config.epochs), "--batch-size", str(run.batch_size),
+    args = [*config.train_args, *config.training_flags(), "--epochs", str(config.epochs), "--batch-size", str(run.batch_size),
             "--batches-per-allreduce", str(run.batches_per_allreduce), "--lr-scaling", run.lr_scaling,
             "--base-lr", str(run.base_lr), "--seed", str(run.seed), "--log-dir", str(run_dir), "--no-progress",
             "--train-subset", str(config.train_subset)]

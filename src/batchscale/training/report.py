@@ -22,8 +22,7 @@ def announce(trainer: Trainer) -> None:
         resumed = (f"; already complete ({state.epoch} epoch(s) in {resumed_from.parent}): nothing to train. "
                    "Another --log-dir or --no-resume starts a new run")
     elif resumed_from is not None:
-        resumed = f"; resumed from {resumed_from} after epoch {state.epoch}"
-        resumed += f", step {state.epoch_step}" if state.epoch_step else ""
+        resumed = f"; resumed from {resumed_from} after {state.position(trainer.steps_per_epoch)}"
     say(f"batchscale: {config.model} ({trainer.parameters / 1e6:.2f}M parameters) on {backend.world_size} x "
         f"{backend.device.type} ({backend.name}{simulating}), global batch {trainer.batches.global_batch}, "
         f"{trainer.steps_per_epoch} steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
