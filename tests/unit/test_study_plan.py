@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from batchscale.flags import build
 from batchscale.schedule import LRSchedule
 from batchscale.errors import ConfigError
 from batchscale.study import paper
-from batchscale.study.study import StudyConfig, batch_trials, dry_run, paper_plan, read_study, study_preset
+from batchscale.study.protocol import MISSED, REACHED, Trial
+from batchscale.study.study import (StudyConfig, batch_trials, dry_run, momentum_trials, paper_plan, read_study,
+                                    study_preset)
+from batchscale.study.study_report import calibration_line, momentum_lines
 
 
 def as_config(args: tuple[str, ...]) -> Config:
@@ -49,13 +53,24 @@ def test_a_curve_trial_stops_at_its_held_out_target_within_its_budget(config):
 
 @pytest.mark.parametrize("batch", [32, 64, 1024])
 def test_the_warmup_is_the_same_number_of_images_at_every_batch_size(config, batch):
-    config.warmup_images = 4000
-    c = as_config(batch_trials(config, batch, (0.05,))[0].args)
+    config.warmup_images = 4096
+    c = as_config(batch_trials(config.validate(), batch, (0.05,))[0].args)
     schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch)
     ramp = schedule.warmup_steps
     assert schedule(0) == 0 and schedule(ramp) == schedule(c.max_steps - 1) == pytest.approx(0.05)
     assert schedule(ramp - 1) < 0.05
-    assert 4000 <= ramp * batch < 4000 + batch  # whole steps covering 4,000 images, however large B
+    assert ramp * batch == 4096  # exactly the same images ramped, however large B
+    # The same images seen, the same LR at every B: 1,024 images into the ramp, a quarter of the peak.
+    assert schedule(1024 // batch) == pytest.approx(0.05 * 1024 / 4096)
+
+
+def test_a_warmup_that_is_not_whole_steps_at_every_batch_size_is_refused_in_one_line(config):
+    # 4,000 images at B = 1024 would be 4 steps, 4,096 images: 2% more than at B = 32, a 1/B term in S(B).
+    config.warmup_images = 4000
+    with pytest.raises(ConfigError, match=r"--warmup-images 4000 is not a whole number of steps at B = 64, 128, 256, "
+                                          r"512, 1024.*give a multiple of 1024 \(like 4096\) or 0"):
+        config.validate()
+    assert StudyConfig(out="s").validate().warmup_images % 8192 == 0  # the default fits every default B
 
 
 def test_a_micro_batch_larger_than_the_smallest_batch_is_refused_in_one_line():
@@ -139,30 +154,119 @@ def test_the_report_says_how_much_of_the_papers_drop_survives():
 
 
 def test_a_batch_that_diverged_at_every_seed_is_named_not_skipped():
-    rows = [{"per_worker_batch": b, "published": p, "paper": {"final_test_acc": a}}
+    dead = {"final_test_acc": None, "diverged": 3, "seeds": 3, "unfinished": 0}
+    rows = [{"per_worker_batch": b, "published": p, "paper": {"final_test_acc": a} if a else dead}
             for b, p, a in zip(paper.BATCHES, (23.9, 81.0, 86.0, 87.8, 88.2, 80.5), (None, .7, .8, .85, .86, .75))]
     text = paper.drop_statement(rows)
-    assert "at the paper's LR, no figure yet for per-worker batch 8 (diverged at every seed" in text
+    assert "at the paper's LR, no figure for per-worker batch 8 (diverged at all 3 seeds)" in text
     assert "has not finished" not in text
 
 
-def test_the_control_is_judged_against_the_standard_error_of_the_difference():
-    # Two seeds each, sd 2 points: the difference of the means has standard error sqrt(2 x 0.02^2 / 2) = 2 points.
-    arm = {"seeds": 2, "diverged": 0, "unfinished": 0, "final_test_sd": 0.02}
-    for control, verdict in ((0.56, "more than twice it"), (0.53, "within twice it")):
-        rows = [{"per_worker_batch": 8, "paper": {**arm, "final_test_acc": 0.50},
-                 "control": {**arm, "final_test_acc": control}}]
-        text = paper.control_statement(rows)
-        assert f"standard error 2.0 points: {verdict}" in text and f"{100 * (control - 0.5):+.1f} points" in text
+def arm(values: list[float | None], seeds: tuple[int, ...] = (1, 2, 3)) -> dict:
+    """One setting over its seeds, as paper.over_seeds makes it (None: that seed diverged)."""
+    runs = [{"diverged": True} if v is None else {"final_test_acc": v, "mean_test_acc": v, "final_holdout_acc": v,
+                                                  "mean_holdout_acc": v} for v in values]
+    return paper.over_seeds(runs, 0.4, seeds)
+
+
+def test_the_t_quantiles_are_students():
+    # Independent of the table: the 0.975 quantile solves CDF(t) = 0.975 for Student's density, integrated here.
+    def cdf(t: float, dof: int) -> float:
+        norm = math.gamma((dof + 1) / 2) / (math.sqrt(dof * math.pi) * math.gamma(dof / 2))
+        n = 20_000
+        h = t / n
+        return 0.5 + sum(norm * (1 + ((i + 0.5) * h) ** 2 / dof) ** (-(dof + 1) / 2) for i in range(n)) * h
+    for dof in (1, 2, 3, 4, 10):
+        assert cdf(paper.t_975(dof), dof) == pytest.approx(0.975, abs=2e-4)
+    assert paper.t_975(11) == paper.t_975(10)  # between rows: the next lower dof's, which is wider
+
+
+def test_the_control_is_a_paired_difference_with_a_t_interval():
+    # The control is better by 2 points at every seed, while the seeds themselves differ by 10: unpaired, the two
+    # means' standard error (5.8 points) would hide the gap; paired, the seeds' shared part cancels.
+    workers, control = arm([0.50, 0.60, 0.70]), arm([0.52, 0.62, 0.72])
+    text = paper.control_statement([{"per_worker_batch": 8, "paper": workers, "control": control}])
+    assert "+2.0 ± 0.0 points (95%, 3 seeds paired): beyond chance" in text
+    # A gap that is 0, 4 and 2 points by seed: mean 2, sd 2, 3 seeds: half-width 4.303 x 2 / sqrt(3) = 5.0 points.
+    control = arm([0.50, 0.64, 0.72])
+    text = paper.control_statement([{"per_worker_batch": 8, "paper": workers, "control": control}])
+    assert "+2.0 ± 5.0 points (95%, 3 seeds paired): within chance" in text
+
+
+def test_the_control_counts_its_diverged_seeds_and_has_its_row_in_the_table(config):
+    workers, control = arm([0.50, 0.60, 0.70]), arm([None, 0.62, None])
+    rows = [{"per_worker_batch": 8, "global_batch": 32, "published": 23.9, "paper": workers, "control": control}]
+    text = paper.control_statement(rows)
+    assert "(1 of 3 seeds, 2 diverged)" in text and "(3 of 3 seeds)" in text
+    assert "one seed in common: no uncertainty measured" in text and "no verdict" in text
+    config.paper = True
+    table = "\n".join(paper.paper_section(rows, paper_plan(config)))
+    assert "| 8: control, 1 worker, batch norm over 32 | 32 | - | 62.0 / 62.0 (1 of 3 seeds; 2 diverged) |" in table
+
+
+def test_every_reported_drop_has_its_uncertainty():
+    small, best, middle = arm([0.20, 0.25, 0.24]), arm([0.86, 0.87, 0.88]), arm([0.85, 0.85, 0.86])
+    rows = [{"per_worker_batch": b, "published": 0, "paper": a} for b, a in zip(paper.BATCHES[:3], (small, best, middle))]
+    text = paper.drop_statement(rows)
+    # Paired per seed: 66, 62, 64 points: mean 64.0, sd 2, half-width 4.303 x 2 / sqrt(3) = 5.0; and 1, 2, 2 points:
+    # mean 1.7, sd 0.58, half-width 1.4.
+    assert "the smallest batch is 64.0 ± 5.0 points and the largest 1.7 ± 1.4 points below the best batch" in text
+    assert "95% t interval" in text
+
+
+def test_a_batch_never_run_says_why_in_the_report_and_results(tmp_path):
+    plan = paper.PaperPlan(1, (1, 2), 3, 600, 8, 600, ())  # 600 training images: 256 x 4 do not fit
+    rows = paper.paper_results(tmp_path, plan, {})
+    assert rows[-1]["not_run"] == "not run: 256 x 4 workers is more than the 600 training images"
+    text = paper.drop_statement(rows)
+    assert "256 (not run: 256 x 4 workers is more than the 600 training images)" in text
+    assert "8 (not finished)" in text and "diverged at every seed, or not finished" not in text
+
+
+def test_the_edge_is_judged_on_the_contiguous_grid_not_on_the_papers_far_lr():
+    def grid(values: tuple[float, ...]) -> list[dict]:
+        cells = [arm([v] * 3) for v in values]
+        for c, lr in zip(cells, (0.025, 0.05, 0.1)):
+            c["peak_lr"] = lr
+        return cells
+
+    # The best is the grid's smallest LR; the paper's 0.4, 4x beyond the grid's top, is worse: still an edge.
+    best = paper.pick(grid((0.80, 0.70, 0.60)), arm([0.30] * 3))
+    assert best["peak_lr"] == 0.025 and best["at_edge"] and not best["off_grid"]
+    # The paper's far LR wins: nothing was tried between it and the grid, so it is an edge too, and named.
+    best = paper.pick(grid((0.80, 0.70, 0.60)), arm([0.90] * 3))
+    assert best["peak_lr"] == 0.4 and best["at_edge"] and best["off_grid"] and "off the grid" in paper.lr_label(best)
+    assert not paper.pick(grid((0.60, 0.80, 0.70)), arm([0.30] * 3))["at_edge"]
+
+
+def test_one_paper_grid_the_originals_50_epochs_and_step_decay_in_the_study_and_the_sweep(config):
+    from batchscale.study.sweep import Run, SweepConfig, command, preset
+
+    # The original: 50 epochs, 5 warmup epochs from one worker's LR, then x0.1 at epoch 30 (60 and 80 lie beyond).
+    assert StudyConfig(out="s").paper_epochs == paper.EPOCHS == 50
+    config.paper, config.paper_epochs = True, 50
+    study_run = as_config(next(r for r in paper.runs(paper_plan(config), {}) if r.name == "paper/b64-paper-lr-s1").args)
+    lrs = peak_and_ramp(study_run, steps_per_epoch=10)
+    assert len(lrs) == 500 and lrs[0] == pytest.approx(0.1) and lrs[50] == pytest.approx(0.4)
+    assert lrs[299] == pytest.approx(0.4) and lrs[300] == lrs[499] == pytest.approx(0.04)
+    # The sweep's paper preset runs the same schedule, not a cosine.
+    sweep = preset("paper", SweepConfig(out="w"))
+    args = command(sweep, Run(64, 4, "linear", 0.1, 1), Path("w/x"))
+    sweep_run = build(Config, train_parser("t").parse_args(args[args.index("train") + 1:])).validate()
+    assert peak_and_ramp(sweep_run, steps_per_epoch=10) == pytest.approx(lrs)
+    # A shorter paper grid keeps the shape: 10% warmup, the decay at 60% of the run.
+    short = as_config([*paper.schedule(10), "--epochs", "10", "--base-lr", "0.1", "--warmup-start-lr", "0"])
+    ramp = peak_and_ramp(short, steps_per_epoch=10)
+    assert ramp[9] < ramp[10] == ramp[59] and ramp[60] == pytest.approx(0.1 * ramp[59])
 
 
 def test_results_at_another_width_or_epoch_count_are_labelled_not_comparable(config):
     config.paper = True
-    for width, epochs, comparable in ((64, 90, True), (8, 90, False), (64, 1, False)):
+    for width, epochs, comparable in ((64, 50, True), (64, 90, False), (8, 50, False), (64, 1, False)):
         config.width, config.paper_epochs = width, epochs
         lines = "\n".join(paper.paper_section([], paper_plan(config)))
         assert ("Not comparable with the paper's column" in lines) is not comparable
-        assert ("published (90 epochs, width 64; not comparable)" in lines) is not comparable
+        assert ("published (50 epochs, width 64; not comparable)" in lines) is not comparable
 
 
 def test_the_cpu_preset_fills_only_what_was_not_given():
@@ -196,3 +300,46 @@ def test_an_lr_judged_on_fewer_seeds_is_not_picked_and_a_disagreeing_mean_is_nam
     best = paper.pick([early, steady, lucky])
     assert best["peak_lr"] == 0.4 and best["by_mean"] == 0.2 and not best["at_edge"]
     assert paper.cell(lucky) == "90.0 / 90.0 (1 of 2 seeds)"
+
+
+def trial(batch: int, lr: float, seed: int, steps: int | None, momentum: float = 0.9) -> Trial:
+    return Trial(batch, lr, seed, REACHED if steps else MISSED, steps, extra={"momentum": momentum, "wd": 5e-4,
+                                                                              "nesterov": True})
+
+
+def test_the_momentum_check_reruns_the_two_largest_batches_at_the_same_effective_lr(config):
+    # B = 1024 reached nothing: the two largest that reached are 256 and 512, best LRs 0.2 and 0.4.
+    trials = [trial(b, lr, s, steps) for b, best in ((128, 0.1), (256, 0.2), (512, 0.4))
+              for lr, steps in ((best / 2, 300), (best, 200), (best * 2, 300)) for s in (1, 2)]
+    trials += [trial(1024, 0.8, s, None) for s in (1, 2)]
+    planned = momentum_trials(config, trials)
+    assert len(planned) == 2 * 3 * 2
+    for p in planned:
+        c = as_config(p.args)
+        batch = c.batch_size * c.batches_per_allreduce
+        assert batch in (256, 512) and c.momentum == 0.97 and c.stop_at_target and p.name.startswith("momentum/")
+        # The same budget as the curve's trials of that batch size.
+        assert c.max_steps == batch_trials(config, batch, (0.1,))[0].steps
+    # Centred where LR / (1 - momentum) is the best one's: 0.4 x 0.03 / 0.1 = 0.12 at B = 512.
+    lrs = sorted({float(as_config(p.args).base_lr) for p in planned if "b512-" in p.name})
+    assert lrs == pytest.approx([0.12 / 2**0.5, 0.12, 0.12 * 2**0.5], rel=1e-5)
+
+
+def test_the_momentum_check_says_whether_the_fixed_momentum_held_large_batches_back():
+    # Seeds scatter by 10% (log steps +-0.1 about each cell's mean): two 2-seed optima differ by chance with an sd
+    # of 0.1 (0.1 x sqrt(2 / 2)), so only a change beyond 0.2 in log steps counts.
+    def cell(batch: float, lr: float, steps: float, momentum: float = 0.9) -> list[Trial]:
+        return [trial(batch, lr, s, round(steps * math.exp(d)), momentum) for s, d in ((1, -0.1), (2, 0.1))]
+
+    curve = [t for lr, steps in ((0.2, 300), (0.4, 200), (0.8, 300)) for t in cell(512, lr, steps)]
+    for factor, verdict in ((0.6, "faster beyond twice the seeds' scatter"), (0.95, "within twice the seeds' scatter")):
+        checked = [t for lr, steps in ((0.06, 300 * factor), (0.12, 200 * factor), (0.24, 300 * factor))
+                   for t in cell(512, lr, steps, 0.97)]
+        [line] = momentum_lines(curve, checked, 0.9, 2)
+        assert verdict in line and f"x{factor:.2f}" in line
+
+
+def test_the_interval_is_said_calibrated_only_for_the_design_that_was_measured():
+    assert "23 of 24" in calibration_line(3, 8)
+    line = calibration_line(2, 6)
+    assert "23 of 24" not in line and "was not measured for this design (2 seeds, 6 batch sizes" in line

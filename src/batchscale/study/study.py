@@ -74,8 +74,9 @@ class StudyConfig(Execution):
                                 "a quick smoke run (default: 0, all)")
     budget_epochs: float = flag(60.0, "a trial's budget in images, as epochs of the training split", group=PROTOCOL)
     budget_steps: int = flag(40_000, "a trial's budget in optimizer steps (whichever comes first)", group=PROTOCOL)
-    warmup_images: int = flag(25_000, "LR warmup from 0 over the first N training images, at every batch size "
-                              "(ceil(N / B) steps): the same in examples for every B, not a share of a budget",
+    warmup_images: int = flag(24_576, "LR warmup from 0 over the first N training images, at every batch size "
+                              "(N / B steps, so N must be a multiple of every batch size, or 0): the same images for "
+                              "every B, not a share of a budget (default: 24576 = 3 x 8192)",
                               group=PROTOCOL, metavar="N")
     schedule: str = flag("constant", "LR after warmup: constant, or linear decay to 0 at the budget's end (which "
                          "ties steps to target to the budget)", group=PROTOCOL, choices=tuple(SCHEDULES),
@@ -85,11 +86,16 @@ class StudyConfig(Execution):
                             "the smallest batch size)", group=PROTOCOL)
     eval_growth: float = flag(1.05, "evaluations near the target grow by this factor: steps known within it",
                               group=PROTOCOL)
+    momentum_check: bool = flag(False, "after the curve, the two largest batch sizes again at momentum "
+                                f"{0.97:g} (3 LRs around the best at the same effective LR, every seed): whether the "
+                                "fixed momentum costs large batches more, which would bias B_crit low", group=PROTOCOL,
+                                toggle=True)
     paper: bool = flag(True, "the paper's grid, as it ran, at a tuned LR, and a batch-norm control, with every seed "
                        "(default: on)", group=PAPER,
                        toggle=True)
-    paper_epochs: int = flag(90, "epochs of each paper-grid run (the paper: 90; another count is labelled as not "
-                             "comparable with its figures)", group=PAPER)
+    paper_epochs: int = flag(50, "epochs of each paper-grid run (the paper: 50, the original's default, with its step "
+                             "schedule; another count keeps that schedule's shape and is labelled as not comparable "
+                             "with its figures)", group=PAPER)
     paper_lr_points: int = flag(3, "LRs x2 apart tried per paper-grid batch, centred on stage 1's best LR for its "
                                 "global batch; the best final held-out accuracy over the seeds is kept", group=PAPER)
     wait: bool = same_as(Execution, "wait", help="submit and return; rerun the same command to look again, wait "
@@ -123,6 +129,14 @@ class StudyConfig(Execution):
                               f"{self.extend_edges}, {self.paper_epochs}, {self.paper_lr_points}, {self.width})")
         if not 1 < self.eval_growth <= 2:
             raise ConfigError(f"--eval-growth must be in (1, 2], like 1.05 (got {self.eval_growth})")
+        uneven = [b for b in self.batch_sizes if self.warmup_images % b]
+        if uneven:
+            # Whole steps would stretch the ramp past N images at these B (ceil(N / B) x B), a 1/B term in S(B).
+            step = math.lcm(*self.batch_sizes)
+            near = max(step, round(self.warmup_images / step) * step)
+            raise ConfigError(f"--warmup-images {self.warmup_images} is not a whole number of steps at B = "
+                              f"{', '.join(map(str, uneven))}, so the ramp would cover more images there; give a "
+                              f"multiple of {step} (like {near}) or 0")
         check_seeds(self.seeds)
         self.check("study")
         if self.train_subset < 0:
@@ -160,11 +174,11 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
     # that steps to target do not depend on a decay tied to each B's budget; the budget is then only a cap, in
     # epochs for every B (so large batches get as many images as small ones) and in steps (so small batches are
     # not held to 200 epochs). Unmeasured: whether a constant LR reaches 94% at every B inside it (a trial that
-    # does not is in the report as missed); lower --target if they miss. Warmup: 25,000 images at every B, about
+    # does not is in the report as missed); lower --target if they miss. Warmup: 24,576 images at every B, about
     # half an epoch, small against the tens of epochs 94% usually takes.
     "full": {"width": 64, "target": 0.94, "batch_sizes": tuple(2**i for i in range(5, 14)), "holdout": 5000,
-             "budget_epochs": 200.0, "budget_steps": 100_000, "schedule": "constant", "warmup_images": 25_000,
-             "lr_points": 5, "seeds": (1, 2, 3), "paper_epochs": 90},
+             "budget_epochs": 200.0, "budget_steps": 100_000, "schedule": "constant", "warmup_images": 24_576,
+             "lr_points": 5, "seeds": (1, 2, 3), "paper_epochs": 50},
     # Full width, sized for about 10 minutes on one H100/H200 with 4 trainings sharing it: 7 batch sizes x 3 LRs x
     # 2 seeds = 42 trials, up to 56 with one edge extension each. The target, 80% held out: the fast recipe's test
     # accuracy passes it at epoch 7 of 15 at batch 512, its LR still near the peak (benchmarks/results/gpu-h100-
@@ -226,7 +240,7 @@ def curve_trial(config: StudyConfig, batch: int, lr: float, seed: int) -> Planne
     micro = config.micro  # one batch-norm batch for every B: B is accumulated from micro-batches of it
     steps = trial_steps(config, batch)
     epochs = math.ceil(steps / (config.train_images // batch))
-    warmup = math.ceil(config.warmup_images / batch)
+    warmup = config.warmup_images // batch  # exact: validate() refuses a warmup that is not whole steps
     args = [*common_args(config), "--batch-size", str(micro), "--batches-per-allreduce", str(batch // micro),
             "--lr-scaling", "none", "--base-lr", f"{lr:.6g}", "--warmup-start-lr", "0", "--warmup-steps",
             str(warmup), "--warmup-epochs", "0",  # --warmup-steps 0 would mean "use epochs"
@@ -277,6 +291,35 @@ def curve_stage(config: StudyConfig, say: Callable[..., None]) -> list[str] | No
                 "best, so the curve stops here: fix them and rerun the same command")
             return failed
     return []
+
+
+CHECK_MOMENTUM = 0.97  # Shallue et al. tune momentum with the LR; this is one step above the fixed 0.9
+
+
+def momentum_trials(config: StudyConfig, trials: list[Trial]) -> list[Planned]:
+    """The check of the fixed momentum: the two largest batch sizes whose best LR reached the target, again at
+    CHECK_MOMENTUM, over 3 LRs centred where the effective LR (LR / (1 - momentum)) is the best one's, each seed,
+    with the curve trials' budget. Faster there means the curve's fixed momentum held those batches back."""
+    bests = [b for b in analyze(trials, replicates=0).bests if b.trial is not None][-2:]
+    planned = []
+    for best in bests:
+        ran = best.trial.extra.get("momentum") or 0.9  # type: ignore[union-attr]
+        centre = best.trial.lr * (1 - CHECK_MOMENTUM) / (1 - ran)  # type: ignore[union-attr]
+        for lr in lr_grid(centre, 3, config.lr_spacing):
+            for seed in config.seeds:
+                trial = curve_trial(config, best.batch, lr, seed)
+                planned.append(Planned(f"momentum/b{best.batch}-lr{lr:.4g}-m{CHECK_MOMENTUM:g}-s{seed}",
+                                       (*trial.args, "--momentum", str(CHECK_MOMENTUM)), trial.budget_images,
+                                       trial.steps))
+    return planned
+
+
+def momentum_stage(config: StudyConfig, say: Callable[..., None]) -> list[str]:
+    planned = momentum_trials(config, read_trials(Path(config.out), strict=False))
+    if not planned:
+        say("momentum check: no batch size reached the target, so there is nothing to check")
+        return []
+    return run_stage(config, planned, f"momentum {CHECK_MOMENTUM:g}", say)
 
 
 def tuned_lrs(trials: list[Trial]) -> dict[int, float]:
@@ -335,13 +378,16 @@ def read_trial(run_dir: Path) -> Trial | None:
     return Trial(config["batch_size"] * config["batches_per_allreduce"], float(config["base_lr"]), config["seed"],
                  status, hit.get("step") if hit else None, hit.get("previous_eval"), trial.get("max_steps"),
                  trial.get("best_acc"), at.get("b_simple"), curve, at.get("b_simple_se"),
-                 {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name})
+                 {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name,
+                  # what every trial optimizes with besides its LR, fixed at every B unless a check varies it
+                  "momentum": config.get("momentum"), "nesterov": config.get("nesterov"), "wd": config.get("wd")})
 
 
-def read_trials(out: Path, strict: bool = True) -> list[Trial]:
-    """Every finished trial; one that is not finished is left for `unfinished_trials` to name. A damaged one is
-    an error naming it, or with `strict` off (planning what to run, which runs it again) left out."""
-    folders = sorted((out / "curve").glob("b*-lr*-s*"))
+def read_trials(out: Path, strict: bool = True, stage: str = "curve") -> list[Trial]:
+    """Every finished trial of `stage` (curve, or momentum: the check's); one that is not finished is left for
+    `unfinished_trials` to name. A damaged one is an error naming it, or with `strict` off (planning what to
+    run, which runs it again) left out."""
+    folders = sorted((out / stage).glob("b*-lr*-s*"))
     trials = [read_trial(run_dir) for run_dir in folders if strict or damaged(run_dir) is None]
     return [t for t in trials if t is not None]
 
@@ -431,6 +477,9 @@ def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = 
     for b in batches[1:]:
         say(f"  curve/b{b}: {config.lr_points} to {config.lr_points + config.extend_edges} LRs x {seeds} seeds, "
             f"at most {trial_steps(config, b)} steps each")
+    if config.momentum_check:
+        say(f"then the momentum check: the two largest batch sizes that reach the target again at momentum "
+            f"{CHECK_MOMENTUM:g}, 3 LRs x {seeds} seeds ({6 * seeds} trials, not counted above)")
 
 
 def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
@@ -448,6 +497,10 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
         return []
     if failed:
         return failed
+    if config.momentum_check:
+        failed = momentum_stage(config, say)
+        if failed:
+            return failed
     return run_paper(config, say) if config.paper else []
 
 

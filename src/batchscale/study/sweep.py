@@ -21,6 +21,7 @@ from ..errors import BatchscaleError, ConfigError, Diverged, Stopped
 from ..flags import flag, given_options, same_as
 from ..atomic import write_json_atomic
 from ..rundir import check_writable
+from . import paper
 from .executors import Job, LocalPool, Outcome, SlurmQueue, forwarding_signals
 from .runs import diverged_why, epochs_done, folder_state, has_diverged, is_done, read_json, unreadable
 
@@ -198,7 +199,8 @@ def check_seeds(seeds: tuple[int, ...]) -> None:
 
 
 PRESET_GRIDS: dict[str, dict[str, Any]] = {
-    # Kim et al. 2023: 4 workers, per-worker batch 8-256, LR = 0.1 x workers.
+    # Kim et al. 2023: 4 workers, per-worker batch 8-256, LR = 0.1 x workers, the original's 50 epochs and step
+    # schedule (paper.schedule, the study's paper grid's too).
     "paper": {"batch_sizes": (8, 16, 32, 64, 128, 256), "workers": (4,), "lr_scalings": ("linear",), "base_lrs": (0.1,)},
 }
 
@@ -208,7 +210,10 @@ def preset(name: str, config: SweepConfig, given: set[str] = frozenset()) -> Swe
     if name not in PRESET_GRIDS:
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)} (got {name!r})")
     chosen = {k: v for k, v in PRESET_GRIDS[name].items() if k not in given}
-    return SweepConfig(**{**asdict(config), **chosen, "preset": name})
+    made = SweepConfig(**{**asdict(config), **chosen, "preset": name})
+    if name == "paper":  # the original's schedule, the study's paper grid's too; flags after -- still win
+        made.train_args = (*paper.schedule(made.epochs), *made.train_args)
+    return made
 
 
 def command(config: SweepConfig, run: Run, run_dir: Path) -> list[str]:
