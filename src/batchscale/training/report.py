@@ -26,7 +26,12 @@ def announce(trainer: Trainer) -> None:
         resumed += f", step {state.epoch_step}" if state.epoch_step else ""
     say(f"batchscale: {config.model} ({trainer.parameters / 1e6:.2f}M parameters) on {backend.world_size} x "
         f"{backend.device.type} ({backend.name}{simulating}), global batch {trainer.batches.global_batch}, "
-        f"{trainer.steps_per_epoch} steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
+        f"{trainer.batches.n} training images, {trainer.steps_per_epoch} steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
+    images = trainer.batches.n
+    if config.train_subset > images:
+        left = " left after --holdout" if config.holdout else ""
+        say(f"note: --train-subset {config.train_subset} is more than the {images} training images{left}: "
+            f"training on all {images} (summary.json records train_images {images})")
     split = f"{config.holdout} held-out images" if config.holdout else "the test set"
     ends = ([f"at {100 * config.target_accuracy:g}% accuracy on {split}"] if config.stop_at_target else []) + \
            ([f"after {config.max_steps} steps"] if config.max_steps else [])
@@ -46,7 +51,8 @@ def summary(trainer: Trainer) -> dict[str, Any]:
     state, stepper = trainer.state, trainer.stepper
     made = summarize(trainer.config, trainer.backend.name, trainer.workers, state.history, trainer.parameters,
                      trainer.steps_per_epoch)
-    made.update(noise_scale_note=stepper.noise_note(state.noise))
+    # The images trained on (after --holdout and --train-subset), which --train-subset alone may overstate.
+    made.update(train_images=trainer.batches.n, noise_scale_note=stepper.noise_note(state.noise))
     made.update(precision=stepper.precision.name, device=device_name(trainer.backend.device),
                 compile_seconds=stepper.compile_seconds, cuda_graphs_skipped=stepper.skipped,
                 changes=state.changes, config={**made["config"], **state.config},
