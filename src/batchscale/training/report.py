@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..config import Config
 from ..metrics import summarize
+from ..schedule import LRSchedule
 from .setup import device_name
 
 if TYPE_CHECKING:
@@ -41,8 +43,37 @@ def announce(trainer: Trainer) -> None:
     if new and resumed_from is not None:
         listed = ", ".join(f"{c['setting']} {c['from']!r} -> {c['to']!r}" for c in new)
         say(f"note: from step {new[0]['step']} on this run uses {listed} (recorded in summary.json)")
-    if config.warmup_epochs >= config.epochs and schedule.peak_lr != schedule.base_lr:
-        say(f"warning: --warmup-epochs {config.warmup_epochs:g} covers the whole run; the LR never reaches its peak")
+    warning = unreachable_schedule(config, schedule, trainer.total_steps())
+    if warning and not (resumed_from is not None and trainer.finished()):
+        say(warning)
+
+
+def unreachable_schedule(config: Config, schedule: LRSchedule, total_steps: int) -> str | None:
+    """One line when the LR schedule the flags name cannot happen in a run of `total_steps` steps: a warmup as long
+    as the run (the LR never reaches its peak, or stays flat at it, and the decay never starts), or step decays all
+    past the run's end. None when the schedule runs as named."""
+    kind, peak = config.lr_schedule, schedule.peak_lr
+    warmup = (f"--warmup-steps {config.warmup_steps}" if config.warmup_steps
+              else f"--warmup-epochs {config.warmup_epochs:g}")
+    start = schedule.base_lr if schedule.warmup_start_lr is None else schedule.warmup_start_lr
+    ramps = start != peak
+    if schedule.warmup_steps >= total_steps and total_steps and (ramps or kind != "constant"):
+        last = start + (peak - start) * (total_steps - 1) / schedule.warmup_steps
+        lr = (f"the LR ramps from {start:.4g} to {last:.4g} and never reaches its peak {peak:.4g}" if ramps
+              else f"the LR stays at {peak:.4g} throughout")
+        decay = "" if kind == "constant" else f" and the {kind} decay never starts"
+        # One worker's warmup is flat (base LR = peak LR): none is lost. A ramp keeps a fifth of the run.
+        shorter = (f"--warmup-steps below {total_steps} (e.g. {total_steps // 5 if ramps else 0})" if config.warmup_steps
+                   else f"--warmup-epochs below --epochs (e.g. {round(0.2 * config.epochs, 2) if ramps else 0:g})")
+        return (f"warning: the warmup ({warmup}, {schedule.warmup_steps} steps) is as long as the whole run "
+                f"({total_steps} steps): {lr}{decay}; give {shorter}, more --epochs, or --lr-schedule constant "
+                "to train at one LR")
+    if kind == "step" and all(e >= config.epochs for e in config.lr_decay_epochs):
+        listed = ",".join(map(str, config.lr_decay_epochs))
+        return (f"warning: --lr-decay-epochs {listed} are all at or past --epochs {config.epochs}: the step "
+                f"schedule never decays and the LR stays at {peak:.4g}; give decay epochs below {config.epochs}, or "
+                "--lr-schedule cosine")
+    return None
 
 
 def summary(trainer: Trainer) -> dict[str, Any]:
