@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -223,3 +224,24 @@ def test_every_rank_exits_with_the_failing_ranks_code():
 def test_single_process_agree_raises_the_error_itself():
     with pytest.raises(Diverged):
         Backend(Config(no_cuda=True)).agree(lambda: (_ for _ in ()).throw(Diverged("x")))
+
+
+def test_sigterm_while_an_mlflow_server_does_not_answer_ends_the_run_at_once(tiny_cifar, tmp_path):
+    pytest.importorskip("mlflow")
+    server = socket.socket()  # takes the connection and never answers, as a server that hangs
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(300)  # a bound on a hang, not a measurement: the run connects soon after it starts
+    proc = start(tiny_cifar, tmp_path / "run", "--tracker", "tensorboard,mlflow",
+                 env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{server.getsockname()[1]}"})
+    try:
+        connection, _ = server.accept()  # the run is waiting for the server's answer now
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+        connection.close()
+    finally:
+        proc.kill()
+        server.close()
+    # Killed by the signal itself: not ignored until MLflow's retries end, not a tracker error after the wait.
+    assert proc.returncode == -signal.SIGTERM
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
