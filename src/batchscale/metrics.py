@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .config import Config, global_batch
 from .errors import OutputError
-from .rundir import write_error
+from .rundir import STOPPED, write_error
 from .atomic import write_json_atomic, write_text_atomic
 from .trackers import RUN_ID_FILES, Tracker, open_trackers
 
@@ -115,6 +115,13 @@ class RunLog:
             write_json_atomic(self.dir / "diverged.json", {
                 "message": message, "step": step, "global_batch": self.global_batch, "world_size": world_size,
                 "trial": {**trial, "ended": "diverged"}, "config": self.settings})
+
+    def stopped(self, message: str, step: int) -> None:
+        """stopped.json: the stop's line, kept in the run folder, for a launcher that took its pipes with it (the next
+        start says it). Best effort: the stop itself must not fail on it."""
+        if self.enabled:
+            with contextlib.suppress(OSError, OutputError):
+                write_json_atomic(self.dir / STOPPED, {"message": message, "step": step, "at": time.time()})
 
     def say(self, message: str) -> None:
         if self.enabled:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import ConfigError, OutputError
 
 LOCK_NAME = ".batchscale.lock"
+STOPPED = "stopped.json"  # in the run folder: how the last run there was stopped, until the next start says it
 
 
 class RunLock:

@@ -59,9 +59,14 @@ def test_sigterm_saves_a_step_checkpoint_and_the_rerun_ends_identical(tiny_cifar
     line = one_line(result.stderr)
     assert "SIGTERM" in line and "after step 14" in line and "checkpoint-2.pth.tar.partial" in line
     assert checkpoint.load(stopped / "checkpoint-2.pth.tar.partial")["step"] == 14
+    # The stop is kept in the run folder (a launcher may take stderr with it) and said at the next start, once.
+    record = json.loads((stopped / "stopped.json").read_text())
+    assert record["step"] == 14 and record["message"] in line and "SIGTERM" in record["message"]
     again = train(tiny_cifar, stopped)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "after epoch 1, step 4" in again.stdout
+    assert f"note: the last run in {stopped} was stopped by SIGTERM after step 14 (epoch 2); saved " in again.stdout
+    assert not (stopped / "stopped.json").exists()
     assert same_weights(reference / "checkpoint-2.pth.tar", stopped / "checkpoint-2.pth.tar")
 
 

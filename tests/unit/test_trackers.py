@@ -15,7 +15,6 @@ import pytest
 
 from batchscale.config import Config
 from batchscale.errors import ConfigError
-from batchscale.trackers import check_reachable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,6 +114,8 @@ def test_an_mlflow_server_that_is_not_there_is_one_line_before_training(tiny_cif
 def test_any_http_answer_is_a_server_and_a_local_store_is_not_probed(monkeypatch):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from batchscale.trackers import check_reachable
 
     class Refusing(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
