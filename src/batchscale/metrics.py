@@ -23,6 +23,7 @@ from .trackers import RUN_ID_FILES, Tracker, open_trackers
 
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 LOG_POINTS = 20
 COST_SKIP, COST_STEPS = 3, 10
 
@@ -137,7 +138,9 @@ class RunLog:
         self._mark, self._points = (0.0, 0), []
         if not self.show_bars:
             return None
-        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        # One time left on the bar, the whole run's (run_left, in the postfix): tqdm's own is only the epoch's.
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+                         bar_format=BAR_FORMAT)
         return self._bar
 
     def flush_points(self) -> None:
@@ -183,7 +186,8 @@ class RunLog:
             bar.set_postfix(
                 loss=f"{loss_sum.item() / seen:.3f}",
                 acc=f"{correct.item() / seen:.3f}",
-                img_s=f"{steps_per_sec * self.global_batch:.0f}",
+                # tqdm's smoothed recent rate, not the epoch's or the run's mean that the epoch and done lines give.
+                recent_img_s=f"{steps_per_sec * self.global_batch:.0f}",
                 **({"run_left": clock(left)} if left is not None else {}),
                 refresh=False,
             )
@@ -229,7 +233,7 @@ class RunLog:
             f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
             f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
             + (f"holdout acc {record['holdout_acc']:.4f}  " if "holdout_acc" in record else "")
-            + f"{record['images_per_sec']:.0f} img/s  {record['epoch_seconds']:.1f} s  lr {record['lr']:.4g}"
+            + f"{record['images_per_sec']:.0f} img/s mean  {record['epoch_seconds']:.1f} s  lr {record['lr']:.4g}"
             + self.time_left(record)
         )
 
@@ -272,7 +276,7 @@ def closing_line(summary: dict[str, Any]) -> str:
             f" (test acc at best held-out epoch {summary['best_epoch']}: {held:.4f})" if held is not None else
             f" (best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']})")
     final = f"test acc {summary['final_val_acc']:.4f}{best}, " if summary.get("final_val_acc") is not None else ""
-    rate = f", {summary['images_per_sec']:.0f} img/s" if summary.get("images_per_sec") else ""
+    rate = f", {summary['images_per_sec']:.0f} img/s mean" if summary.get("images_per_sec") else ""
     return (f"done: {summary['epochs_completed']} epoch(s), {final}{clock(summary['train_seconds'])} training{rate}; "
             f"summary in {Path(summary['config']['log_dir']) / 'summary.json'}")
 
