@@ -74,3 +74,25 @@ def test_step_decays_all_past_the_end_are_said(tiny_cifar, tmp_path, capsys):
                  "--lr-schedule", "step")
     assert set(lrs) == {0.1}
     assert "--lr-decay-epochs 30,60,80 are all at or past --epochs 2" in capsys.readouterr().out
+
+
+def test_the_warning_names_each_unreachable_schedule_and_only_those():
+    from batchscale.config import Config
+    from batchscale.schedule import LRSchedule
+    from batchscale.training.report import unreachable_schedule
+
+    def said(replicas: int = 1, steps: int = 10, **flags) -> str | None:
+        config = Config(**flags)
+        return unreachable_schedule(config, LRSchedule.from_config(config, replicas, steps), steps * config.epochs)
+
+    # Four workers: a ramp from 0.1 to 0.4 over 50 steps, cut at 30: the last LR is 0.1 + 0.3 * 29 / 50.
+    line = said(replicas=4, epochs=3)
+    assert line is not None and "ramps from 0.1 to 0.274 and never reaches its peak 0.4" in line
+    assert "--warmup-epochs below --epochs (e.g. 0.6)" in line and "cosine decay never starts" in line
+    assert said(replicas=4, epochs=6) is None  # 50 warmup steps of 60: the peak and the decay both happen
+    assert said(epochs=6, warmup_steps=60) is not None and "--warmup-steps below 60 (e.g. 0)" in said(epochs=6, warmup_steps=60)
+    assert said(epochs=3, lr_schedule="constant") is None  # flat warmup, constant schedule: runs as named
+    line = said(replicas=2, epochs=3, lr_schedule="constant")
+    assert line is not None and "never reaches its peak 0.2" in line and "--lr-schedule constant" not in line
+    assert said(epochs=6, warmup_epochs=0, lr_schedule="step", lr_decay_epochs=(3, 8)) is None  # epoch 3 decays
+    assert "are all at or past --epochs 3" in said(epochs=3, warmup_epochs=0, lr_schedule="step", lr_decay_epochs=(3,))

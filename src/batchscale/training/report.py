@@ -65,14 +65,15 @@ def unreachable_schedule(config: Config, schedule: LRSchedule, total_steps: int)
         # One worker's warmup is flat (base LR = peak LR): none is lost. A ramp keeps a fifth of the run.
         shorter = (f"--warmup-steps below {total_steps} (e.g. {total_steps // 5 if ramps else 0})" if config.warmup_steps
                    else f"--warmup-epochs below --epochs (e.g. {round(0.2 * config.epochs, 2) if ramps else 0:g})")
+        one_lr = "" if kind == "constant" else ", or --lr-schedule constant to train at one LR"
         return (f"warning: the warmup ({warmup}, {schedule.warmup_steps} steps) is as long as the whole run "
-                f"({total_steps} steps): {lr}{decay}; give {shorter}, more --epochs, or --lr-schedule constant "
-                "to train at one LR")
+                f"({total_steps} steps): {lr}{decay}; give {shorter}{' or' if not one_lr else ','} more "
+                f"--epochs{one_lr}")
     if kind == "step" and all(e >= config.epochs for e in config.lr_decay_epochs):
         listed = ",".join(map(str, config.lr_decay_epochs))
         return (f"warning: --lr-decay-epochs {listed} are all at or past --epochs {config.epochs}: the step "
-                f"schedule never decays and the LR stays at {peak:.4g}; give decay epochs below {config.epochs}, or "
-                "--lr-schedule cosine")
+                f"schedule never decays and the LR stays at its peak {peak:.4g} once warmed up; give decay epochs below "
+                f"{config.epochs}, or --lr-schedule cosine")
     return None
 
 
