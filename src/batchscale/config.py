@@ -250,7 +250,12 @@ class Config:
         if self.recipe is None:
             return self
         _choice("recipe", self.recipe, tuple(RECIPES))
-        return dataclasses.replace(self, **{k: v for k, v in RECIPES[self.recipe].items() if k not in given})
+        recipe = dict(RECIPES[self.recipe])
+        if "epochs" in given and not {"warmup_epochs", "warmup_steps"} & given:
+            # The recipe's warmup is a share of its run (fast94: 20%); kept in epochs, a shorter run would be all
+            # ramp and never reach its peak. Its decay already spans whatever --epochs says.
+            recipe["warmup_epochs"] = round(recipe["warmup_epochs"] * self.epochs / recipe["epochs"], 6)
+        return dataclasses.replace(self, **{k: v for k, v in recipe.items() if k not in given})
 
     def run_name(self, workers: int) -> str:
         """The settings checkpoint.MUST_MATCH (and the batch layout) pins, as a folder name: `resnet18-w64-b256-n1-

@@ -47,6 +47,7 @@ class Stopped(BatchscaleError):
     """SIGTERM/SIGUSR1/SIGUSR2/SIGINT arrived; a step checkpoint was saved: exit code 75 (EX_TEMPFAIL, "try again")."""
 
     exit_code = 75
+    what = ""  # the stop itself, without the advice: what the run folder's stopped.json keeps for the next start
 
 
 EXIT_CODES = {0: "done", 2: "bad input", 3: "diverged", 4: "output not written", 75: "stopped by a signal, saved",

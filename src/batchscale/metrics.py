@@ -17,12 +17,13 @@ from tqdm import tqdm
 
 from .config import Config, global_batch
 from .errors import OutputError
-from .rundir import write_error
+from .rundir import STOPPED, write_error
 from .atomic import write_json_atomic, write_text_atomic
 from .trackers import RUN_ID_FILES, Tracker, open_trackers
 
 THRESHOLDS = (0.90, 0.93, 0.94, 0.95)
 REFRESH_SECONDS = 1.0
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 LOG_POINTS = 20
 COST_SKIP, COST_STEPS = 3, 10
 
@@ -116,6 +117,13 @@ class RunLog:
                 "message": message, "step": step, "global_batch": self.global_batch, "world_size": world_size,
                 "trial": {**trial, "ended": "diverged"}, "config": self.settings})
 
+    def stopped(self, message: str, step: int) -> None:
+        """stopped.json: the stop's line, kept in the run folder, for a launcher that took its pipes with it (the next
+        start says it). Best effort: the stop itself must not fail on it."""
+        if self.enabled:
+            with contextlib.suppress(OSError, OutputError):
+                write_json_atomic(self.dir / STOPPED, {"message": message, "step": step, "at": time.time()})
+
     def say(self, message: str) -> None:
         if self.enabled:
             tqdm.write(message)
@@ -130,7 +138,9 @@ class RunLog:
         self._mark, self._points = (0.0, 0), []
         if not self.show_bars:
             return None
-        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        # One time left on the bar, the whole run's (run_left, in the postfix): tqdm's own is only the epoch's.
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+                         bar_format=BAR_FORMAT)
         return self._bar
 
     def flush_points(self) -> None:
@@ -176,7 +186,8 @@ class RunLog:
             bar.set_postfix(
                 loss=f"{loss_sum.item() / seen:.3f}",
                 acc=f"{correct.item() / seen:.3f}",
-                img_s=f"{steps_per_sec * self.global_batch:.0f}",
+                # tqdm's smoothed recent rate, not the epoch's or the run's mean that the epoch and done lines give.
+                recent_img_s=f"{steps_per_sec * self.global_batch:.0f}",
                 **({"run_left": clock(left)} if left is not None else {}),
                 refresh=False,
             )
@@ -222,7 +233,7 @@ class RunLog:
             f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
             f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
             + (f"holdout acc {record['holdout_acc']:.4f}  " if "holdout_acc" in record else "")
-            + f"{record['images_per_sec']:.0f} img/s  {record['epoch_seconds']:.1f} s  lr {record['lr']:.4g}"
+            + f"{record['images_per_sec']:.0f} img/s mean  {record['epoch_seconds']:.1f} s  lr {record['lr']:.4g}"
             + self.time_left(record)
         )
 
@@ -259,10 +270,13 @@ def clock(seconds: float) -> str:
 
 def closing_line(summary: dict[str, Any]) -> str:
     """The one line a finished run ends with."""
-    best = (f" (best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']})"
-            if summary.get("best_epoch") not in (None, summary["epochs_completed"]) else "")
+    held = summary.get("test_acc_at_best_holdout_epoch")
+    # With a holdout, the held-out split picks the epoch: what is shown is the test accuracy there, not a best.
+    best = ("" if summary.get("best_epoch") in (None, summary["epochs_completed"]) else
+            f" (test acc at best held-out epoch {summary['best_epoch']}: {held:.4f})" if held is not None else
+            f" (best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']})")
     final = f"test acc {summary['final_val_acc']:.4f}{best}, " if summary.get("final_val_acc") is not None else ""
-    rate = f", {summary['images_per_sec']:.0f} img/s" if summary.get("images_per_sec") else ""
+    rate = f", {summary['images_per_sec']:.0f} img/s mean" if summary.get("images_per_sec") else ""
     return (f"done: {summary['epochs_completed']} epoch(s), {final}{clock(summary['train_seconds'])} training{rate}; "
             f"summary in {Path(summary['config']['log_dir']) / 'summary.json'}")
 
@@ -326,8 +340,12 @@ def summarize(
         "steps_completed": history[-1]["step"] if history else 0,
         "final_val_acc": history[-1]["val_acc"] if history else None,
         "final_val_loss": history[-1]["val_loss"] if history else None,
-        "best_val_acc": best["val_acc"] if best else None,  # the test accuracy of the epoch the target split picks
+        # The test accuracy of the epoch the target split picks: with a holdout, not the best test accuracy, and so
+        # also under the name that says so (best_val_acc stays for the reports that read earlier runs).
+        "best_val_acc": best["val_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
+        "test_acc_at_best_holdout_epoch": best["val_acc"] if best and config.holdout else None,
+        "best_holdout_acc": best["holdout_acc"] if best and config.holdout else None,
         "train_seconds": train_seconds,
         "wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
         "images_per_sec": images / train_seconds if train_seconds else None,

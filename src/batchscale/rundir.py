@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import ConfigError, OutputError
 
 LOCK_NAME = ".batchscale.lock"
+STOPPED = "stopped.json"  # in the run folder: how the last run there was stopped, until the next start says it
 
 
 class RunLock:
@@ -111,11 +112,14 @@ def check_writable(path: str | Path, flag: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:
-        if err.errno == 28:
+        if err.errno == errno.ENOSPC:
             raise OutputError(f"{flag} {path}: no space left on {existing}'s disk; free some space or write elsewhere") from None
-        raise ConfigError(f"{flag} {path} is not writable ({err.strerror}); choose a folder you can write to") from None
+        why = "a read-only file system" if err.errno == errno.EROFS else err.strerror
+        raise ConfigError(f"{flag} {path} is not writable ({why}); choose a folder you can write to") from None
     finally:
-        probe.unlink(missing_ok=True)
+        # A read-only file system answers EROFS, not ENOENT, for the probe it never created: never a second error.
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def check_space(folder: Path, needed: int, what: str) -> None:

@@ -7,6 +7,9 @@ store); W&B reads WANDB_PROJECT, WANDB_MODE (offline: nothing leaves the machine
 
 from __future__ import annotations
 
+import os
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,6 +109,32 @@ def parse_trackers(text: str) -> tuple[str, ...]:
 
         raise argparse.ArgumentTypeError(f"expected some of {', '.join(TRACKERS)}, comma-separated (got {text!r})")
     return names
+
+
+# Long enough for a server across the world, short enough that a wrong address is not a silent hang: MLflow's own
+# client retries an unreachable server for about 120 s, past the point where a run handles signals.
+REACH_SECONDS = 5.0
+
+
+def check_reachable(names: tuple[str, ...], seconds: float | None = None) -> None:
+    """Fails in one line, before training and before any signal handler is installed (a signal ends the process at
+    once), when --tracker mlflow points MLFLOW_TRACKING_URI at an HTTP server that does not answer within
+    `seconds`. Any HTTP answer, an error status included, means a server is there."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if "mlflow" not in names or not uri.startswith(("http://", "https://")):
+        return  # a local file or database store, or a scheme MLflow resolves itself (databricks)
+    seconds = REACH_SECONDS if seconds is None else seconds
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=seconds):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as err:  # URLError, a timeout, a refused or reset connection, a malformed address
+        reason = getattr(err, "reason", err)
+        why = "no answer" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else str(reason)
+        raise ConfigError(f"--tracker mlflow: no MLflow server answers at {uri} (MLFLOW_TRACKING_URI) within "
+                          f"{seconds:g} s ({why}); start it, point MLFLOW_TRACKING_URI at one that runs, or drop "
+                          "mlflow from --tracker") from None
 
 
 def open_trackers(names: tuple[str, ...], folder: Path, settings: dict[str, Any]) -> list[Tracker]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -60,9 +61,14 @@ def test_sigterm_saves_a_step_checkpoint_and_the_rerun_ends_identical(tiny_cifar
     where = line.split(" after ")[1].split(";")[0]  # the stop line's point; the resume line names it the same way
     assert where == "step 14 (step 4 of 10 in epoch 2)"  # 10 steps an epoch: epochs counted from 1, as epoch lines
     assert checkpoint.load(stopped / "checkpoint-2.pth.tar.partial")["step"] == 14
+    # The stop is kept in the run folder (a launcher may take stderr with it) and said at the next start, once.
+    record = json.loads((stopped / "stopped.json").read_text())
+    assert record["step"] == 14 and record["message"] in line and "SIGTERM" in record["message"]
     again = train(tiny_cifar, stopped)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"after {where}" in again.stdout
+    assert f"note: the last run in {stopped} was stopped by SIGTERM after {where}; saved " in again.stdout
+    assert not (stopped / "stopped.json").exists()
     assert same_weights(reference / "checkpoint-2.pth.tar", stopped / "checkpoint-2.pth.tar")
 
 
@@ -225,3 +231,24 @@ def test_every_rank_exits_with_the_failing_ranks_code():
 def test_single_process_agree_raises_the_error_itself():
     with pytest.raises(Diverged):
         Backend(Config(no_cuda=True)).agree(lambda: (_ for _ in ()).throw(Diverged("x")))
+
+
+def test_sigterm_while_an_mlflow_server_does_not_answer_ends_the_run_at_once(tiny_cifar, tmp_path):
+    pytest.importorskip("mlflow")
+    server = socket.socket()  # takes the connection and never answers, as a server that hangs
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(300)  # a bound on a hang, not a measurement: the run connects soon after it starts
+    proc = start(tiny_cifar, tmp_path / "run", "--tracker", "tensorboard,mlflow",
+                 env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{server.getsockname()[1]}"})
+    try:
+        connection, _ = server.accept()  # the run is waiting for the server's answer now
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+        connection.close()
+    finally:
+        proc.kill()
+        server.close()
+    # Killed by the signal itself: not ignored until MLflow's retries end, not a tracker error after the wait.
+    assert proc.returncode == -signal.SIGTERM
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

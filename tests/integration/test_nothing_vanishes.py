@@ -84,6 +84,9 @@ def stop_the_launcher(agent: subprocess.Popen, sig: int, tmp_path: Path, name: s
     # Rank 1 learnt of it while waiting for rank 0 in step 4: both stop at that step's check.
     assert checkpoint.load(tmp_path / "checkpoint-1.pth.tar.partial")["step"] == 4
     assert not (tmp_path / "summary.json").exists()
+    # What the launcher's pipes may have lost is in the run folder, for the next start to say.
+    record = json.loads((tmp_path / "stopped.json").read_text())
+    assert record["step"] == 4 and record["message"].startswith(f"stopped by the end of its launcher ({name}")
 
 
 def ended(pids: list[int], within: float) -> list[int]:

@@ -3,7 +3,9 @@ line before anything runs, never a traceback or a run recorded as queued."""
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,37 @@ def test_a_slurm_sweep_without_a_usable_cluster_submits_nothing_and_says_so(tmp_
     status(config, say=lambda text, **kw: lines.append(text))
     assert all("not submitted" in line for line in lines[1:]) and len(lines) == 3
     assert "2 not submitted" in lines[0]
+
+
+def _read_only(errno_code: int):
+    def refuse(path, *args, **kwargs):
+        raise OSError(errno_code, os.strerror(errno_code), str(path))
+    return refuse
+
+
+@pytest.mark.parametrize("under", ["", "new/logs"], ids=["existing", "new-folder-under-it"])
+def test_a_read_only_log_dir_is_one_line_and_exit_2(tmp_path, tiny_cifar, capsys, monkeypatch, under):
+    # What a read-only file system answers: EROFS to the probe's open and to its cleanup's unlink (not ENOENT).
+    import batchscale.rundir as rundir
+
+    monkeypatch.setattr(rundir, "open", _read_only(errno.EROFS), raising=False)
+    real_unlink = Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: (
+        _read_only(errno.EROFS)(self) if ".batchscale-write-test" in self.name else real_unlink(self, missing_ok)))
+    code, err = cli("train", "--log-dir", str(tmp_path / under), "--train-dir", str(tiny_cifar), "--val-dir",
+                    str(tiny_cifar), "--no-download", "--width", "2", capsys=capsys)
+    assert code == 2 and "read-only file system" in one_line(err) and "--log-dir" in one_line(err)
+
+
+def test_a_read_only_bind_mount_as_log_dir_is_one_line_and_exit_2(tmp_path, tiny_cifar, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-o", "bind,ro", str(ro), str(ro)], capture_output=True).returncode:
+        pytest.skip("needs root and a mount namespace that allows a read-only bind mount")
+    try:
+        for place in (ro, ro / "new" / "logs"):
+            code, err = cli("train", "--log-dir", str(place), "--train-dir", str(tiny_cifar), "--val-dir",
+                            str(tiny_cifar), "--no-download", "--width", "2", capsys=capsys)
+            assert code == 2 and "read-only file system" in one_line(err), err
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)

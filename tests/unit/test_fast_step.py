@@ -215,8 +215,11 @@ def test_recipe_fills_in_what_the_flags_left_out():
     config = train_config(["--recipe", "fast94", "--epochs", "3", "--no-cuda"])
     assert config.epochs == 3 and config.no_cuda  # given: the flag wins
     for key, value in RECIPES["fast94"].items():
-        if key != "epochs":
+        if key not in ("epochs", "warmup_epochs"):
             assert getattr(config, key) == value, key
+    assert config.warmup_epochs == pytest.approx(0.6)  # the recipe's 20% warmup, of this run's 3 epochs
+    assert train_config(["--recipe", "fast94", "--epochs", "3", "--warmup-epochs", "2"]).warmup_epochs == 2
+    assert train_config(["--recipe", "fast94"]).warmup_epochs == RECIPES["fast94"]["warmup_epochs"]
     assert (config.batch_size, config.cutout, config.tta, config.translate_pad) == (500, 12, "flip-translate", "reflect")
     assert train_config(["--epochs", "3"]).cutout == 0  # no recipe, no change
     config.validate()

@@ -13,12 +13,14 @@ from batchscale.study.plan import describe_plan
 from batchscale.study.sweep_report import report
 
 
-def fake_run(folder: Path, batch: int, noise: float | None, epochs: int = 2, reached: bool = False) -> None:
+def fake_run(folder: Path, batch: int, noise: float | None, epochs: int = 2, reached: bool = False,
+             holdout: int = 0) -> None:
     folder.mkdir(parents=True)
     records = [{"epoch": e, "step": 10 * e, "val_acc": 0.2 + 0.1 * e, "noise_scale": noise} for e in range(1, epochs + 1)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = {"config": {"model": "resnet18", "width": 8, "batch_size": batch, "batches_per_allreduce": 1,
-                          "lr_schedule": "cosine", "lr_scaling": "linear", "train_subset": 2000},
+                          "lr_schedule": "cosine", "lr_scaling": "linear", "train_subset": 2000,
+                          "holdout": holdout},
                "global_batch": batch, "world_size": 1, "final_val_acc": 0.4, "best_val_acc": 0.4,
                "train_seconds": 5.0, "images_per_sec": 100.0, "epochs_completed": epochs, "noise_scale": noise,
                "target_accuracy": 0.3, "target": {"step": 10, "train_seconds": 2.0} if reached else None}
@@ -102,3 +104,15 @@ def test_study_report_leaves_out_a_negative_noise_scale_and_draws_no_empty_b_sim
     names = [name for name, _ in write_plots(tmp_path, trials, analysis, "ResNet-18 width 8, target 45%")]
     assert "b_simple.png" not in names and not (tmp_path / "b_simple.png").exists()
     assert all("width 8, target 45%" in fig._suptitle.get_text() for fig in figures)
+
+
+@pytest.mark.parametrize("holdouts,header", [((0, 0), "best test acc"), ((500, 500), "test acc at best held-out epoch"),
+                                             ((0, 500), "best test acc (*: at best held-out epoch)")])
+def test_the_best_column_says_which_split_picked_the_epoch(tmp_path, figures, holdouts, header):
+    for batch, holdout in zip((32, 64), holdouts):
+        fake_run(tmp_path / f"b{batch}", batch, None, holdout=holdout)
+    lines = report(tmp_path).read_text().splitlines()
+    columns = [c.strip() for c in next(line for line in lines if line.startswith("| run")).split("|")]
+    assert columns[6] == header
+    cells = {line.split("|")[1].strip(): line.split("|")[6].strip() for line in lines if line.startswith("| b")}
+    assert cells == {f"b{b}": "0.4000" + "*" * (h > 0 and len(set(holdouts)) > 1) for b, h in zip((32, 64), holdouts)}

@@ -151,3 +151,77 @@ def test_in_epoch_points_cost_no_host_sync_per_step(tmp_path, monkeypatch):
     losses = EventAccumulator(str(tmp_path)).Reload().Scalars("train/step_loss")
     assert [e.step for e in losses] == list(range(2, 41, 2))
     assert all(e.value == pytest.approx(2.0 / 32) for e in losses)
+
+
+class _Clock:
+    """A perf_counter the test sets, so a rate is what the test says it is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _BarSpy:
+    def __init__(self, steps_per_sec: float) -> None:
+        self.format_dict = {"rate": steps_per_sec}
+        self.postfix: dict[str, str] = {}
+
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, refresh: bool = True, **values: str) -> None:
+        self.postfix = values
+
+
+def quiet_log(folder: Path, total_steps: int, global_batch: int = 32):
+    from batchscale.metrics import Logging, RunLog
+
+    return RunLog(Logging(str(folder), True, True, (), {}), True, [], global_batch, total_steps, 10)
+
+
+def test_the_bar_names_its_recent_rate_apart_from_the_means_and_shows_one_time_left(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from batchscale import metrics
+
+    clock = _Clock()
+    monkeypatch.setattr(metrics, "time", clock)
+    log = quiet_log(tmp_path, total_steps=100)
+    spy = _BarSpy(steps_per_sec=4.0)
+    log.step(spy, 20, 0.1, 640, torch.tensor(640.0), torch.tensor(320.0))
+    # 4 steps/s at 32 images a step; 80 steps left of 100 at 4 a second: 20 s.
+    assert spy.postfix["recent_img_s"] == "128" and "img_s" not in spy.postfix
+    assert spy.postfix["run_left"] == "0:00:20"
+    bar = log.bar(10, "epoch 1/10")
+    shown = capsys.readouterr().err
+    log.end_bar()
+    assert "epoch 1/10" in shown and "<" not in shown  # tqdm's epoch-only time left is not shown beside run_left
+    assert bar is not None and "{remaining}" not in bar.bar_format
+
+
+def test_a_sweep_estimates_its_time_left_from_the_first_timed_steps_of_a_run(tmp_path, monkeypatch, capsys):
+    from batchscale import metrics
+    from batchscale.study.sweep import Progress
+
+    clock = _Clock()
+    monkeypatch.setattr(metrics, "time", clock)
+    log = quiet_log(tmp_path / "log", total_steps=100)
+    for step in range(1, 15):  # 0.5 s a step
+        clock.now = 1000.0 + 0.5 * step
+        log.estimate_cost(step)
+    cost = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cost:"))
+    for name in ("a", "b"):
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+    (tmp_path / "sweep" / "a" / "train.log").write_text(f"batchscale: ...\n{cost}\n")
+    lines: list[str] = []
+    progress = Progress(tmp_path / "sweep", {"a": 2.0, "b": 2.0}, lambda d: False, lambda d: 0.0,
+                        lambda line, end="\n": lines.append(line))
+    progress.running = {"a"}
+    progress.show(final=True)
+    # Run a: 100 steps at 0.5 s, 50 s for its 2 epochs. Nothing recorded yet, 4 epochs left, one run at a time: 100 s.
+    assert lines[-1].endswith("1 running, 1 queued, 0 failed, 0 diverged; epoch 0/4, ~0:01:40 left")
+    (tmp_path / "sweep" / "a" / "train.log").write_text("batchscale: ...\n")
+    progress.show(final=True)
+    assert lines[-1].endswith("~estimating left")  # no step timed yet: nothing to go on

@@ -34,6 +34,22 @@ def test_train_subset_is_taken_after_the_holdout_so_the_held_out_images_stay_the
     assert record["images"] == 64 and summary["target_split"] == "holdout"
 
 
+def test_a_subset_larger_than_the_data_is_said_and_the_real_count_recorded(tiny_cifar, tmp_path, capsys):
+    # The tiny set has 320 training images; 100 held out leave 220, fewer than the 1000 asked for.
+    summary = train(tiny(tiny_cifar, tmp_path / "run", train_subset=1000, holdout=100, target_accuracy=0.5))
+    out = capsys.readouterr().out
+    assert summary["train_images"] == 220 and summary["config"]["train_subset"] == 1000
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["train_images"] == 220
+    assert "--train-subset 1000 is more than the 220 training images left after --holdout" in out
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["images"] == 6 * 32  # whole batches of the 220: 6 steps of 32
+
+
+def test_a_subset_within_the_data_is_its_count_and_needs_no_note(tiny_cifar, tmp_path, capsys):
+    summary = train(tiny(tiny_cifar, tmp_path / "run", train_subset=96))
+    assert summary["train_images"] == 96 and "--train-subset" not in capsys.readouterr().out
+
+
 def test_resuming_with_another_subset_is_refused(tiny_cifar, tmp_path):
     train(tiny(tiny_cifar, tmp_path / "run", train_subset=64))
     with pytest.raises(ConfigError, match="--train-subset 64"):

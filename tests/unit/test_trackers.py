@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,66 @@ def test_a_tracker_that_is_not_installed_is_one_line_before_anything_runs(monkey
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"--tracker wandb needs the wandb package: pip install 'batchscale\[wandb\]'"):
         Config(tracker=("tensorboard", "wandb")).validate()
+
+
+def silent_server() -> socket.socket:
+    """A server on 127.0.0.1 that takes connections (the kernel completes them from the backlog) and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once it is closed
+
+
+@pytest.mark.parametrize("server", ["silent", "closed"])
+def test_an_mlflow_server_that_is_not_there_is_one_line_before_training(tiny_cifar, tmp_path, monkeypatch, capsys,
+                                                                        server):
+    pytest.importorskip("mlflow")
+    from launch import cli, one_line
+
+    listening = silent_server() if server == "silent" else None
+    port = listening.getsockname()[1] if listening else closed_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    try:
+        code, err = cli("train", "--train-dir", str(tiny_cifar), "--val-dir", str(tiny_cifar), "--log-dir",
+                        str(tmp_path / "run"), "--no-download", "--no-cuda", "--width", "2", "--tracker",
+                        "tensorboard,mlflow", capsys=capsys)
+    finally:
+        if listening:
+            listening.close()
+    line = one_line(err)
+    assert code == 2 and f"no MLflow server answers at http://127.0.0.1:{port}" in line and "drop mlflow" in line
+    assert ("no answer" in line) == (server == "silent")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_any_http_answer_is_a_server_and_a_local_store_is_not_probed(monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from batchscale.trackers import check_reachable
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(401)  # a server behind a login still is one
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{httpd.server_port}")
+        check_reachable(("mlflow",))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    check_reachable(("tensorboard",))  # not asked for: not probed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///nowhere/mlflow.db")
+    check_reachable(("mlflow",))  # a local store: MLflow opens it itself

@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -372,6 +373,8 @@ def wait_for_slurm(config: Execution, jobs: dict[str, str], progress: Progress) 
 
 
 POLL_SECONDS = 5.0
+# The line a training prints once its first steps are timed (metrics.RunLog.estimate_cost): steps left, s/step, step.
+COST_LINE = re.compile(r"cost: about \S+ for the (\d+) steps left \(([0-9.e+-]+) s/step over steps \d+-(\d+)")
 
 
 class Progress:
@@ -420,6 +423,19 @@ class Progress:
     def diverged(self) -> list[str]:
         return [name for name, state in self.states.items() if state == "diverged"]
 
+    def seconds_per_unit(self, name: str) -> float | None:
+        """Seconds a unit of run `name`'s budget takes at the pace of its first steps, from the cost line its log
+        shows once they are timed (metrics.RunLog.estimate_cost); None before."""
+        try:
+            text = (self.out / name / "train.log").read_text(errors="replace")
+        except OSError:
+            return None
+        found = COST_LINE.findall(text)
+        if not found:
+            return None
+        left, per_step, at = found[-1]  # a resumed run's log holds one per attempt: the newest
+        return float(per_step) * (int(left) + int(at)) / self.budget[name]
+
     def show(self, final: bool = False) -> None:
         self.states = {name: self.state(name) for name in self.budget}
         counts = {k: sum(v == k for v in self.states.values())
@@ -431,7 +447,11 @@ class Progress:
         left_work = sum(max(used * self.budget[n] - trained[n], used * (self.budget[n] - trained[n]))
                         for n, s in self.states.items() if s in ("running", "queued", "stopped", "not started"))
         rate = (sum(trained.values()) - self.at_start) / (time.monotonic() - self.started)
-        left = clock(left_work / rate) if rate > 0 else "estimating"  # the rate already counts runs side by side
+        if rate > 0:
+            left = clock(left_work / rate)  # the rate already counts runs side by side
+        else:  # nothing recorded yet: the running runs' own first measured steps, as each run's cost line said
+            early = [s for s in (self.seconds_per_unit(n) for n, st in self.states.items() if st == "running") if s]
+            left = clock(left_work * sum(early) / len(early) / counts["running"]) if early else "estimating"
         total = sum(self.budget.values())
         amount = (f"epoch {sum(trained.values()):.0f}/{total:.0f}" if self.unit == "epoch" else
                   f"{sum(trained.values()) / 1e6:.2f}M of at most {total / 1e6:.2f}M {self.unit}s")

@@ -131,6 +131,23 @@ def accuracy_axis(ax: Any, values: list[float]) -> None:
     ax.set_ylim(max(0.0, low + shift), min(1.0, high + shift))
 
 
+BEST, AT_BEST_HELD_OUT = "best test acc", "test acc at best held-out epoch"
+MIXED_MARK = "*"
+MIXED = f"best test acc ({MIXED_MARK}: at best held-out epoch)"
+
+
+def held_out(run: RunResult) -> bool:
+    """Whether the run's held-out split, not the test set, picked its best epoch (summary's best_val_acc)."""
+    return bool(run.summary["config"].get("holdout"))
+
+
+def best_name(runs: list[RunResult]) -> str:
+    """What the summaries' best_val_acc is: the best test accuracy, or (with --holdout) the test accuracy at the
+    epoch the held-out split picked, which may be below the final one."""
+    marked = {held_out(r) for r in runs}
+    return AT_BEST_HELD_OUT if marked == {True} else MIXED if len(marked) > 1 else BEST
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -211,7 +228,8 @@ def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
 
     fig, ax = plt.subplots(figsize=(6, 4))
     # Best drawn first, large and hollow, so a final that equals it shows inside it in the same colour.
-    per_workers(ax, lambda r: r.summary["best_val_acc"], "best", marker="o", markersize=10, markerfacecolor="none",
+    picked = best_name(runs)
+    per_workers(ax, lambda r: r.summary["best_val_acc"], picked, marker="o", markersize=10, markerfacecolor="none",
                 linestyle="--")
     per_workers(ax, lambda r: r.summary["final_val_acc"], "final", marker="o", markersize=4, linestyle="-")
     mark_unfinished(ax)
@@ -222,7 +240,7 @@ def write_plots(runs: list[RunResult], out: Path, knee_batch: int | None,
     if repeats == 1 and runs:  # said on the figure too: a PNG is often looked at without its report
         ax.text(0.01, 0.01, "one seed per point: the scatter between seeds is not measured", transform=ax.transAxes,
                 fontsize=7, color="0.4")
-    save(fig, "accuracy_vs_batch.png", "Final and best test accuracy against the global batch; " + scatter
+    save(fig, "accuracy_vs_batch.png", f"Final test accuracy and {picked} against the global batch; " + scatter
          + ("; runs that did not finish marked on the axis" if unfinished else ""))
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -300,7 +318,7 @@ def report(sweep_dir: str | Path) -> Path:
     if not runs and not unfinished:
         load_runs(sweep_dir)  # its one-line error: nothing here to report
     target = choose_target(runs)
-    knee_batch = knee(runs, target)
+    knee_batch, picked = knee(runs, target), best_name(runs)
     plots = write_plots(runs, sweep_dir, knee_batch, unfinished, target)
     if runs:
         chosen = f", {target.said}" if target.accuracy is not None else ""
@@ -319,8 +337,8 @@ def report(sweep_dir: str | Path) -> Path:
         "",
         about + "Every number below is read from the runs' `summary.json` (curves from `metrics.jsonl`).",
         "",
-        f"| run | batch/worker | workers | global batch | final acc | best acc | mean acc (last {last}) | train s | images/s "
-        f"|{to_target[0]} B_simple |",
+        f"| run | batch/worker | workers | global batch | final acc | {picked} | mean acc (last {last}) | train s "
+        f"| images/s |{to_target[0]} B_simple |",
         f"| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |{to_target[1]} ---: |",
     ]
     for r in runs:
@@ -329,8 +347,8 @@ def report(sweep_dir: str | Path) -> Path:
         lines.append(
             f"| {r.name} | {s['config']['batch_size'] * s['config']['batches_per_allreduce']} | {r.workers}"
             f"{' (sim.)' if s.get('simulated_workers') else ''} | {r.global_batch} | {fmt(s['final_val_acc'])} "
-            f"| {fmt(s['best_val_acc'])} | {fmt(r.mean_last)} | {fmt(s['train_seconds'], 1)} | {fmt(s['images_per_sec'], 1)} "
-            f"|{reached} {positive(s.get('noise_scale'), 1)} |"
+            f"| {fmt(s['best_val_acc'])}{MIXED_MARK * (held_out(r) and picked == MIXED)} | {fmt(r.mean_last)} "
+            f"| {fmt(s['train_seconds'], 1)} | {fmt(s['images_per_sec'], 1)} |{reached} {positive(s.get('noise_scale'), 1)} |"
         )
     if runs:
         lines += ["", f"Train s and images/s: {THROUGHPUT_NOTE}."]

@@ -77,7 +77,7 @@ class Guard:
         # torchrun answers a signal it was sent with a SignalException traceback of its own once its workers end.
         launcher = "; torchrun's own SignalException report, if one follows, is of the same signal" \
             if self.backend.name == "torch" and self.stop.launcher_gone is None else ""
-        raise Stopped(
-            f"stopped by {self.stop.reason} after {state.position(self.schedule.steps_per_epoch)}; saved {path}. "
-            f"Rerun the same command to resume from there{launcher}", quiet=not self.backend.is_main,
-        )
+        what = f"stopped by {self.stop.reason} after {state.position(self.schedule.steps_per_epoch)}; saved {path}"
+        stopped = Stopped(f"{what}. Rerun the same command to resume from there{launcher}", quiet=not self.backend.is_main)
+        stopped.what = what
+        raise stopped

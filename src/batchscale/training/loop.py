@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from .. import faults
 from ..config import Config
-from ..errors import BatchscaleError, Diverged
+from ..errors import BatchscaleError, Diverged, Stopped
 from ..metrics import Logging, RunLog
 from ..noise import GradNorms
 from ..parallel import Backend
@@ -111,6 +111,9 @@ class Trainer:
                     self.train_epoch()
         except Diverged as err:
             self.log.diverged(str(err), state.step(self.steps_per_epoch), self.workers, state.trial.summary())
+            raise
+        except Stopped as err:  # where a launcher that died with its pipes (horovodrun on SIGUSR1) leaves it readable
+            self.log.stopped(err.what or str(err), state.step(self.steps_per_epoch))
             raise
         summary = report.summary(self)
         self.backend.agree(lambda: self.log.finish(summary))

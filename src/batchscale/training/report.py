@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..config import Config
 from ..metrics import summarize
+from ..schedule import LRSchedule
 from .setup import device_name
 
 if TYPE_CHECKING:
@@ -25,7 +27,12 @@ def announce(trainer: Trainer) -> None:
         resumed = f"; resumed from {resumed_from} after {state.position(trainer.steps_per_epoch)}"
     say(f"batchscale: {config.model} ({trainer.parameters / 1e6:.2f}M parameters) on {backend.world_size} x "
         f"{backend.device.type} ({backend.name}{simulating}), global batch {trainer.batches.global_batch}, "
-        f"{trainer.steps_per_epoch} steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
+        f"{trainer.batches.n} training images, {trainer.steps_per_epoch} steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
+    images = trainer.batches.n
+    if config.train_subset > images:
+        left = " left after --holdout" if config.holdout else ""
+        say(f"note: --train-subset {config.train_subset} is more than the {images} training images{left}: "
+            f"training on all {images} (summary.json records train_images {images})")
     split = f"{config.holdout} held-out images" if config.holdout else "the test set"
     ends = ([f"at {100 * config.target_accuracy:g}% accuracy on {split}"] if config.stop_at_target else []) + \
            ([f"after {config.max_steps} steps"] if config.max_steps else [])
@@ -35,8 +42,38 @@ def announce(trainer: Trainer) -> None:
     if new and resumed_from is not None:
         listed = ", ".join(f"{c['setting']} {c['from']!r} -> {c['to']!r}" for c in new)
         say(f"note: from step {new[0]['step']} on this run uses {listed} (recorded in summary.json)")
-    if config.warmup_epochs >= config.epochs and schedule.peak_lr != schedule.base_lr:
-        say(f"warning: --warmup-epochs {config.warmup_epochs:g} covers the whole run; the LR never reaches its peak")
+    warning = unreachable_schedule(config, schedule, trainer.total_steps())
+    if warning and not (resumed_from is not None and trainer.finished()):
+        say(warning)
+
+
+def unreachable_schedule(config: Config, schedule: LRSchedule, total_steps: int) -> str | None:
+    """One line when the LR schedule the flags name cannot happen in a run of `total_steps` steps: a warmup as long
+    as the run (the LR never reaches its peak, or stays flat at it, and the decay never starts), or step decays all
+    past the run's end. None when the schedule runs as named."""
+    kind, peak = config.lr_schedule, schedule.peak_lr
+    warmup = (f"--warmup-steps {config.warmup_steps}" if config.warmup_steps
+              else f"--warmup-epochs {config.warmup_epochs:g}")
+    start = schedule.base_lr if schedule.warmup_start_lr is None else schedule.warmup_start_lr
+    ramps = start != peak
+    if schedule.warmup_steps >= total_steps and total_steps and (ramps or kind != "constant"):
+        last = start + (peak - start) * (total_steps - 1) / schedule.warmup_steps
+        lr = (f"the LR ramps from {start:.4g} to {last:.4g} and never reaches its peak {peak:.4g}" if ramps
+              else f"the LR stays at {peak:.4g} throughout")
+        decay = "" if kind == "constant" else f" and the {kind} decay never starts"
+        # One worker's warmup is flat (base LR = peak LR): none is lost. A ramp keeps a fifth of the run.
+        shorter = (f"--warmup-steps below {total_steps} (e.g. {total_steps // 5 if ramps else 0})" if config.warmup_steps
+                   else f"--warmup-epochs below --epochs (e.g. {round(0.2 * config.epochs, 2) if ramps else 0:g})")
+        one_lr = "" if kind == "constant" else ", or --lr-schedule constant to train at one LR"
+        return (f"warning: the warmup ({warmup}, {schedule.warmup_steps} steps) is as long as the whole run "
+                f"({total_steps} steps): {lr}{decay}; give {shorter}{' or' if not one_lr else ','} more "
+                f"--epochs{one_lr}")
+    if kind == "step" and all(e >= config.epochs for e in config.lr_decay_epochs):
+        listed = ",".join(map(str, config.lr_decay_epochs))
+        return (f"warning: --lr-decay-epochs {listed} are all at or past --epochs {config.epochs}: the step "
+                f"schedule never decays and the LR stays at its peak {peak:.4g} once warmed up; give decay epochs below "
+                f"{config.epochs}, or --lr-schedule cosine")
+    return None
 
 
 def summary(trainer: Trainer) -> dict[str, Any]:
@@ -45,7 +82,8 @@ def summary(trainer: Trainer) -> dict[str, Any]:
     state, stepper = trainer.state, trainer.stepper
     made = summarize(trainer.config, trainer.backend.name, trainer.workers, state.history, trainer.parameters,
                      trainer.steps_per_epoch)
-    made.update(noise_scale_note=stepper.noise_note(state.noise))
+    # The images trained on (after --holdout and --train-subset), which --train-subset alone may overstate.
+    made.update(train_images=trainer.batches.n, noise_scale_note=stepper.noise_note(state.noise))
     made.update(precision=stepper.precision.name, device=device_name(trainer.backend.device),
                 compile_seconds=stepper.compile_seconds, cuda_graphs_skipped=stepper.skipped,
                 changes=state.changes, config={**made["config"], **state.config},

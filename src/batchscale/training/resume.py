@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from .. import checkpoint
 from ..config import Config, global_batch
 from ..errors import ConfigError
-from ..rundir import RunLock, check_space
+from ..rundir import STOPPED, RunLock, check_space
 
 # Change what the saved weights are, which images come next, or how the LR is scaled: refused.
 MUST_MATCH = ("model", "width", "seed", "lr_scaling", "lr_schedule", "use_adasum", "holdout", "train_subset")
@@ -67,6 +68,7 @@ def open_run(config: Resuming, workers: int, epoch_bound: bool, room: int,
         path, state = found
         opened = Opened(path, state, settings_changes(state, config.settings, workers, path, epoch_bound))
     # Nothing is removed before every check has passed.
+    last_stop(log_dir)
     (log_dir / "summary.json").unlink(missing_ok=True)  # a run in progress has no summary
     (log_dir / "diverged.json").unlink(missing_ok=True)
     if not files.resume:
@@ -76,6 +78,18 @@ def open_run(config: Resuming, workers: int, epoch_bound: bool, room: int,
         if removed:
             print(f"--no-resume: removed {removed} checkpoint(s) of an earlier run under {ckpt_dir}", flush=True)
     return opened
+
+
+def last_stop(log_dir: Path) -> None:
+    """Says how the last run in `log_dir` was stopped, which its launcher may have kept from the user (horovodrun,
+    ended by SIGUSR1, takes the ranks' output with it), and forgets it: each stop is said once more, here."""
+    path = log_dir / STOPPED
+    if not path.is_file():
+        return
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        print(f"note: the last run in {log_dir} was {json.loads(path.read_text())['message']}", flush=True)
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def settings_in_force(current: dict[str, Any], saved: dict[str, Any], finished: bool) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from ..config import Config
 from ..errors import ConfigError
 from ..models import check_fits
 from ..parallel import Backend, init_backend
-from ..parallel.launch import launcher_world_size
+from ..parallel.launch import launcher_rank, launcher_world_size
 from ..rundir import check_writable
 from ..state import TrainState
 from ..target import QUICK_PART, TargetWatch
+from ..trackers import check_reachable
 
 
 def start(config: Config) -> tuple[Config, Backend]:
@@ -27,6 +28,8 @@ def start(config: Config) -> tuple[Config, Backend]:
     config = config.validate().for_run(launcher_world_size())
     check_writable(config.log_dir, "--log-dir")
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
+    if launcher_rank() == 0:  # the rank that opens the trackers
+        check_reachable(config.tracker)
     backend = init_backend(config)
     check_fits(config.model, config.width, backend.device)
     return config, backend
