@@ -1,6 +1,8 @@
 """The fast path trains like fp32; the bench reports every figure, consistently; its baseline is the original's."""
 
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,65 @@ def test_round_timing_separates_host_issue_from_wall_on_a_known_clock(monkeypatc
     config = bench.BenchConfig(steps=20, rounds=5)
     found = bench.timing_warnings(config, summary, bench.summarize_rounds(rounds))
     assert len(found) == 1 and "ours: rounds disagree, the slowest 50% above the fastest" in found[0]  # 6 ms vs 4
+
+
+def benchmark_script(name: str):
+    """A script of benchmarks/ as a module (they are run as scripts, not installed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sweep_compiles_each_size_static_alone_and_counts_the_cuda_graphs_declined(tmp_path, monkeypatch):
+    """A spy backend sees every graph Dynamo hands over: one per batch size, none with a symbolic batch (training
+    compiles its one shape static), none of an earlier size still alive when the next starts (its memory would
+    count in that size's peak), and the graphs it declines as CUDA graphs would (inductor's counter) are the ones
+    the sweep's JSON reports declined, per size."""
+    from torch._dynamo.utils import counters
+
+    traced: list[tuple[int, bool]] = []
+    pools: list = []
+    alive_at_start: list[int] = []
+
+    def spy(gm, example_inputs):
+        shapes = [tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
+        symbolic = any(isinstance(d, torch.SymInt) for s in shapes for d in s) or any(
+            isinstance(t, torch.SymInt) for t in example_inputs)
+        batch = next(s[0] for s in shapes if tuple(s[1:]) == (3, 32, 32))
+        traced.append((int(batch) if not symbolic else -1, symbolic))
+        if batch == 16:
+            counters["inductor"]["cudagraph_skips"] += 1  # as inductor counts a graph it will not record
+        pool = torch.empty(1)  # stands in for what a compiled graph holds (its CUDA-graph memory pool)
+        pools.append(weakref.ref(pool))
+        return lambda *args: (pool, gm.forward(*args))[1]
+
+    real_compile, real_build = torch.compile, bench.build_model_and_optimizer
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(
+        model, backend=spy, **{k: v for k, v in kw.items() if k != "mode"}))
+
+    def build(*args):
+        gc.collect()
+        alive_at_start.append(sum(ref() is not None for ref in pools))
+        return real_build(*args)
+
+    monkeypatch.setattr(bench, "build_model_and_optimizer", build)
+    out = tmp_path / "graphs.json"
+    step_sweep = benchmark_script("step_sweep")
+    step_sweep.main([str(out), "--batch-sizes", "8,16,32", "--compile", "--compile-mode", "reduce-overhead",
+                     "--width", "2", "--no-cuda", "--steps", "1", "--rounds", "1", "--warmup", "0"])
+    result = json.loads(out.read_text())["batches"]
+    assert traced == [(8, False), (16, False), (32, False)]
+    assert alive_at_start == [0, 0, 0]
+    assert {b: r["graphs_compiled"] for b, r in result.items()} == {
+        b: {"warm_up": 1, "while_timing": 0} for b in ("8", "16", "32")}
+    assert {b: r["cudagraph_skips"] for b, r in result.items()} == {"8": 0, "16": 1, "32": 0}
+
+
+def test_synthetic_epochs_on_a_gpu_are_as_long_as_the_real_sets():
+    """10,000 synthetic images gave 9 steps an epoch at batch 1024, each epoch's start inside the timed rounds
+    five times as often as in training; on a GPU the bench draws as many as the real set has (drawn on the host)."""
+    images, labels = bench.load_images(bench.BenchConfig(batch_size=1024), torch.device("cuda"))
+    assert images.shape[0] // 1024 == 50_000 // 1024 == 48 and labels.shape[0] == images.shape[0]
