@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -72,3 +74,47 @@ def test_partial_data_stops_the_check_with_one_line(tmp_path, tiny_cifar):
     assert result.returncode == 2
     assert "incomplete: missing data_batch_1, data_batch_2" in result.stdout + result.stderr
     assert not (tmp_path / "out" / "bench-b256.json").exists()
+
+
+def benchmark_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_loop_profile_measures_a_fixed_number_of_steps_and_the_epochs_end_apart(tmp_path, tiny_cifar):
+    """A spy hook after the profiler's sees, in the last epoch of 20 steps, exactly the 4 updates the profile says
+    it profiled run under the profiler, and the epoch's end (evaluation, checkpoint, logs) outside it; the images
+    the figures count are those steps' images."""
+    from torch._C._autograd import _profiler_enabled
+
+    from batchscale.config import Config
+    from batchscale.training.loop import Hook, train
+
+    class Spy(Hook):
+        def __init__(self) -> None:
+            self.profiled_updates: dict[int, int] = {}
+            self.profiled_ends: list[bool] = []
+
+        def update(self, trainer, step):
+            epoch = trainer.state.epoch + 1
+            self.profiled_updates[epoch] = self.profiled_updates.get(epoch, 0) + int(_profiler_enabled())
+            return contextlib.nullcontext()
+
+        def end_epoch(self, trainer):
+            self.profiled_ends.append(_profiler_enabled())
+            return contextlib.nullcontext()
+
+    profile_loop = benchmark_script("profile_loop")
+    spy = Spy()
+    config = Config(train_dir=str(tiny_cifar), val_dir=str(tiny_cifar), log_dir=str(tmp_path / "run"), epochs=2,
+                    batch_size=16, width=2, no_cuda=True, progress=False, download=False, tracker=())
+    train(config, hooks=[profile_loop.LastEpochProfile(tmp_path, steps=4, skip=2), spy])
+    assert spy.profiled_updates == {1: 0, 2: 4} and spy.profiled_ends == [False, False]
+    figures = json.loads((tmp_path / "profile.json").read_text())
+    assert figures["timed"]["steps"] == figures["profiled"]["steps"] == 4  # 320 images / 16: 20 steps an epoch
+    assert figures["timed"]["images"] == figures["profiled"]["images"] == 4 * 16
+    assert figures["epoch_end_seconds"] > 0
+    text = (tmp_path / "profile.txt").read_text()
+    assert "timed, profiler off: 4 steps, 64 images" in text and "the epoch's end (evaluation" in text

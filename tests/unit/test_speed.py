@@ -230,3 +230,28 @@ def test_synthetic_epochs_on_a_gpu_are_as_long_as_the_real_sets():
     five times as often as in training; on a GPU the bench draws as many as the real set has (drawn on the host)."""
     images, labels = bench.load_images(bench.BenchConfig(batch_size=1024), torch.device("cuda"))
     assert images.shape[0] // 1024 == 50_000 // 1024 == 48 and labels.shape[0] == images.shape[0]
+
+
+def test_device_busy_counts_each_kernel_once_and_no_annotation():
+    """Synthetic profiler events as torch builds them: a kernel's 100 us shows on the kernel, again on the operator
+    that launched it (a CPU event's device time), and inside the span Inductor's annotation leaves on the device;
+    a copy's 10 us only on itself. The device was busy 110 us, in 2 kernels."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def event(i, name, start, end, device=DeviceType.CPU, annotation=False):
+        return FunctionEvent(id=i, name=name, thread=0, start_us=start, end_us=end, use_device="cuda",
+                             device_type=device, is_user_annotation=annotation)
+
+    launch = event(1, "aten::convolution", 0, 40)
+    launch.append_kernel("sm90_xmma_fprop", 0, 100)
+    events = [event(0, "batchscale.update", 0, 500, annotation=True), launch,
+              event(2, "## Call CompiledFxGraph fx ##", 0, 300, DeviceType.CUDA, annotation=True),
+              event(3, "sm90_xmma_fprop", 50, 150, DeviceType.CUDA), event(4, "Memcpy DtoD", 150, 160, DeviceType.CUDA)]
+    assert launch.self_device_time_total == 100  # the operator really carries its kernel's time (what was summed)
+    from batchscale.training import profiling
+
+    assert profiling.busy_us(events) == 110
+    entry = benchmark_script("profile_step").summarize(events, True, 1, 1.0)
+    assert entry["kernels_per_step"] == 2 and entry["device_busy_ms_per_step"] == pytest.approx(0.110)
+    assert {t["name"] for t in entry["top"]} == {"sm90_xmma_fprop", "Memcpy DtoD"}
