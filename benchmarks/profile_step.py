@@ -1,6 +1,6 @@
 """The bench's train-mode step under torch.profiler: 10 steps at each batch size, after a warm-up.
 
-    python benchmarks/profile_step.py OUT.json --batch-sizes 256,512 [--compile] [--width W] [--no-cuda]
+    python benchmarks/profile_step.py OUT.json --batch-sizes 256,512 [--compile] [--width W] [--no-cuda] [--steps 10]
 
 Per batch size: kernels launched per step, the device's busy time per step against the wall time (busy / wall:
 how far the step keeps the device fed), the top kernels by device time, and the layout copies (kernels that
@@ -72,7 +72,8 @@ def summarize(events: list[Any], cuda: bool, steps: int, wall_ms: float) -> dict
     }
 
 
-def profile_batch(config: Config, backend: Any, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+def profile_batch(config: Config, backend: Any, images: torch.Tensor, labels: torch.Tensor,
+                  steps: int = STEPS) -> dict[str, Any]:
     device, cuda = backend.device, backend.device.type == "cuda"
     precision = resolve(config, device)
     batches = data.TrainBatches(images, labels, config.batch_size, 1, data.Shard(0, 1), 0, device,
@@ -100,12 +101,12 @@ def profile_batch(config: Config, backend: Any, images: torch.Tensor, labels: to
         torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         start = time.perf_counter()
-        for _ in range(STEPS):
+        for _ in range(steps):
             step()
         if cuda:
             torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - start) * 1e3
-    entry = summarize(list(prof.events()), cuda, STEPS, wall_ms)
+    entry = summarize(list(prof.events()), cuda, steps, wall_ms)
     entry["graphs_compiled"] = compiled_graphs() - graphs_before
     entry["cudagraph_skips"] = graphs_skipped() - skips_before if graphs else None
     return entry
@@ -119,6 +120,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--no-cuda", action="store_true")
+    parser.add_argument("--steps", type=int, default=STEPS, help="steps profiled at each size")
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"compile": args.compile, "compile_mode": args.compile_mode, "batches": {}}
     backend, images, labels = None, None, None
@@ -132,7 +134,7 @@ def main(argv: list[str]) -> int:
             images, labels = load_images(BenchConfig(no_cuda=args.no_cuda), backend.device)
         start_afresh(backend.device)
         result["device"] = torch.cuda.get_device_name(backend.device) if backend.device.type == "cuda" else "cpu"
-        result["batches"][str(size)] = entry = profile_batch(config, backend, images, labels)
+        result["batches"][str(size)] = entry = profile_batch(config, backend, images, labels, args.steps)
         write_json_atomic(args.out, result)
         busy = entry["device_busy_fraction"]
         print(f"batch {size}: {entry['kernels_per_step']:.0f} kernels a step, {entry['wall_ms_per_step']:.2f} ms a "
