@@ -190,7 +190,7 @@ class Check:
         sweep = [*self.sweep_flags, *data]
         small = ["--width", "4", "--no-cuda"] if self.dry else []
         # The dry run's data is smaller than the recipe's batch of 500.
-        fast94 = ["--recipe", "fast94", *self.compile, *(["--batch-size", "32", "--val-batch-size", "50"] if self.dry else [])]
+        fast94 = ["--recipe", "fast94", *self.compile, *(["--batch-size", "64", "--val-batch-size", "50"] if self.dry else [])]
         torchrun = [self.py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
         if name == "env":
             return [[self.py, str(ROOT / "benchmarks" / "gpu_env.py"), str(self.out), str(self.data),
@@ -215,10 +215,10 @@ class Check:
             print(f"== {name}: skipped (no real data staged: see gpu_check.sh)", flush=True)
             return None
         if name == "profile":
-            run = self.train(self.scratch / "profile", "--epochs", "2", *fast94)
+            run = self.train(self.scratch / "profile", "--epochs", "1" if self.dry else "2", *fast94)
             return [[self.py, str(ROOT / "benchmarks" / "profile_loop.py"), str(self.out), *run[2:]]]
         if name == "fast94":
-            return [self.train(self.out / "fast94", *fast94, *(["--epochs", "2"] if self.dry else []))]
+            return [self.train(self.out / "fast94", *fast94, *(["--epochs", "1"] if self.dry else []))]
         if name == "bench-b256":
             return [self.bench("bench-b256", self.batch(256))]
         if name == "grouped":
@@ -266,7 +266,7 @@ class Check:
     def main(self, parts: list[str]) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dry and not self.data.exists():
-            # 320 training images (5 x 64) and 100 test images in the real format: an epoch of 10 steps at batch 32
+            # 320 training images (5 x 64) and 100 test images in the real format: an epoch of 5 steps at batch 64
             subprocess.run([self.py, str(ROOT / "benchmarks" / "gpu_env.py"), "--synthetic", str(self.data), "64", "100"],
                            check=True, env=self.env)
         begun = time.monotonic()

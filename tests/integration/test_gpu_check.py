@@ -44,7 +44,7 @@ def test_dry_run_of_the_probe_brings_back_one_archive_with_every_parts_results(t
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.tar.gz", "status.json"]
     with tarfile.open(out / "gpu-check.tar.gz") as tar:
-        tar.extractall(tmp_path / "back", filter="data")
+        tar.extractall(tmp_path / "back", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     got = tmp_path / "back" / "gpu-check"
     status = json.loads((got / "status.json").read_text())
     assert status == json.loads((out / "status.json").read_text())
@@ -56,7 +56,7 @@ def test_dry_run_of_the_probe_brings_back_one_archive_with_every_parts_results(t
     bench = json.loads((got / "bench-b256.json").read_text())
     assert bench["complete"] and bench["headline"]["model"] == "resnet18"
     figures = json.loads((got / "profile.json").read_text())
-    assert figures["epoch"] == 2 and figures["timed"]["steps"] >= 1 and figures["profiled"]["steps"] >= 1
+    assert figures["epoch"] == 1 and figures["timed"]["steps"] == figures["profiled"]["steps"] == 2  # of 5: 1, 2, 2
     assert "aten::convolution" in (got / "profile.txt").read_text()
     sweep = json.loads((got / "sweep-compiled.json").read_text())
     assert sweep["complete"] and sorted(sweep["batches"]) == ["16", "32"]
@@ -67,7 +67,7 @@ def test_dry_run_of_the_probe_brings_back_one_archive_with_every_parts_results(t
     assert grouped["decision"] in ("grouped", "sequential") and grouped["groups"] == 4
     fast94 = json.loads((got / "fast94" / "summary.json").read_text())
     assert fast94["config"]["recipe"] == "fast94" and fast94["config"]["tta"] == "flip-translate"
-    assert fast94["epochs_completed"] == 2
+    assert fast94["epochs_completed"] == 1
     assert not list(got.rglob("*.pth.tar*"))  # checkpoints stay out of what comes back
 
 

@@ -255,3 +255,41 @@ def test_device_busy_counts_each_kernel_once_and_no_annotation():
     entry = benchmark_script("profile_step").summarize(events, True, 1, 1.0)
     assert entry["kernels_per_step"] == 2 and entry["device_busy_ms_per_step"] == pytest.approx(0.110)
     assert {t["name"] for t in entry["top"]} == {"sm90_xmma_fprop", "Memcpy DtoD"}
+
+
+def test_grouped_trials_are_decided_on_the_devices_time_not_the_launch_bound_wall():
+    """At batch 256 an eager step is mostly launch overhead, which 4 models in sequence pay 4 times and a study's
+    compiled step does not pay: here the wall says the packed model is twice as fast, its kernels say it is slower.
+    The decision follows the kernels; with no device time (the CPU) it falls back to the wall, and says so."""
+    grouped_conv = benchmark_script("grouped_conv")
+
+    def timing(wall_ms, kernel_ms):
+        return {"wall_ms": {"median": wall_ms, "min": wall_ms}, "kernel_ms": kernel_ms}
+
+    on_gpu = grouped_conv.decide({"sequential": timing(40.0, 10.0), "grouped": timing(20.0, 12.0)})
+    assert on_gpu["decision"] == "sequential" and on_gpu["decided_on"].startswith("device time")
+    assert on_gpu["grouped_over_sequential"] == pytest.approx(1.2)
+    on_cpu = grouped_conv.decide({"sequential": timing(40.0, None), "grouped": timing(20.0, None)})
+    assert on_cpu["decision"] == "grouped" and on_cpu["decided_on"].startswith("wall time")
+
+
+def test_grouped_conv_steps_with_the_fused_sgd_training_uses_on_a_gpu(monkeypatch):
+    """A spy on the optimizer each timed model gets: fused on a GPU, as training's (build_model_and_optimizer)."""
+    grouped_conv = benchmark_script("grouped_conv")
+    made: list = []
+
+    class Spy(torch.optim.SGD):
+        def __init__(self, params, **kw):
+            made.append(kw.get("fused"))
+            super().__init__(params, **{k: v for k, v in kw.items() if k != "fused"})
+
+    monkeypatch.setattr(torch.optim, "SGD", Spy)
+
+    class OnGpu(torch.Tensor):  # a CPU tensor that says it lives on a GPU, for the step's choice alone
+        @property
+        def device(self):
+            return torch.device("cuda")
+
+    x = torch.zeros(2, 3, 32, 32).as_subclass(OnGpu)
+    grouped_conv.step_of([CifarResNet18(width=2) for _ in range(2)], x, torch.zeros(2, dtype=torch.long))
+    assert made == [True, True]
