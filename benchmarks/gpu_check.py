@@ -36,8 +36,8 @@ into $OUT/gpu-check.tar.gz (or GPU_CHECK_BUNDLE), status.json copied beside it: 
 results folder to keep (the archive still made); with neither OUT nor GPU_CHECK_DIR, benchmarks/results/gpu-DATE.
 
     bash benchmarks/gpu_check.sh             # on the device: stages data/ if carried (see gpu_check.sh), runs
-    bash benchmarks/gpu_check.sh --dry-run   # every part, old ones too, on the CPU, tiny and eager (make test):
-                                             # no time boxes there (a hang bound only), so load cannot fail it
+    bash benchmarks/gpu_check.sh --dry-run   # the probe on the CPU, tiny and eager (make test), no time boxes
+                                             # there (a hang bound only), so load cannot fail it; PARTS adds others
 """
 
 from __future__ import annotations
@@ -320,5 +320,5 @@ def children_cpu() -> float:
 if __name__ == "__main__":
     dry = "--dry-run" in sys.argv
     results, bundle, back, temporary = places()
-    parts = os.environ.get("PARTS", " ".join(BOXES if dry else PROBE)).split()
+    parts = os.environ.get("PARTS", " ".join(PROBE)).split()
     sys.exit(Check(results, dry, bundle, back, temporary).main(parts))

@@ -12,6 +12,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -71,30 +73,42 @@ def test_dry_run_of_the_probe_brings_back_one_archive_with_every_parts_results(t
     assert not list(got.rglob("*.pth.tar*"))  # checkpoints stay out of what comes back
 
 
-def test_the_earlier_parts_commands_are_ones_the_commands_accept(tmp_path):
-    """The parts a call runs only when PARTS names them (they passed on an H100) are not run here, to keep the
-    suite cheap: each command they would issue must parse and validate as its program's."""
+@pytest.mark.parametrize("device", [False, True])
+def test_every_parts_commands_are_ones_their_programs_accept(tmp_path, device):
+    """The parts a dry run leaves out (the earlier ones, run when PARTS names them; graphs and sweep-eager), and
+    every part as a GPU with a compiler and real data would run it: each command must parse and validate as its
+    program's (train.py's, the bench's, a sweep's) without running, so a renamed flag is found before device time."""
     from batchscale.cli import bench_parser, train_config
     from batchscale.flags import build
     from batchscale.training.bench import BenchConfig
 
     module = gpu_check()
-    checker = module.Check(tmp_path, dry_run=True)
+    checker = module.Check(tmp_path, dry_run=not device)
     shutil.rmtree(checker.scratch)
-    checker.compile = ["--compile"]  # as on a GPU with a compiler
-    seen = []
-    for name in module.EARLIER:
+    checker.compile, checker.real = ["--compile"], True  # as on a GPU with a compiler and the data staged
+    seen = set()
+    for name in module.BOXES if device else module.EARLIER:
         for step in checker.steps_of(name) or []:
             command = [str(a) for a in (step[0] if isinstance(step, tuple) else step)]
-            script = [i for i, a in enumerate(command) if a.endswith("train.py")]
-            if script:  # train.py, alone or under torchrun or horovodrun
-                train_config(command[script[0] + 1:]).validate()
-            elif "batchscale.cli" in command and command[command.index("batchscale.cli") + 1] == "bench":
-                build(BenchConfig, bench_parser().parse_args(command[command.index("batchscale.cli") + 2:])).validate()
+            scripts = [i for i, a in enumerate(command) if a.endswith((".py", "batchscale.cli"))]
+            at = scripts[0] if scripts else 0
+            program, args = Path(command[at]).name, command[at + 1:]
+            if program in ("train.py", "profile_loop.py"):  # train.py, alone or under torchrun or horovodrun
+                train_config(args[1:] if program == "profile_loop.py" else args).validate()
+            elif program == "batchscale.cli":
+                assert args[0] == "bench"
+                build(BenchConfig, bench_parser().parse_args(args[1:])).validate()
+            elif program == "step_sweep.py":
+                sizes = args.index("--batch-sizes")
+                assert all(int(b) > 0 for b in args[sizes + 1].split(","))
+                build(BenchConfig, bench_parser().parse_args(args[1:sizes] + args[sizes + 2:])).validate()
+            elif program in ("gpu_env.py", "profile_step.py", "grouped_conv.py"):
+                assert Path(command[at]).is_file()
             elif not (command[1:3] == ["-m", "pip"] or "--check-build" in command):
                 raise AssertionError(f"{name}: a command this test does not know: {command[:4]}")
-            seen.append(name)
-    assert {"fast", "torchrun", "fp16", "benches"} <= set(seen)
+            seen.add(name)
+    expected = set(module.BOXES) - {"horovod"} if device else {"fast", "torchrun", "fp16", "benches"}
+    assert expected <= seen
 
 
 def test_the_probe_fits_its_budget_in_order_of_value():
