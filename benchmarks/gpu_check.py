@@ -8,8 +8,8 @@ train-mode step, each compiled size static and compiled afresh, as training comp
   part            box   what it leaves
   env              40 s environment.json: GPU, versions, whether torch.compile works here, whether the data is whole
   sweep-compiled   90 s sweep-compiled.json: the compiled step (forward, loss and metrics one graph) at batch 512,
-                        256, 1024, 128 (benchmarks/step_sweep.py): device (CUDA events) and host-issue ms per
-                        step, 5 rounds each, median and min; graphs compiled and peak memory per size
+                        500 (fast94's), 256, 1024 (benchmarks/step_sweep.py): device (CUDA events) and host-issue
+                        ms per step, 5 rounds each, median and min; graphs compiled and peak memory per size
   fast94          100 s fast94/: --recipe fast94 (cifar10-zoo's 94% ResNet-18, 26 epochs), compiled; summary.json's
                         test accuracy and time_to_accuracy (training seconds to 94%)
   profile          45 s profile.json, profile.txt: train.py's own loop (the fast94 recipe, compiled, 2 epochs), in its
@@ -18,7 +18,7 @@ train-mode step, each compiled size static and compiled afresh, as training comp
                         DataLoader, a host sync per step) on the same model and on the original's
   grouped          35 s grouped.json: one ResNet-18's step, 4 in sequence, and one with groups=4 in every
                         convolution (benchmarks/grouped_conv.py), on device time: whether a study packs its trials
-  sweep-eager      25 s sweep-eager.json: the eager step at the same sizes
+  sweep-eager      25 s sweep-eager.json: the eager step at the same sizes and 128
   graphs           60 s graphs.json: the same as CUDA graphs (--compile-mode reduce-overhead) at 512 and 256, with
                         the count of graphs CUDA graphs declined to record (0: all recorded)
   profile-step     40 s profile-step.json: 10 compiled steps at 512 and 256 under torch.profiler
@@ -114,8 +114,9 @@ class Check:
         self.epochs = 2 if dry_run else 30  # 15 reached 91.8% on an H100
         self.sweep_flags = (["--steps", "2", "--rounds", "1", "--warmup", "1", *small] if dry_run
                             else ["--steps", "20", "--rounds", "5", "--warmup", "5"])
-        # The goal's size first: a box that cuts a sweep keeps the sizes it finished.
-        self.sizes = ("16,32", "16,32") if dry_run else ("512,256,1024,128", "512,256")
+        # The goal's size first, then fast94's (the loop's profile beside it), then bench-b256's (its graph then
+        # loads from the cache): a box that cuts a sweep keeps the sizes it finished. The eager one adds 128.
+        self.sizes = ("16,32", "16,32", "16,32") if dry_run else ("512,500,256,1024", "512,256", "512,500,256,1024,128")
         self.batch = (lambda b: 16) if dry_run else (lambda b: b)  # the dry run's batches: tiny, every command the same
         self.compile: list[str] = []
         self.real = dry_run
@@ -199,8 +200,9 @@ class Check:
             print("== sweep-eager: skipped (sweep-compiled ran eager here: the same command)", flush=True)
             return None
         if name in ("sweep-eager", "sweep-compiled"):
-            return [self.script("step_sweep.py", str(self.out / f"{name}.json"), "--batch-sizes", self.sizes[0], *sweep,
-                                *(self.compile if name == "sweep-compiled" else []))]
+            compiled = name == "sweep-compiled"
+            return [self.script("step_sweep.py", str(self.out / f"{name}.json"), "--batch-sizes",
+                                self.sizes[0 if compiled else 2], *sweep, *(self.compile if compiled else []))]
         if name == "graphs":
             if not self.compile:
                 print("== graphs: skipped (CUDA graphs come through torch.compile: a dry run, or no compiler)", flush=True)
