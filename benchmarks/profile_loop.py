@@ -46,7 +46,7 @@ def table(events: Any, key: str) -> str:
 
 def windows(remaining: int, steps: int = STEPS, skip: int = SKIP) -> tuple[int, int, int]:
     """(steps skipped, steps timed unprofiled, steps profiled) in an epoch of `remaining` steps: the full plan where
-    the epoch is long enough, else what fits (a dry run's epoch has 2 steps: 0, 1, 1)."""
+    the epoch is long enough, else what fits (an epoch of 5 steps: 1, 2, 2)."""
     skip = min(skip, remaining // 3)
     timed = min(steps, (remaining - skip) // 2)
     return skip, timed, min(steps, remaining - skip - timed)
