@@ -7,6 +7,7 @@ when the data folder is there but incomplete or unreadable (a partial staging), 
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 import json
 import shutil
 import subprocess
@@ -37,7 +38,9 @@ def main(out: Path, data_root: Path, dry_run: bool) -> int:
         facts["nvidia_smi"] = smi.stdout.strip()
     for name in ("torchvision", "tensorboard", "triton", "numpy", "tqdm", "matplotlib"):
         try:
-            facts[f"{name}_version"] = getattr(importlib.import_module(name), "__version__", "?")
+            # A dry run reads the installed version alone: importing them all costs it seconds of CPU.
+            facts[f"{name}_version"] = (metadata.version(name) if dry_run
+                                        else getattr(importlib.import_module(name), "__version__", "?"))
         except Exception as err:  # a broken install fails in many ways
             facts[f"{name}_version"] = f"missing ({type(err).__name__}: {err})"
     # Triton and Inductor compile C at run time: they need a compiler and Python's headers.
@@ -107,6 +110,6 @@ def make_synthetic(root: Path, per_batch: int = 256, test_images: int = 200) -> 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--synthetic":
-        make_synthetic(Path(sys.argv[2]))
+        make_synthetic(Path(sys.argv[2]), *(int(n) for n in sys.argv[3:5]))
         sys.exit(0)
     sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), "--dry-run" in sys.argv))

@@ -5,7 +5,9 @@
 
 OUT.json is rewritten after each batch size (a time box that cuts the sweep keeps the sizes it finished); each
 entry is `batchscale bench`'s "ours" (rounds, median and min of wall, host issue and CUDA-event device time,
-graphs compiled, warnings). One process, so the CUDA context and the data are set up once.
+graphs compiled, CUDA graphs declined, peak memory, warnings). One process, so the CUDA context and the data are
+set up once; each size starts as a fresh process would (training/bench.start_afresh): compiled static, as
+training compiles its one shape, its peak memory its own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from batchscale.flags import add_flags, build
 from batchscale.atomic import write_json_atomic
 from batchscale.parallel import init_backend
-from batchscale.training.bench import BenchConfig, load_images, measure_ours
+from batchscale.training.bench import BenchConfig, load_images, measure_ours, start_afresh
 
 
 def main(argv: list[str]) -> int:
@@ -35,11 +37,13 @@ def main(argv: list[str]) -> int:
     backend = init_backend(bench.validate().train_config())
     if backend.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    images, labels = load_images(bench)
+    images, labels = load_images(bench, backend.device)
     result = {"device": torch.cuda.get_device_name(backend.device) if backend.device.type == "cuda" else "cpu",
               "torch": torch.__version__, "compile": bench.compile, "compile_mode": bench.compile_mode,
-              "batch_norm": "train mode", "batches": {}, "complete": False}
+              "batch_norm": "train mode", "each_size": "compiled afresh and static (Dynamo reset before it)",
+              "batches": {}, "complete": False}
     for size in sizes:
+        start_afresh(backend.device)
         start = time.perf_counter()
         bench.batch_size = size
         ours = measure_ours(bench, backend, images, labels)
@@ -48,8 +52,11 @@ def main(argv: list[str]) -> int:
         write_json_atomic(args.out, result)
         device = ours["timing"]["device_ms"]
         shown = f"{device['median']:.2f}" if device else "n/a"
+        skips = ours["cudagraph_skips"]
+        graphs = "" if skips is None else ", CUDA graphs recorded" if skips == 0 else f", CUDA graphs skipped {skips}"
         print(f"batch {size}: {ours['images_per_sec']:,.0f} img/s, wall {ours['timing']['wall_ms']['median']:.2f} "
-              f"ms/step, host issue {ours['timing']['host_issue_ms']['median']:.2f}, device {shown}", flush=True)
+              f"ms/step, host issue {ours['timing']['host_issue_ms']['median']:.2f}, device {shown}, "
+              f"{sum(ours['graphs_compiled'].values())} graph(s) compiled{graphs}", flush=True)
     result["complete"] = True
     write_json_atomic(args.out, result)
     backend.shutdown()

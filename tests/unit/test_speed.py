@@ -1,6 +1,8 @@
 """The fast path trains like fp32; the bench reports every figure, consistently; its baseline is the original's."""
 
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,128 @@ def test_round_timing_separates_host_issue_from_wall_on_a_known_clock(monkeypatc
     config = bench.BenchConfig(steps=20, rounds=5)
     found = bench.timing_warnings(config, summary, bench.summarize_rounds(rounds))
     assert len(found) == 1 and "ours: rounds disagree, the slowest 50% above the fastest" in found[0]  # 6 ms vs 4
+
+
+def benchmark_script(name: str):
+    """A script of benchmarks/ as a module (they are run as scripts, not installed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sweep_compiles_each_size_static_alone_and_counts_the_cuda_graphs_declined(tmp_path, monkeypatch):
+    """A spy backend sees every graph Dynamo hands over: one per batch size, none with a symbolic batch (training
+    compiles its one shape static), none of an earlier size still alive when the next starts (its memory would
+    count in that size's peak), and the graphs it declines as CUDA graphs would (inductor's counter) are the ones
+    the sweep's JSON reports declined, per size."""
+    from torch._dynamo.utils import counters
+
+    traced: list[tuple[int, bool]] = []
+    pools: list = []
+    alive_at_start: list[int] = []
+
+    def spy(gm, example_inputs):
+        shapes = [tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
+        symbolic = any(isinstance(d, torch.SymInt) for s in shapes for d in s) or any(
+            isinstance(t, torch.SymInt) for t in example_inputs)
+        batch = next(s[0] for s in shapes if tuple(s[1:]) == (3, 32, 32))
+        traced.append((int(batch) if not symbolic else -1, symbolic))
+        if batch == 16:
+            counters["inductor"]["cudagraph_skips"] += 1  # as inductor counts a graph it will not record
+        pool = torch.empty(1)  # stands in for what a compiled graph holds (its CUDA-graph memory pool)
+        pools.append(weakref.ref(pool))
+        return lambda *args: (pool, gm.forward(*args))[1]
+
+    real_compile, real_build = torch.compile, bench.build_model_and_optimizer
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(
+        model, backend=spy, **{k: v for k, v in kw.items() if k != "mode"}))
+
+    def build(*args):
+        gc.collect()
+        alive_at_start.append(sum(ref() is not None for ref in pools))
+        return real_build(*args)
+
+    monkeypatch.setattr(bench, "build_model_and_optimizer", build)
+    out = tmp_path / "graphs.json"
+    step_sweep = benchmark_script("step_sweep")
+    step_sweep.main([str(out), "--batch-sizes", "8,16,32", "--compile", "--compile-mode", "reduce-overhead",
+                     "--width", "2", "--no-cuda", "--steps", "1", "--rounds", "1", "--warmup", "0"])
+    result = json.loads(out.read_text())["batches"]
+    assert traced == [(8, False), (16, False), (32, False)]
+    assert alive_at_start == [0, 0, 0]
+    assert {b: r["graphs_compiled"] for b, r in result.items()} == {
+        b: {"warm_up": 1, "while_timing": 0} for b in ("8", "16", "32")}
+    assert {b: r["cudagraph_skips"] for b, r in result.items()} == {"8": 0, "16": 1, "32": 0}
+
+
+def test_synthetic_epochs_on_a_gpu_are_as_long_as_the_real_sets():
+    """10,000 synthetic images gave 9 steps an epoch at batch 1024, each epoch's start inside the timed rounds
+    five times as often as in training; on a GPU the bench draws as many as the real set has (drawn on the host)."""
+    images, labels = bench.load_images(bench.BenchConfig(batch_size=1024), torch.device("cuda"))
+    assert images.shape[0] // 1024 == 50_000 // 1024 == 48 and labels.shape[0] == images.shape[0]
+
+
+def test_device_busy_counts_each_kernel_once_and_no_annotation():
+    """Synthetic profiler events as torch builds them: a kernel's 100 us shows on the kernel, again on the operator
+    that launched it (a CPU event's device time), and inside the span Inductor's annotation leaves on the device;
+    a copy's 10 us only on itself. The device was busy 110 us, in 2 kernels."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def event(i, name, start, end, device=DeviceType.CPU, annotation=False):
+        return FunctionEvent(id=i, name=name, thread=0, start_us=start, end_us=end, use_device="cuda",
+                             device_type=device, is_user_annotation=annotation)
+
+    launch = event(1, "aten::convolution", 0, 40)
+    launch.append_kernel("sm90_xmma_fprop", 0, 100)
+    events = [event(0, "batchscale.update", 0, 500, annotation=True), launch,
+              event(2, "## Call CompiledFxGraph fx ##", 0, 300, DeviceType.CUDA, annotation=True),
+              event(3, "sm90_xmma_fprop", 50, 150, DeviceType.CUDA), event(4, "Memcpy DtoD", 150, 160, DeviceType.CUDA)]
+    assert launch.self_device_time_total == 100  # the operator really carries its kernel's time (what was summed)
+    from batchscale.training import profiling
+
+    assert profiling.busy_us(events) == 110
+    entry = benchmark_script("profile_step").summarize(events, True, 1, 1.0)
+    assert entry["kernels_per_step"] == 2 and entry["device_busy_ms_per_step"] == pytest.approx(0.110)
+    assert {t["name"] for t in entry["top"]} == {"sm90_xmma_fprop", "Memcpy DtoD"}
+
+
+def test_grouped_trials_are_decided_on_the_devices_time_not_the_launch_bound_wall():
+    """At batch 256 an eager step is mostly launch overhead, which 4 models in sequence pay 4 times and a study's
+    compiled step does not pay: here the wall says the packed model is twice as fast, its kernels say it is slower.
+    The decision follows the kernels; with no device time (the CPU) it falls back to the wall, and says so."""
+    grouped_conv = benchmark_script("grouped_conv")
+
+    def timing(wall_ms, kernel_ms):
+        return {"wall_ms": {"median": wall_ms, "min": wall_ms}, "kernel_ms": kernel_ms}
+
+    on_gpu = grouped_conv.decide({"sequential": timing(40.0, 10.0), "grouped": timing(20.0, 12.0)})
+    assert on_gpu["decision"] == "sequential" and on_gpu["decided_on"].startswith("device time")
+    assert on_gpu["grouped_over_sequential"] == pytest.approx(1.2)
+    on_cpu = grouped_conv.decide({"sequential": timing(40.0, None), "grouped": timing(20.0, None)})
+    assert on_cpu["decision"] == "grouped" and on_cpu["decided_on"].startswith("wall time")
+
+
+def test_grouped_conv_steps_with_the_fused_sgd_training_uses_on_a_gpu(monkeypatch):
+    """A spy on the optimizer each timed model gets: fused on a GPU, as training's (build_model_and_optimizer)."""
+    grouped_conv = benchmark_script("grouped_conv")
+    made: list = []
+
+    class Spy(torch.optim.SGD):
+        def __init__(self, params, **kw):
+            made.append(kw.get("fused"))
+            super().__init__(params, **{k: v for k, v in kw.items() if k != "fused"})
+
+    monkeypatch.setattr(torch.optim, "SGD", Spy)
+
+    class OnGpu(torch.Tensor):  # a CPU tensor that says it lives on a GPU, for the step's choice alone
+        @property
+        def device(self):
+            return torch.device("cuda")
+
+    x = torch.zeros(2, 3, 32, 32).as_subclass(OnGpu)
+    grouped_conv.step_of([CifarResNet18(width=2) for _ in range(2)], x, torch.zeros(2, dtype=torch.long))
+    assert made == [True, True]

@@ -6,6 +6,7 @@ sync per step, torchvision's ImageNet ResNet-18), measured side by side in the s
 from __future__ import annotations
 
 import contextlib
+import gc
 import resource
 import statistics
 import time
@@ -27,7 +28,7 @@ from ..flags import flag, same_as
 from ..models import build_model
 from ..parallel import Backend, init_backend
 from ..precision import Precision, resolve
-from .step import StepForward, build_model_and_optimizer, train_step, warm_up
+from .step import StepForward, build_model_and_optimizer, graphs_skipped, train_step, warm_up
 
 # Dense peak TFLOP/s by GPU from the vendors' data sheets: (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
 # More specific names first: "H100 NVL" and "H100 PCIe" before "H100".
@@ -115,11 +116,18 @@ def peak_tflops(device: torch.device, precision: Precision) -> float | None:
     return None
 
 
-def load_images(bench: BenchConfig) -> tuple[Tensor, Tensor]:
+# Synthetic images on a GPU: as many as the real training set, so an epoch (whose start draws the next epoch's
+# plan) comes as often as in training: 10,000 gave 9 steps an epoch at batch 1024. The CPU's benches are small.
+SYNTHETIC_IMAGES = {"cuda": 50_000, "cpu": 10_000}
+
+
+def load_images(bench: BenchConfig, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     if bench.data == "real":
         return data.load_split(bench.train_dir, train=True)
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() and not bench.no_cuda else "cpu")
     gen = torch.Generator().manual_seed(0)
-    n = 10_000
+    n = SYNTHETIC_IMAGES.get(device.type, SYNTHETIC_IMAGES["cpu"])
     return torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=gen)
 
 
@@ -211,12 +219,15 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
     criterion = nn.CrossEntropyLoss()
     stream = endless(batches)
     compile_seconds = 0.0
-    graphs_before = compiled_graphs()
+    graphs_before, skips_before = compiled_graphs(), graphs_skipped()
+    memory_at_start = memory_allocated_mb(device)  # what earlier measurements in this process left allocated
     model.train()  # what is timed is training: train-mode batch norm, the graph the trainer runs
     forward: nn.Module = StepForward(model, criterion, precision)  # the trainer's step: forward, loss, metrics
     graphs = bench.compile and bench.compile_mode == "reduce-overhead"
     if bench.compile:
-        forward = torch.compile(forward, mode=bench.compile_mode)  # type: ignore[assignment]
+        # Static, as training compiles its one batch shape: with automatic dynamic shapes a second batch size in
+        # this process would recompile with a symbolic batch, another graph than the one training runs.
+        forward = torch.compile(forward, mode=bench.compile_mode, dynamic=False)  # type: ignore[assignment]
         first = next(stream)[0]
         compile_seconds = warm_up(model, first, [], precision, forward)  # the bench times training steps only
     graphs_warm = compiled_graphs()
@@ -283,13 +294,34 @@ def measure_ours(bench: BenchConfig, backend: Backend, images: Tensor, labels: T
         "overhead_vs_bare_loop": step_s / bare_s,
         "compile_seconds": compile_seconds,
         "graphs_compiled": {"warm_up": graphs_warm - graphs_before, "while_timing": graphs_timed - graphs_warm},
+        # Inductor's count of compiled graphs CUDA graphs declined to record: 0 means every one was recorded.
+        "cudagraph_skips": graphs_skipped() - skips_before if graphs else None,
         "warnings": warnings_found,
         "flops_per_step": flops,
         "achieved_tflops": achieved,
         "peak_tflops": peak,
         "fraction_of_peak": achieved / peak if peak else None,
         "peak_memory_mb": peak_memory_mb(device),
+        "memory_at_start_mb": memory_at_start,
     }
+
+
+def start_afresh(device: torch.device) -> None:
+    """Readies this process for the next measurement as a new process would find it: no compiled graph, CUDA-graph
+    pool or tensor of an earlier one alive (Dynamo's cache sits on the code object, so it outlives the module that
+    was compiled, and a later batch size would be recompiled dynamic), and the memory peak reset, so each
+    measurement's peak is its own."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        from torch._inductor import cudagraph_trees
+
+        cudagraph_trees.reset_cudagraph_trees()  # what reset() does in newer torch, and what holds graph pools
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def compiled_graphs() -> int:
@@ -345,6 +377,10 @@ def split_step(
         "allreduce_exposed": (with_comm - without) * 1e3,
         "optimizer": statistics.mean(opt_s) * 1e3,
     }
+
+
+def memory_allocated_mb(device: torch.device) -> float | None:
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -447,7 +483,7 @@ def run(bench: BenchConfig) -> dict[str, Any]:
     try:
         if backend.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        images, labels = load_images(bench)
+        images, labels = load_images(bench, backend.device)
         result: dict[str, Any] = {
             "device": torch.cuda.get_device_name(backend.device) if backend.device.type == "cuda" else "cpu",
             "cpu_threads": torch.get_num_threads(),
