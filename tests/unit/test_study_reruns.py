@@ -93,7 +93,7 @@ def fake(monkeypatch) -> FakeTraining:
 
 def config(out: Path, data: Path) -> StudyConfig:
     return StudyConfig(out=str(out), data=str(data), batch_sizes=BATCHES, lr_points=2, lr_spacing=2.0,
-                       extend_edges=2, holdout=32, width=4, paper=False, seeds=(1,))
+                       extend_edges=2, holdout=32, width=4, paper=False, seeds=(1,), rounds=1)  # the fixed grid
 
 
 def quiet(*args, **kwargs) -> None:
@@ -122,7 +122,8 @@ def test_the_curve_is_planned_batch_by_batch_as_run_study_plans_it(tiny_cifar, t
     training = FakeTraining(interior_optimum)
     monkeypatch.setattr(study_module, "execute", training)
     cfg = StudyConfig(out=str(tmp_path), data=str(tiny_cifar), batch_sizes=(64, 16, 32, 128), lr_points=3,
-                      lr_spacing=2**0.5, extend_edges=3, holdout=32, width=4, paper=False, seeds=(1, 2))
+                      lr_spacing=2**0.5, extend_edges=3, holdout=32, width=4, paper=False, seeds=(1, 2),
+                      rounds=1)
     study(cfg, say=quiet)
     expected = planned_by_run_study(interior_optimum, cfg)
     assert [b for b, _ in tried(tmp_path)] == [b for b, _ in expected]

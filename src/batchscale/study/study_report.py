@@ -6,8 +6,11 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic, write_text_atomic
 from .paper import paper_results, paper_section, pct
-from .study import StudyConfig, paper_plan, read_trials, tuned_lrs, unfinished_trials
-from .protocol import MISSED, PRECISE, REACHED, Analysis, Trial, analyze
+from .study import (StudyConfig, paper_plan, read_rounds, read_trials, seconds_per_image, sequential_settings,
+                    tuned_lrs, unfinished_trials)
+from .protocol import MISSED, PRECISE, REACHED, Analysis, Interval, Trial, analyze
+from .sequential import Plan, plan_round, spent
+from .sweep import clock
 from .runs import positive, pyplot
 
 
@@ -15,7 +18,8 @@ def num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str = "") -> list[tuple[str, str]]:
+def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str = "",
+                plan: Plan | None = None) -> list[tuple[str, str]]:
     """Returns (file name, caption) for each plot written; every plot is titled with what the study ran."""
     plt = pyplot()
     from matplotlib.ticker import ScalarFormatter
@@ -44,7 +48,15 @@ def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str =
                     label=f"fit: B_crit = {fit.b_noise:,.0f}")
             ax.axvline(fit.b_noise, color="C3", ls="--", lw=1, label="knee (B_crit)")
             if analysis.interval:
-                ax.axvspan(analysis.interval.low, analysis.interval.high, color="C3", alpha=0.1, label="90% interval")
+                i = analysis.interval
+                high = i.high if not i.open_high else max(t.batch for t in trials) * 4  # open: shaded to the edge
+                ax.axvspan(max(i.low, min(t.batch for t in trials) / 4), high, color="C3", alpha=0.1,
+                           label="90% interval" + (" (open)" if not i.closed else ""))
+            if plan is not None and plan.trials:
+                nxt = sorted({a.batch for a in plan.trials})
+                ax.scatter(nxt, [fit.steps(b) * (1 if per_step else b) for b in nxt], marker="^", s=60,
+                           facecolors="none", edgecolors="C2", zorder=4,
+                           label="next round" + ("" if not plan.stop else " (had it run)") + ": B it adds to")
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_yscale("log")
@@ -98,9 +110,11 @@ def write_report(out: Path, config: StudyConfig) -> Path:
     analysis = analyze(trials)
     paper = paper_results(out, paper_plan(config), tuned_lrs(trials)) if config.paper else []
     fit, interval = analysis.fit, analysis.interval
+    plan = plan_round(trials, sequential_settings(config, trials), max(2, len(read_rounds(out)) + 1)) if trials else None
     lines = [
         f"# Critical batch size: ResNet-18 (width {config.width}) on CIFAR-10, target {100 * config.target:g}% "
         "held-out accuracy", "",
+        *([headline(plan, analysis, config, trials), ""] if plan is not None else []),
         f"Protocol: batch sizes in ascending order, each with {config.lr_points} LRs spaced x{config.lr_spacing:.4g}, "
         f"the smallest's centred on {config.lr_per_128:g} x B/128 and each next one's on its neighbour's best LR x "
         f"sqrt(batch ratio), extended one LR at a time (up to {config.extend_edges}) while the best is on the edge; "
@@ -112,13 +126,23 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         "## The answer", "",
     ]
     if fit is not None:
-        spread = (f" (90% bootstrap interval {interval.low:,.0f} to {interval.high:,.0f}, {interval.replicates} "
-                  "replicates)" if interval else " (too few points for an interval)")
+        spread = (f" (90% interval {interval.text()}, with the measured batch sizes fixed; "
+                  f"{interval.replicates} replicates)" if interval else " (too few points for an interval)")
         lines += [f"- **B_crit = {fit.b_noise:,.0f}**{spread}: S(B) = {fit.s_min:,.0f} (1 + {fit.b_noise:,.0f}/B) "
                   f"steps, E(B) = {fit.e_min:,.0f} (1 + B/{fit.b_noise:,.0f}) examples; the fit is off by "
                   f"{100 * fit.rms_log_error:.0f}% (rms) from the measured points."]
     else:
         lines += ["- No fit: fewer than 3 batch sizes reached the target."]
+    if interval is not None and interval.leave_one_out is not None:
+        low, high = interval.leave_one_out
+        lines += [f"- Leaving out one batch size at a time moves B_crit between {low:,.0f} and "
+                  f"{'no upper bound' if high == float('inf') else f'{high:,.0f}'}: how much the answer hangs on "
+                  "which batch sizes were measured (not part of the interval above)."]
+    lines += ["- What each number estimates: B_crit is the knee of S(B) = S_min (1 + B_crit / B) fitted to each "
+              "batch's optimum, McCandlish et al.'s B_crit, which they find near B_noise = tr(H Sigma) / (G^T H G); "
+              "B_simple = tr(Sigma) / |G|^2 leaves out the curvature H and equals B_noise only where Sigma is "
+              "proportional to H. On a noisy quadratic where it is not (testing/nqm.py) the study finds the knee of "
+              "S(B), not B_simple."]
     lines += comparison_lines(analysis)
     if interval is not None and interval.scatter is None:
         lines += ["- With one seed the interval only says how much the answer depends on which batch sizes were "
@@ -173,7 +197,7 @@ def write_report(out: Path, config: StudyConfig) -> Path:
     subset = f", {config.train_subset} training images" if config.train_subset else ""
     title = (f"ResNet-18 width {config.width}, target {100 * config.target:g}% on {config.holdout} held-out images"
              f"{subset}, {config.schedule} LR, seeds {','.join(map(str, config.seeds))}")
-    plots = write_plots(out, trials, analysis, title) if trials else []
+    plots = write_plots(out, trials, analysis, title, plan) if trials else []
     lines += ["", "## Plots", ""] + [f"![{caption}]({name})\n\n{caption}.\n" for name, caption in plots]
     if paper:
         lines += paper_section(paper, paper_plan(config))
@@ -183,6 +207,11 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         "fit": fit and {"b_crit": fit.b_noise, "s_min": fit.s_min, "e_min": fit.e_min, "rms_log_error": fit.rms_log_error},
         "interval": interval and {"low": interval.low, "high": interval.high, "replicates": interval.replicates,
                                   "scatter": interval.scatter},
+        "interval_open": interval and {"low": interval.open_low, "high": interval.open_high},
+        "leave_one_out": interval and interval.leave_one_out and list(interval.leave_one_out),
+        "decision": plan and {"why": plan.why, "decided": plan.decided, "precision": config.precision,
+                              "trials": len(trials), "images": spent(trials), "forecast": plan.forecast,
+                              "next": [a.record() for a in plan.trials]},
         "b_simple_at_target": analysis.b_simple,
         "comparison": analysis.comparison and {**vars(analysis.comparison), "batches": analysis.compared,
                                                "agrees": analysis.comparison.agrees},
@@ -195,6 +224,45 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         "unfinished": unfinished,
     })
     return out / "report.md"
+
+
+def bracket(interval: Interval | None) -> str:
+    if interval is None:
+        return "[no interval]"
+    low = "open" if interval.open_low else f"{interval.low:,.0f}"
+    return f"[{low}, {'open' if interval.open_high else f'{interval.high:,.0f}'}]"
+
+
+def headline(plan: Plan, analysis: Analysis, config: StudyConfig, trials: list[Trial]) -> str:
+    """The answer in one sentence: B_crit with its interval, decided or not at --precision after how many trials
+    and how long, and B_crit / B_simple with its verdict."""
+    fit = analysis.fit
+    per = seconds_per_image(config, trials)
+    images = spent(trials)
+    took = f"~{clock(images * per)}" if per else f"{images / 1e6:.2f}M images"
+    if fit is None:
+        return f"**B_crit: no fit yet (fewer than 3 batch sizes reached the target) after {len(trials)} trials.**"
+    head = f"**B_crit = {fit.b_noise:,.0f} {bracket(analysis.interval)}, "
+    if plan.decided:
+        head += f"decided at x{config.precision:g} after {len(trials)} trials in {took}"
+    else:
+        why = {"rounds": f"--rounds {config.rounds} reached", "budget": f"--budget {config.budget} spent",
+               "continue": "the study has more rounds to run"}.get(plan.why, plan.why)
+        i = analysis.interval
+        ends = f"x{i.low / fit.b_noise:.2f} / x{i.high / fit.b_noise:.2f}" if i is not None and i.closed else "open"
+        head += f"not decided at x{config.precision:g} after {len(trials)} trials in {took} ({why}): the interval is {ends}"
+        if plan.forecast is not None:
+            n, more = plan.forecast
+            head += (f"; about {n} more trials (~{clock(more * per) if per else f'{more / 1e6:.1f}M images'}) "
+                     f"would reach x{config.precision:g}")
+    c = analysis.comparison
+    if c is None or c.ratio is None:
+        return head + "; no B_simple to compare.**"
+    if c.ratio_low is None or c.ratio_high is None:
+        return head + f"; B_crit / B_simple = {c.ratio:.2f} (no interval).**"
+    verdict = "they agree" if c.agrees else ("B_crit is larger" if c.ratio_low > 1 else "B_crit is smaller")
+    high = "open" if c.ratio_high == float("inf") else f"{c.ratio_high:.2f}"
+    return head + f"; B_crit / B_simple = {c.ratio:.2f} [{c.ratio_low:.2f}, {high}]: {verdict}.**"
 
 
 def comparison_lines(analysis: Analysis) -> list[str]:
