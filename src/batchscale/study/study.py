@@ -351,6 +351,7 @@ def num_or(value: float | None) -> str:
 
 
 ROUNDS = "rounds.jsonl"
+MAX_SEEDS_TEXT = "8 seeds at every batch's optimum"
 
 
 def read_rounds(out: Path) -> list[dict[str, Any]]:
@@ -445,6 +446,8 @@ def answer_line(plan: Plan, config: StudyConfig, trials: list[Trial]) -> str:
         per = seconds_per_image(config, trials)
         more = (f"; about {n} more trials (~{clock(images * per) if per else f'{images / 1e6:.1f}M images'}) would "
                 f"reach x{config.precision:g}")
+    else:
+        more = f"; by the planner's estimate not even {MAX_SEEDS_TEXT} would reach x{config.precision:g}"
     del within
     return f"not decided ({why}): {text}, the interval is {ends}{more}"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic, write_text_atomic
 from .paper import paper_results, paper_section, pct
-from .study import (StudyConfig, paper_plan, read_rounds, read_trials, seconds_per_image, sequential_settings,
+from .study import (MAX_SEEDS_TEXT, StudyConfig, paper_plan, read_rounds, read_trials, seconds_per_image, sequential_settings,
                     tuned_lrs, unfinished_trials)
 from .protocol import MISSED, PRECISE, REACHED, Analysis, Interval, Trial, analyze
 from .sequential import Plan, plan_round, spent
@@ -255,6 +255,8 @@ def headline(plan: Plan, analysis: Analysis, config: StudyConfig, trials: list[T
             n, more = plan.forecast
             head += (f"; about {n} more trials (~{clock(more * per) if per else f'{more / 1e6:.1f}M images'}) "
                      f"would reach x{config.precision:g}")
+        else:
+            head += f"; by the planner's estimate not even {MAX_SEEDS_TEXT} would reach x{config.precision:g}"
     c = analysis.comparison
     if c is None or c.ratio is None:
         return head + "; no B_simple to compare.**"
