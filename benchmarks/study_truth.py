@@ -17,41 +17,7 @@ import math
 import statistics
 import sys
 
-from batchscale.study.protocol import Trial, bootstrap, best_per_batch, fit_curve
-from batchscale.study.sequential import Settings
-from batchscale.testing.nqm import NoisyQuadratic, run_study, sequential_study
-
-PROBLEM = NoisyQuadratic(eval_noise=0.02)  # a held-out score within about 2%, as 5,000 images give
-COARSE = [8, 16, 32, 64, 128, 256]  # its top near the knee (about 140), as the committed study's 1,024 was near 799
-TRUTH_BATCHES = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]  # the truth's fit: the range a study ends up with
-FIRST_LR, POINTS, SPACING, EXTEND, STEPS = 0.05, 3, 2**0.5, 3, 5000
-
-
-def settings(study: int, seeds: int = 2, precision: float = 1.5) -> Settings:
-    return Settings(seeds=tuple(1000 * study + s for s in range(seeds)), lr_points=POINTS, lr_spacing=SPACING,
-                    extend_edges=EXTEND, precision=precision, rounds=12, smallest=8, multiple=8, budget_steps=STEPS)
-
-
-def truth() -> float:
-    return PROBLEM.critical_batch(TRUTH_BATCHES, seeds=32).b_noise
-
-
-def sequential(studies: int, precision: float = 1.5) -> list[tuple[list[Trial], object]]:
-    return [(lambda r: (lambda out: (out[0], out[1][-1]))(sequential_study(PROBLEM, COARSE, FIRST_LR,
-                                                                            settings(r, precision=precision))))(r)
-            for r in range(studies)]
-
-
-def fixed(studies: int, batches: list[int], seeds: int) -> list[tuple[int, float, float, object]]:
-    """(trials, B_crit, interval within x, interval) of `studies` fixed grids."""
-    out = []
-    for r in range(studies):
-        trials = run_study(PROBLEM, batches, [1000 * r + s for s in range(seeds)], FIRST_LR, POINTS, SPACING, EXTEND,
-                           STEPS)
-        fit = fit_curve([(b.batch, b.steps) for b in best_per_batch(trials) if b.steps is not None])  # type: ignore[misc]
-        interval = bootstrap(trials)
-        out.append((len(trials), fit.b_noise, interval.within(fit.b_noise), interval))  # type: ignore[union-attr]
-    return out
+from batchscale.testing.study_truth import COARSE, PROBLEM, TRUTH_BATCHES, fixed, sequential, truth
 
 
 def main(studies: int) -> None:

@@ -362,8 +362,27 @@ def bootstrap(trials: list[Trial], replicates: int = 1000, seed: int = 0, level:
             used.append(b)
     if len(used) < 3:
         return None
-    values = replicate_fits(used, np.column_stack(columns))
+    optima = np.column_stack(columns)
+    misfit = lack_of_fit(trials, sd)
+    if misfit > 0:  # the curve's own distance from the points, beyond what the seeds' scatter explains
+        optima = optima + misfit * rng.standard_normal(optima.shape)
+    values = replicate_fits(used, optima)
     return quantiles(values, level, replicates, sd, source, leave_one_out(trials))
+
+
+def lack_of_fit(trials: list[Trial], sd: float) -> float:
+    """The standard deviation by which the batches' optima stray from the fitted curve beyond their seed noise:
+    the residuals' variance (on the points less the fit's two parameters) less the mean variance of a point's
+    mean (sd^2 over the best LR's seeds), or 0. S(B) = S_min (1 + B_crit / B) is a model; where the points
+    follow it less closely than their seeds allow, the interval must carry that too."""
+    bests = [b for b in best_per_batch(trials) if b.steps is not None and b.trial is not None]
+    fit = fit_curve([(b.batch, b.steps) for b in bests])  # type: ignore[misc]
+    if fit is None or len(bests) < 4:
+        return 0.0
+    residuals = [b.log_steps - math.log(fit.steps(b.batch)) for b in bests]  # type: ignore[operator]
+    seeds = [sum(t.batch == b.batch and t.lr == b.trial.lr for t in trials) for b in bests]  # type: ignore[union-attr]
+    excess = sum(r * r for r in residuals) / (len(bests) - 2) - sum(sd * sd / n for n in seeds) / len(seeds)
+    return math.sqrt(excess) if excess > 0 else 0.0
 
 
 def replicate_fits(batches: list[int], log_steps: np.ndarray) -> np.ndarray:
