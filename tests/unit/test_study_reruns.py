@@ -93,7 +93,7 @@ def fake(monkeypatch) -> FakeTraining:
 
 def config(out: Path, data: Path) -> StudyConfig:
     return StudyConfig(out=str(out), data=str(data), batch_sizes=BATCHES, lr_points=2, lr_spacing=2.0,
-                       extend_edges=2, holdout=32, width=4, paper=False, seeds=(1,))
+                       extend_edges=2, holdout=32, width=4, paper=False, seeds=(1,), rounds=1)  # the fixed grid
 
 
 def quiet(*args, **kwargs) -> None:
@@ -111,7 +111,7 @@ def test_a_finished_study_rerun_trains_nothing_and_writes_the_same_results(tiny_
     report = write_report(tmp_path, cfg)
     first = report.with_name("results.json").read_bytes()
     protocol = next(line for line in report.read_text().splitlines() if line.startswith("Protocol:"))
-    assert "neighbour's best" in protocol and "micro-batches of 16" in protocol and "over 25,000 images" in protocol
+    assert "neighbour's best" in protocol and "micro-batches of 16" in protocol and "over 24,576 images" in protocol
     before = len(fake.sent)
     study(cfg, say=quiet)
     assert sum(len(names) for names in fake.sent[before:]) == 0  # nothing sent to train again
@@ -122,7 +122,8 @@ def test_the_curve_is_planned_batch_by_batch_as_run_study_plans_it(tiny_cifar, t
     training = FakeTraining(interior_optimum)
     monkeypatch.setattr(study_module, "execute", training)
     cfg = StudyConfig(out=str(tmp_path), data=str(tiny_cifar), batch_sizes=(64, 16, 32, 128), lr_points=3,
-                      lr_spacing=2**0.5, extend_edges=3, holdout=32, width=4, paper=False, seeds=(1, 2))
+                      lr_spacing=2**0.5, extend_edges=3, holdout=32, width=4, paper=False, seeds=(1, 2),
+                      rounds=1)
     study(cfg, say=quiet)
     expected = planned_by_run_study(interior_optimum, cfg)
     assert [b for b, _ in tried(tmp_path)] == [b for b, _ in expected]

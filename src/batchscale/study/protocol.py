@@ -16,6 +16,8 @@ from statistics import median
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 REACHED, MISSED, DIVERGED = "reached", "missed", "diverged"
 # B_simple is compared with B_crit only where a trial measured it to within this share (its standard error):
 # where the small batch is far below B_simple, the pairs' |G|^2 is mostly noise and the ratio of the averages
@@ -189,31 +191,82 @@ def fit_curve(points: list[tuple[int, float]]) -> Fit | None:
     is closed-form (the geometric mean of S_i / (1 + B_noise / B_i)). Needs 3 batch sizes."""
     if len({b for b, _ in points}) < 3:
         return None
-    logs = [(b, math.log(s)) for b, s in points]
+    b_noise, s_min, mse = fit_many([b for b, _ in points], np.log([[s for _, s in points]]))
+    return Fit(float(s_min[0]), float(b_noise[0]), math.sqrt(max(float(mse[0]), 0.0)))
 
-    def error(b_noise: float) -> tuple[float, float]:
-        shifts = [ls - math.log1p(b_noise / b) for b, ls in logs]
-        log_s_min = sum(shifts) / len(shifts)
-        return sum((x - log_s_min) ** 2 for x in shifts) / len(shifts), math.exp(log_s_min)
 
-    lo, hi = min(b for b, _ in points) / 1e3, max(b for b, _ in points) * 1e3
-    grid = [lo * (hi / lo) ** (i / 400) for i in range(401)]
+def search_limits(batches: list[int] | tuple[int, ...]) -> tuple[float, float]:
+    """The range `fit_curve` searches for B_noise: a fit at either end has found no knee in the data."""
+    return min(batches) / 1e3, max(batches) * 1e3
+
+
+GRID = 400  # the first grid's steps over the search range; each refinement then spans two of them in 100
+
+
+def fit_many(batches: list[int], log_steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fit_curve` for many sets of log steps at once (rows of `log_steps`, one column per batch): (B_noise,
+    S_min, mean squared log error) per row. A bootstrap refits thousands of replicates; this does them together."""
+    b = np.asarray(batches, dtype=float)
+    y = np.atleast_2d(np.asarray(log_steps, dtype=float))
+    lo, hi = search_limits(batches)
+
+    def errors(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # grid: (rows or 1, G)
+        shifts = y[:, None, :] - np.log1p(grid[..., None] / b)
+        return shifts.var(axis=2), shifts.mean(axis=2)
+
+    grid = np.broadcast_to(lo * (hi / lo) ** (np.arange(GRID + 1) / GRID), (len(y), GRID + 1))
+    rows = np.arange(len(y))
     for _ in range(3):  # refine around the best grid point
-        best = min(range(len(grid)), key=lambda i: error(grid[i])[0])
-        a, b = grid[max(0, best - 1)], grid[min(len(grid) - 1, best + 1)]
-        grid = [a * (b / a) ** (i / 100) for i in range(101)]
-    b_noise = min(grid, key=lambda x: error(x)[0])
-    mse, s_min = error(b_noise)
-    return Fit(s_min, b_noise, math.sqrt(mse))
+        best = errors(grid)[0].argmin(axis=1)
+        a = grid[rows, np.maximum(best - 1, 0)]
+        z = grid[rows, np.minimum(best + 1, grid.shape[1] - 1)]
+        grid = a[:, None] * (z / a)[:, None] ** (np.arange(101) / 100)
+    mse, shift = errors(grid)
+    best = mse.argmin(axis=1)
+    return grid[rows, best], np.exp(shift[rows, best]), mse[rows, best]
 
 
 @dataclass(frozen=True)
 class Interval:
+    """B_crit's sampling interval with the measured batch sizes fixed. An end at math.inf (or 0) is open: there
+    the replicates' fits ran to the search limit, so the data set no bound on that side."""
+
     low: float
     high: float
-    replicates: int  # bootstrap replicates that gave a fit
-    scatter: float | None = None  # the seed-to-seed standard deviation of log steps it drew from (None: one seed)
+    replicates: int  # replicates drawn
+    scatter: float | None = None  # the standard deviation of log steps it drew from
     values: tuple[float, ...] = field(default=(), repr=False, compare=False)  # every replicate's B_crit, sorted
+    scatter_from: str = "seeds"  # "seeds": pooled over every (batch, LR)'s seeds; "fit": one seed, the fit's residuals
+    leave_one_out: tuple[float, float] | None = None  # B_crit's range over fits each leaving one batch size out
+
+    @property
+    def open_low(self) -> bool:
+        return self.low <= 0
+
+    @property
+    def open_high(self) -> bool:
+        return math.isinf(self.high)
+
+    @property
+    def closed(self) -> bool:
+        return not (self.open_low or self.open_high)
+
+    def within(self, estimate: float) -> float:
+        """The larger of high / estimate and estimate / low: the interval lies within x this of the estimate
+        (math.inf where it is open)."""
+        if not self.closed or estimate <= 0:
+            return math.inf
+        return max(self.high / estimate, estimate / self.low)
+
+    def text(self, digits: int = 0) -> str:
+        """'441 to 2,288', or an open end said as such: 'above 441 (no upper bound: ...)'."""
+        if self.open_high and self.open_low:
+            return "unbounded both ways (the fits ran to the search limits)"
+        if self.open_high:
+            return f"above {self.low:,.{digits}f} (open: no upper bound, the fits ran to the search limit)"
+        if self.open_low:
+            return f"below {self.high:,.{digits}f} (open: no lower bound, the fits ran to the search limit)"
+        return f"{self.low:,.{digits}f} to {self.high:,.{digits}f}"
 
 
 def scatter(cells: dict[int, Cells]) -> tuple[float, int] | None:
@@ -229,48 +282,149 @@ def scatter(cells: dict[int, Cells]) -> tuple[float, int] | None:
     return (math.sqrt(squares / dof), dof) if dof else None
 
 
+def optimum_many(cells: Cells, means: np.ndarray) -> np.ndarray:
+    """`optimum`'s log steps for many replicates of one batch's cell means at once: `means` has a row per
+    replicate and a column per LR of `sorted(cells)`, NaN where a cell is not done (a seed missed or diverged).
+    The same rule: the lowest mean, or where both its neighbours are done, the parabola's minimum through
+    the three (NaN: no cell done)."""
+    rows = np.arange(len(means))
+    filled = np.where(np.isnan(means), np.inf, means)
+    best = filled.argmin(axis=1)
+    out = filled[rows, best]
+    out[np.isinf(out)] = np.nan
+    x = np.log(sorted(cells))
+    k = len(x)
+    if k < 3:
+        return out
+    inner = (best > 0) & (best < k - 1)
+    i = np.clip(best, 1, k - 2)
+    y0, y1, y2 = filled[rows, i - 1], filled[rows, i], filled[rows, i + 1]
+    x0, x1, x2 = x[i - 1], x[i], x[i + 1]
+    with np.errstate(invalid="ignore"):
+        slope01, slope12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+        curvature = (slope12 - slope01) / (x2 - x0)
+        use = inner & np.isfinite(y0) & np.isfinite(y2) & (curvature > 0)
+        at = (x0 + x1) / 2 - slope01 / (2 * np.where(use, curvature, 1.0))
+        value = y0 + slope01 * (at - x0) + curvature * (at - x0) * (at - x1)
+    return np.where(use, value, out)
+
+
+def cell_stats(cells: Cells) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """A batch's LRs (sorted), each cell's mean log steps (NaN where not every seed reached the target) and
+    its number of seeds."""
+    lrs = sorted(cells)
+    done = [bool(cells[lr]) and all(y is not None for y in cells[lr]) for lr in lrs]
+    means = np.array([sum(cells[lr]) / len(cells[lr]) if ok else np.nan for lr, ok in zip(lrs, done)])  # type: ignore[arg-type, misc]
+    return lrs, means, np.array([len(cells[lr]) for lr in lrs], dtype=float)
+
+
+def draw_scatter(cells: dict[int, Cells]) -> tuple[float, int, str] | None:
+    """The seed scatter to redraw with, its degrees of freedom and where it comes from: pooled over the seeds
+    where any (batch, LR) has two; with one seed, the fit's residuals about the curve (which also carry how
+    far the curve's shape is from the points), on the points' count less the fit's two parameters."""
+    spread = scatter(cells)
+    if spread is not None:
+        return spread[0], spread[1], "seeds"
+    points = [(b, math.exp(y)) for b, c in cells.items() if (y := optimum(c)[1]) is not None]
+    fit = fit_curve(points)
+    if fit is None or len(points) < 4:
+        return None
+    dof = len(points) - 2
+    return fit.rms_log_error * math.sqrt(len(points) / dof), dof, "fit"
+
+
 def bootstrap(trials: list[Trial], replicates: int = 1000, seed: int = 0, level: float = 0.9) -> Interval | None:
-    """B_crit's `level` interval, from replicates of what a rerun could have measured. Each resamples the batch
-    sizes (with replacement: how much the answer hangs on which were measured, and on how well the curve fits
-    them) and, with several seeds, draws every reached trial's log steps anew about its (batch, LR) mean with
-    the measured seed-to-seed scatter (its standard deviation itself drawn from its chi-square, so that few
-    seeds widen the interval as they should); then finds each batch's optimum and fits again. The pick of the
-    best of a few noisy LRs is thus in every replicate, as in the measurement. With one seed no scatter is
-    measured, and the interval is the batch resampling alone (`scatter` None says so)."""
+    """B_crit's `level` sampling interval with the measured batch sizes fixed: each replicate draws every
+    (batch, LR) cell's mean log steps anew about the measured one, with the pooled seed scatter over the
+    cell's seeds (that scatter itself drawn from its chi-square, so that few seeds widen the interval as they
+    should), then finds each batch's optimum and fits again; the pick of the best of a few noisy LRs is thus
+    in every replicate, as in the measurement. A parametric redraw, not a resample of the seeds: resampling
+    two seeds understates their variance by (n - 1) / n = half. A cell with a missed seed is kept as it was.
+    A replicate whose fit ran to the search limit counts as unbounded there (the interval's end is then open).
+    Beside it, `leave_one_out`: how much the answer hangs on which batch sizes were measured."""
     if replicates < 1:
         return None
-    rng = random.Random(seed)
     cells = cells_of(trials)
     batches = sorted(cells)
-    spread = scatter(cells)
-    values = []
-    for _ in range(replicates):
-        chosen = [rng.choice(batches) for _ in batches]
-        if len(set(chosen)) < 3:
-            continue
-        if spread is not None:
-            sd = spread[0] * math.sqrt(spread[1] / rng.gammavariate(spread[1] / 2, 2))  # s / sqrt(chi2_dof / dof)
-            replicate = [(b, {lr: redraw(ys, sd, rng) for lr, ys in cells[b].items()}) for b in chosen]
-        else:
-            replicate = [(b, cells[b]) for b in chosen]
-        points = [(b, math.exp(y)) for b, c in replicate if (y := optimum(c)[1]) is not None]
-        fit = fit_curve(points)
-        if fit is not None:
-            values.append(fit.b_noise)
-    if len(values) < replicates // 10:
+    spread = draw_scatter(cells)
+    if spread is None:
         return None
-    values.sort()
+    sd, dof, source = spread
+    rng = np.random.default_rng(seed)
+    sds = sd * np.sqrt(dof / rng.chisquare(dof, replicates))  # s / sqrt(chi2_dof / dof)
+    columns, used = [], []
+    for b in batches:
+        lrs, means, counts = cell_stats(cells[b])
+        draws = means + sds[:, None] * rng.standard_normal((replicates, len(lrs))) / np.sqrt(counts)
+        optima = optimum_many(cells[b], draws)
+        if not np.isnan(optima).all():
+            columns.append(optima)
+            used.append(b)
+    if len(used) < 3:
+        return None
+    optima = np.column_stack(columns)
+    misfit = lack_of_fit(trials, sd)
+    if misfit > 0:  # the curve's own distance from the points, beyond what the seeds' scatter explains
+        optima = optima + misfit * rng.standard_normal(optima.shape)
+    values = replicate_fits(used, optima)
+    return quantiles(values, level, replicates, sd, source, leave_one_out(trials))
+
+
+def lack_of_fit(trials: list[Trial], sd: float) -> float:
+    """The standard deviation by which the batches' optima stray from the fitted curve beyond their seed noise:
+    the residuals' variance (on the points less the fit's two parameters) less the mean variance of a point's
+    mean (sd^2 over the best LR's seeds), or 0. S(B) = S_min (1 + B_crit / B) is a model; where the points
+    follow it less closely than their seeds allow, the interval must carry that too."""
+    bests = [b for b in best_per_batch(trials) if b.steps is not None and b.trial is not None]
+    fit = fit_curve([(b.batch, b.steps) for b in bests])  # type: ignore[misc]
+    if fit is None or len(bests) < 4:
+        return 0.0
+    residuals = [b.log_steps - math.log(fit.steps(b.batch)) for b in bests]  # type: ignore[operator]
+    seeds = [sum(t.batch == b.batch and t.lr == b.trial.lr for t in trials) for b in bests]  # type: ignore[union-attr]
+    excess = sum(r * r for r in residuals) / (len(bests) - 2) - sum(sd * sd / n for n in seeds) / len(seeds)
+    return math.sqrt(excess) if excess > 0 else 0.0
+
+
+def replicate_fits(batches: list[int], log_steps: np.ndarray) -> np.ndarray:
+    """Each row's fitted B_crit, math.inf or 0 where it ran to the upper or lower search limit (a row with a
+    batch that missed in it is fitted without that batch; one with fewer than 3 is NaN)."""
+    out = np.full(len(log_steps), np.nan)
+    missing = np.isnan(log_steps)
+    for pattern in np.unique(missing, axis=0):  # rows alike in which batches are missing, fitted together
+        rows = (missing == pattern).all(axis=1)
+        keep = ~pattern
+        if keep.sum() < 3:
+            continue
+        chosen = [b for b, k in zip(batches, keep) if k]
+        b_noise = fit_many(chosen, log_steps[rows][:, keep])[0]
+        low, high = search_limits(chosen)
+        step = (high / low) ** (1 / GRID)
+        out[rows] = np.where(b_noise >= high / step, np.inf, np.where(b_noise <= low * step, 0.0, b_noise))
+    return out
+
+
+def quantiles(values: np.ndarray, level: float, replicates: int, sd: float | None, source: str,
+              loo: tuple[float, float] | None) -> Interval | None:
+    values = np.sort(values[~np.isnan(values)])
+    if len(values) < replicates // 10 or not len(values):
+        return None
     tail = (1 - level) / 2
-    return Interval(values[int(tail * (len(values) - 1))], values[int((1 - tail) * (len(values) - 1))], len(values),
-                    spread and spread[0], tuple(values))
+    low, high = values[int(tail * (len(values) - 1))], values[int((1 - tail) * (len(values) - 1))]
+    return Interval(float(low), float(high), len(values), sd, tuple(float(v) for v in values), source, loo)
 
 
-def redraw(ys: list[float | None], sd: float, rng: random.Random) -> list[float | None]:
-    """A (batch, LR) cell's seeds drawn again about their mean; a cell with a missed seed stays as it was."""
-    if not ys or any(y is None for y in ys):
-        return ys
-    mean = sum(ys) / len(ys)  # type: ignore[arg-type]
-    return [rng.gauss(mean, sd) for _ in ys]
+def leave_one_out(trials: list[Trial]) -> tuple[float, float] | None:
+    """B_crit's lowest and highest fit over the curve with one batch size left out at a time (math.inf where
+    such a fit ran to the search limit); None with fewer than 4 batch sizes."""
+    points = [(b.batch, b.steps) for b in best_per_batch(trials) if b.steps is not None]
+    if len(points) < 4:
+        return None
+    fits = []
+    for i in range(len(points)):
+        rest = points[:i] + points[i + 1:]
+        b_noise = replicate_fits([b for b, _ in rest], np.log([[s for _, s in rest]]))[0]  # type: ignore[misc]
+        fits.append(float(b_noise))
+    return min(fits), max(fits)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -29,12 +30,13 @@ from .. import data
 from ..config import Config
 from ..errors import ConfigError
 from ..flags import flag, same_as
-from ..atomic import write_json_atomic
+from ..atomic import write_json_atomic, write_text_atomic
 from ..rundir import check_writable
 from .executors import Job
 from .paper import PaperPlan, paper_stage, budget as paper_budget
 from .planned import Planned
 from .protocol import DIVERGED, MISSED, REACHED, Cells, Trial, analyze, cells_of, lr_grid, plan_curve
+from .sequential import Plan, Settings, plan_round
 from .runs import clear_record, damaged, finished, images_trained, read_json, trial_record
 from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, clock, execute, refuse_overrides
 
@@ -84,6 +86,14 @@ class StudyConfig(Execution):
     micro_batch: int = flag(0, "every batch is accumulated from micro-batches this size, the same for every B (batch "
                             "norm's batch, and B_simple's small batch); at most the smallest batch size (default: 0, "
                             "the smallest batch size)", group=PROTOCOL)
+    precision: float = flag(1.5, "the study stops once B_crit's 90% interval lies within x this of the estimate "
+                            "(both ends), with two measured batch sizes past the knee on each side", group=PROTOCOL,
+                            metavar="FACTOR")
+    budget: str = flag("", "stop planning rounds once this is spent: wall time like 90m or 1h30m (at the committed "
+                       "throughput, else the trials' measured one), or images like 5M (default: none; the first, "
+                       "coarse round always runs whole)", group=PROTOCOL)
+    rounds: int = flag(10, "the most rounds, the coarse first one included: 1 runs the fixed grid alone, as before "
+                       "issue 28", group=PROTOCOL)
     eval_growth: float = flag(1.05, "evaluations near the target grow by this factor: steps known within it",
                               group=PROTOCOL)
     momentum_check: bool = flag(False, "after the curve, the two largest batch sizes again at momentum "
@@ -137,6 +147,12 @@ class StudyConfig(Execution):
             raise ConfigError(f"--warmup-images {self.warmup_images} is not a whole number of steps at B = "
                               f"{', '.join(map(str, uneven))}, so the ramp would cover more images there; give a "
                               f"multiple of {step} (like {near}) or 0")
+        if not self.precision > 1:
+            raise ConfigError(f"--precision must be a factor above 1, like 1.5: the interval within x1.5 of the "
+                              f"estimate (got {self.precision})")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be 1 or more, 1 being the fixed grid alone (got {self.rounds})")
+        parse_budget(self.budget)
         check_seeds(self.seeds)
         self.check("study")
         if self.train_subset < 0:
@@ -167,6 +183,27 @@ class StudyConfig(Execution):
                     raise ConfigError(f"batch {max(self.batch_sizes)} is larger than --train-subset {self.train_subset}"
                                       "; lower --batch-sizes or raise --train-subset")
         return self._images
+
+
+UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+COUNTS = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+def parse_budget(text: str) -> tuple[str, float] | None:
+    """--budget: ("seconds", s) from 90m, 1h30m, 45s or 2h; ("images", n) from 5M, 500k or 200000; None when
+    empty. Minutes are a small m, millions of images a capital M."""
+    text = text.strip()
+    if not text:
+        return None
+    if re.fullmatch(r"(\d+(\.\d+)?[hms])+", text):
+        total = sum(float(n) * UNITS[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)([hms])", text))
+        if total > 0:
+            return "seconds", total
+    else:
+        found = re.fullmatch(r"(\d+(\.\d+)?)([kMG]?)( images)?", text)
+        if found and float(found[1]) > 0:
+            return "images", float(found[1]) * COUNTS[found[3]]
+    raise ConfigError(f"--budget must be a positive wall time like 90m or 1h30m, or images like 5M (got {text!r})")
 
 
 STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
@@ -236,9 +273,11 @@ def common_args(config: StudyConfig) -> list[str]:
             "--train-subset", str(config.train_subset), *config.train_args]
 
 
-def curve_trial(config: StudyConfig, batch: int, lr: float, seed: int) -> Planned:
+def curve_trial(config: StudyConfig, batch: int, lr: float, seed: int, steps: int | None = None) -> Planned:
+    """One trial; `steps` its step budget (default: --budget-steps or --budget-epochs, whichever comes first; a
+    later round sets it from the fit)."""
     micro = config.micro  # one batch-norm batch for every B: B is accumulated from micro-batches of it
-    steps = trial_steps(config, batch)
+    steps = steps or trial_steps(config, batch)
     epochs = math.ceil(steps / (config.train_images // batch))
     warmup = config.warmup_images // batch  # exact: validate() refuses a warmup that is not whole steps
     args = [*common_args(config), "--batch-size", str(micro), "--batches-per-allreduce", str(batch // micro),
@@ -262,13 +301,19 @@ def first_grid(config: StudyConfig) -> tuple[float, ...]:
 
 
 def curve_stage(config: StudyConfig, say: Callable[..., None]) -> list[str] | None:
-    """The curve, as `protocol.plan_curve` plans it (and testing/nqm.py's run_study on a known answer): batch sizes
-    in ascending order, each a stage of its grid centred on the previous batch's best (the first on the linear-
-    scaling guess), extended one LR at a time while its best is on the edge, up to --extend-edges. Every plan is
-    made from the trials' records on disk, so a rerun of a finished study plans the same trials and trains none
-    of them. Returns the failed runs' names, or None where --no-wait left a batch's trials to run (a rerun
-    continues from there)."""
+    """The curve in rounds. The first, coarse round as `protocol.plan_curve` plans it (and testing/nqm.py's
+    run_study on a known answer): batch sizes in ascending order, each a stage of its grid centred on the
+    previous batch's best (the first on the linear-scaling guess), extended one LR at a time while its best is
+    on the edge, up to --extend-edges. Then, up to --rounds, the rounds `sequential.plan_round` plans from the
+    finished trials until B_crit is known within x--precision or --budget is spent. Each round's plan is written
+    to rounds.jsonl before its trials run and read back on a rerun, and every plan is made from the trials'
+    records on disk, so a rerun of a finished study plans the same trials and trains none of them. Returns
+    the failed runs' names, or None where --no-wait left a round's trials to run (a rerun continues)."""
     out = Path(config.out)
+    log = read_rounds(out)
+    if not log:
+        write_rounds(out, [{"round": 1, "plan": "coarse: protocol.plan_curve", "batches": sorted(config.batch_sizes)}])
+        log = read_rounds(out)
 
     def results(batch: int, lrs: tuple[float, ...]) -> Cells:
         trials = [t for p in batch_trials(config, batch, lrs) if (t := read_trial(out / p.name)) is not None]
@@ -289,6 +334,29 @@ def curve_stage(config: StudyConfig, say: Callable[..., None]) -> list[str] | No
         if failed:
             say(f"curve: {len(failed)} trial(s) of B = {batch} failed; larger batches' grids are centred on its "
                 "best, so the curve stops here: fix them and rerun the same command")
+            return failed
+    for number in range(2, 10_000):
+        logged = next((r for r in log if r["round"] == number), None)
+        if logged is None:
+            trials = read_trials(out, strict=False)
+            plan = plan_round(trials, sequential_settings(config, trials), number)
+            if plan.stop:
+                say(f"curve: {answer_line(plan, config, trials)}")
+                return []
+            logged = plan.record()
+            log.append(logged)
+            write_rounds(out, log)  # before its trials run: a rerun runs this round, not a new plan
+        planned = [curve_trial(config, a["batch"], a["lr"], a["seed"], a["steps"]) for a in logged["trials"]]
+        if not all(finished(out / p.name) for p in planned):
+            reasons = sorted({a["reason"] for a in logged["trials"]})
+            say(f"round {number}: {len(planned)} trial(s), B_crit so far {num_or(logged.get('estimate'))}: "
+                + "; ".join(reasons))
+        failed = run_stage(config, planned, f"round {number}", say)
+        if not config.wait and not all(finished(out / p.name) for p in planned):
+            return None
+        if failed:
+            say(f"round {number}: {len(failed)} trial(s) failed; the next round is planned from every trial, so "
+                "the study stops here: fix them and rerun the same command")
             return failed
     return []
 
@@ -320,6 +388,112 @@ def momentum_stage(config: StudyConfig, say: Callable[..., None]) -> list[str]:
         say("momentum check: no batch size reached the target, so there is nothing to check")
         return []
     return run_stage(config, planned, f"momentum {CHECK_MOMENTUM:g}", say)
+
+
+def num_or(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+ROUNDS = "rounds.jsonl"
+MAX_SEEDS_TEXT = "8 seeds at every batch's optimum"
+
+
+def read_rounds(out: Path) -> list[dict[str, Any]]:
+    """Each round's plan, as written before its trials ran (round 1: the coarse plan)."""
+    path = out / ROUNDS
+    if not path.is_file():
+        return []
+    import json
+
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not JSON lines ({e}); move it out to plan the rounds again from the trials") from e
+
+
+def write_rounds(out: Path, rounds: list[dict[str, Any]]) -> None:
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / ROUNDS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds))
+
+
+def committed_rate(config: StudyConfig, device: str) -> float | None:
+    """The committed throughput figure (images/s, the whole study's slots together) for this device, width and
+    micro-batch, as `expected_time` picks it; None where there is none."""
+    near = 2.0 if device == "cpu" else 1.0
+    figures = {micro: figure for (d, width, micro), figure in THROUGHPUT.items()
+               if d == device and width == config.width and max(micro / config.micro, config.micro / micro) <= near}
+    if not figures:
+        return None
+    return figures[min(figures, key=lambda m: (abs(math.log(m / config.micro)), m))][0]
+
+
+def seconds_per_image(config: StudyConfig, trials: list[Trial]) -> float | None:
+    """The cost model's wall seconds per training image: the committed figure's rate, or else the finished
+    trials' own training seconds per image over the slots (training only: evaluations add to it)."""
+    rate = committed_rate(config, estimate_device(config))
+    if rate:
+        return 1 / rate
+    timed = [(t.extra["train_seconds"], t.examples) for t in trials if t.extra.get("train_seconds") and t.examples]
+    if not timed:
+        return None
+    return sum(s for s, _ in timed) / sum(n for _, n in timed) / max(1, config.slots)
+
+
+def sequential_settings(config: StudyConfig, trials: list[Trial]) -> Settings:
+    budget = parse_budget(config.budget)
+    per_image = seconds_per_image(config, trials)
+    if budget and budget[0] == "seconds" and per_image is None:
+        raise ConfigError(f"--budget {config.budget}: no throughput is known for width {config.width} at micro-batch "
+                          f"{config.micro} and no finished trial recorded its time; give --budget in images, like 5M")
+    return Settings(seeds=tuple(config.seeds), lr_points=config.lr_points, lr_spacing=config.lr_spacing,
+                    extend_edges=config.extend_edges, precision=config.precision, rounds=config.rounds,
+                    budget_images=budget[1] if budget and budget[0] == "images" else None,
+                    budget_seconds=budget[1] if budget and budget[0] == "seconds" else None,
+                    seconds_per_image=per_image, smallest=config.micro, largest=config.train_images,
+                    multiple=config.micro, budget_steps=config.budget_steps,
+                    budget_epoch_images=config.budget_epochs * config.train_images)
+
+
+def check_budget(config: StudyConfig) -> None:
+    """--budget below what one trial may cost (the cheapest trial's whole step budget) is refused."""
+    budget = parse_budget(config.budget)
+    if budget is None:
+        return
+    batch = min(config.batch_sizes, key=lambda b: trial_steps(config, b) * b)
+    images = trial_steps(config, batch) * batch
+    if budget[0] == "images" and budget[1] < images:
+        raise ConfigError(f"--budget {config.budget} is less than one trial may train ({images:,} images at B = "
+                          f"{batch}); give more, or leave --budget out")
+    per_image = seconds_per_image(config, [])
+    if budget[0] == "seconds" and per_image is not None and budget[1] < images * per_image:
+        raise ConfigError(f"--budget {config.budget} is less than one trial may take ({clock(images * per_image)} at "
+                          f"B = {batch}); give more, or leave --budget out")
+
+
+def answer_line(plan: Plan, config: StudyConfig, trials: list[Trial]) -> str:
+    """Decided or not, in one line: the interval, and where undecided, what more would take."""
+    if plan.fit is None or plan.interval is None:
+        return f"not decided: no interval yet ({len(trials)} trials; {plan.why})"
+    text = f"B_crit = {plan.fit.b_noise:,.0f}, 90% interval {plan.interval.text()}"
+    if plan.decided:
+        return f"decided: {text}, within x{config.precision:g}, after {len(trials)} trials"
+    within = plan.interval.within(plan.fit.b_noise)
+    ends = (f"x{plan.interval.low / plan.fit.b_noise:.2f} / x{plan.interval.high / plan.fit.b_noise:.2f}"
+            if plan.interval.closed else "open")
+    why = {"rounds": f"--rounds {config.rounds} reached", "budget": f"--budget {config.budget} spent",
+           "nothing to add": "no allowed trial narrows it further"}.get(plan.why, plan.why)
+    more = ""
+    if plan.forecast is not None:
+        n, images = plan.forecast
+        per = seconds_per_image(config, trials)
+        more = (f"; about {n} more trials (~{clock(images * per) if per else f'{images / 1e6:.1f}M images'}) would "
+                f"reach x{config.precision:g}")
+    else:
+        more = f"; by the planner's estimate not even {MAX_SEEDS_TEXT} would reach x{config.precision:g}"
+    del within
+    return f"not decided ({why}): {text}, the interval is {ends}{more}"
 
 
 def tuned_lrs(trials: list[Trial]) -> dict[int, float]:
@@ -477,6 +651,10 @@ def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = 
     for b in batches[1:]:
         say(f"  curve/b{b}: {config.lr_points} to {config.lr_points + config.extend_edges} LRs x {seeds} seeds, "
             f"at most {trial_steps(config, b)} steps each")
+    if config.rounds > 1:
+        say(f"that is round 1 of at most {config.rounds}; each later one is planned from the trials before it "
+            f"(rounds.jsonl), until B_crit's 90% interval is within x{config.precision:g}"
+            + (f" or --budget {config.budget} is spent" if config.budget else ""))
     if config.momentum_check:
         say(f"then the momentum check: the two largest batch sizes that reach the target again at momentum "
             f"{CHECK_MOMENTUM:g}, 3 LRs x {seeds} seeds ({6 * seeds} trials, not counted above)")
@@ -487,6 +665,7 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
     config.validate()
     out = Path(config.out)
     check_writable(out, "--out")  # a file in the way, a path too long, a symlink to nothing, no write permission
+    check_budget(config)
     if config.dry_run:
         dry_run(config, say)
         return []

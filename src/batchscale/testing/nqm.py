@@ -27,6 +27,7 @@ import numpy as np
 
 from ..noise import NoiseScale
 from ..study.protocol import DIVERGED, MISSED, REACHED, Cells, Fit, Trial, cells_of, fit_curve, plan_curve
+from ..study.sequential import Plan, Settings, plan_round
 from ..target import TargetWatch
 
 
@@ -172,3 +173,21 @@ def run_study(problem: NoisyQuadratic, batches: list[int], seeds: list[int], fir
             trials.extend(problem.trial(batch, lr, seed, budget, measure_noise=measure_noise)[0] for seed in seeds)
         tried[batch] = len(lrs)
     return trials
+
+
+def sequential_study(problem: NoisyQuadratic, batches: list[int], first_lr: float, settings: Settings,
+                     measure_noise: bool = False) -> tuple[list[Trial], list[Plan]]:
+    """The sequential study on this problem, as `batchscale study` runs it: the coarse first round over
+    `batches` (`run_study`, with the settings' seeds, LR grid and step budget), then the rounds
+    `sequential.plan_round` plans until it stops; returns every trial and each round's plan (the last one
+    the stop)."""
+    trials = run_study(problem, batches, list(settings.seeds), first_lr, settings.lr_points, settings.lr_spacing,
+                       settings.extend_edges, settings.budget_steps, measure_noise)
+    plans: list[Plan] = []
+    for round in range(2, 1000):
+        plan = plan_round(trials, settings, round)
+        plans.append(plan)
+        if plan.stop:
+            break
+        trials += [problem.trial(a.batch, a.lr, a.seed, a.steps, measure_noise=measure_noise)[0] for a in plan.trials]
+    return trials, plans
