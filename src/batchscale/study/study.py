@@ -35,6 +35,7 @@ from .executors import Job
 from .paper import PaperPlan, paper_stage, budget as paper_budget
 from .planned import Planned
 from .protocol import DIVERGED, MISSED, REACHED, Cells, Trial, analyze, cells_of, lr_grid, plan_curve
+from .reuse import check_runs, check_study
 from .runs import clear_record, damaged, finished, images_trained, read_json, trial_record
 from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, clock, execute, refuse_overrides
 
@@ -291,6 +292,7 @@ def run_stage(config: StudyConfig, planned: list[Planned], label: str, say: Call
     """Runs what is not finished; returns the failed runs' names (a diverged trial is a result, not a failure).
     A run whose record is damaged is named and run again (it resumes from its last checkpoint)."""
     out = Path(config.out)
+    check_runs(out, [p for p in planned if finished(out / p.name)])  # reused only where it is the run planned
     pending = [Job(p.name, train_command(p.args, out / p.name), out / p.name) for p in planned
                if not finished(out / p.name)]
     for job in pending:
@@ -437,17 +439,38 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
     config.validate()
     out = Path(config.out)
     check_writable(out, "--out")  # a file in the way, a path too long, a symlink to nothing, no write permission
+    check_reuse(config)
     if config.dry_run:
         dry_run(config, say)
         return []
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study.json", {k: v for k, v in asdict(config).items() if k != "_images"})
+    write_json_atomic(out / "study.json", study_record(config))
     failed = curve_stage(config, say)
     if failed is None:  # --no-wait: submitted, and a rerun continues
         return []
     if failed:
         return failed
     return run_paper(config, say) if config.paper else []
+
+
+def study_record(config: StudyConfig) -> dict[str, Any]:
+    """study.json: the study's flags as given (what `read_study` reads back)."""
+    return {k: v for k, v in asdict(config).items() if k != "_images"}
+
+
+def check_reuse(config: StudyConfig) -> None:
+    """Before anything runs (a dry run too): the study flags that define a trial's result must be those the folder's
+    trials ran with (study.json), and every finished curve trial must be the trial this command would plan at its
+    batch, LR and seed (its recorded config). Else one line naming the flag; nothing is relabelled."""
+    out = Path(config.out)
+    check_study(out, study_record(config))
+    planned = []
+    for run_dir in sorted((out / "curve").glob("b*-lr*-s*")):
+        trial = read_trial(run_dir) if finished(run_dir) else None
+        if trial is not None:
+            p = curve_trial(config, trial.batch, trial.lr, trial.seed)
+            planned += [p] if p.name == f"curve/{run_dir.name}" else []
+    check_runs(out, planned)
 
 
 def paper_plan(config: StudyConfig) -> PaperPlan:
