@@ -1,47 +1,16 @@
 """A finished study rerun with other settings reuses nothing it did not run: the study driven through its command
-line with a stand-in for training that records each trial's full config as the trainer does (parsed from the
-very flags it was sent) and reaches the target at a known step, while a spy records what was sent to train."""
+line with a stand-in for training (study_fakes.py) that records each trial's full config as the trainer does (parsed
+from the very flags it was sent) and reaches the target at a known step, and names what it was sent to train."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pytest
 from launch import cli, one_line
+from study_fakes import RecordingTraining
 
-from batchscale.cli import train_config
 from batchscale.study import study as study_module
-
-
-def steps_to_target(batch: int, lr: float) -> int:
-    return round(20 * (1 + 64 / batch) * (1 + abs(math.log2(lr / 0.02))))
-
-
-class RecordingTraining:
-    """Stands in for `execute`: each pending run's summary.json (or, past its budget, a miss) with the config
-    `batchscale train` would have parsed from its command line, and the names it was asked to train."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def __call__(self, config, out, pending, progress, say) -> None:
-        for job in pending:
-            self.sent.append(job.name)
-            args = job.command[job.command.index("train") + 1:]
-            trained = train_config(args)
-            batch = trained.batch_size * trained.batches_per_allreduce
-            steps = steps_to_target(batch, trained.base_lr)
-            paper = trained.max_steps == 0
-            reached = not paper and steps <= trained.max_steps
-            job.run_dir.mkdir(parents=True, exist_ok=True)
-            trial = {"ended": "epochs" if paper else "target" if reached else "budget",
-                     "reached": {"step": steps, "previous_eval": steps - 1} if reached else None,
-                     "max_steps": trained.max_steps, "best_acc": 0.3, "evals": []}
-            (job.run_dir / "summary.json").write_text(json.dumps({
-                "config": trained.to_dict(), "trial": trial, "final_val_acc": 0.3, "global_batch": batch}))
-            (job.run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.3, "images": 1}) + "\n")
 
 
 @pytest.fixture

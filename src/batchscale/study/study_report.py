@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..atomic import write_json_atomic, write_text_atomic
@@ -195,6 +196,29 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         "unfinished": unfinished,
     })
     return out / "report.md"
+
+
+def answer(results: dict) -> str:
+    """The study's answer in one sentence, from what results.json records: B_crit and its interval, or why there
+    is none (and what would give one)."""
+    fit, interval = results.get("fit"), results.get("interval")
+    unfinished = len(results.get("unfinished") or [])
+    pending = f"; {unfinished} trial(s) have no result yet (rerun the same command)" if unfinished else ""
+    if fit is not None:
+        spread = (f", 90% interval {interval['low']:,.0f} to {interval['high']:,.0f}" if interval else
+                  ", no interval (too few batch sizes reached the target for the bootstrap)")
+        return f"B_crit = {fit['b_crit']:,.0f}{spread}{pending}"
+    best = results.get("best") or []
+    reached = [b["batch"] for b in best if b.get("steps") is not None]
+    missed = [b["batch"] for b in best if b.get("steps") is None]
+    why = (f"no LR reached the target within the budget at B = {', '.join(map(str, missed))}; a lower --target or a "
+           "larger budget gives a fit" if missed else "a fit needs 3 batch sizes: give more --batch-sizes")
+    return f"no B_crit: {len(reached)} of {len(best)} batch sizes reached the target (a fit needs 3); {why}{pending}"
+
+
+def closing_line(report: Path) -> str:
+    """What `batchscale study` ends with: its answer and where the report is, once."""
+    return f"{answer(json.loads(report.with_name('results.json').read_text()))}; the report: {report}"
 
 
 def comparison_lines(analysis: Analysis) -> list[str]:
