@@ -174,6 +174,7 @@ def paper_results(out: Path, plan: PaperPlan, centres: dict[int, float]) -> list
     for b in BATCHES:
         row: dict[str, Any] = {"per_worker_batch": b, "global_batch": b * WORKERS, "published": PUBLISHED[b]}
         if not plan.fits(b):
+            row["not_run"] = too_big(b, plan.train_images)
             rows.append(row)
             continue
         seeds = plan.seeds
@@ -190,6 +191,12 @@ def paper_results(out: Path, plan: PaperPlan, centres: dict[int, float]) -> list
                 row["control"] = control
         rows.append(row)
     return rows
+
+
+def too_big(per_worker: int, images: int) -> str:
+    """Why a cell of the grid never ran: one step would take more images than there are."""
+    return (f"never run: {WORKERS} workers x {per_worker} is more than the {images:,} training images (a smaller "
+            "--holdout or no --train-subset runs it)")
 
 
 def pct(value: float | None, sd: float | None = None) -> str:
@@ -232,6 +239,10 @@ def paper_section(rows: list[dict[str, Any]], plan: PaperPlan) -> list[str]:
     lines += [f"| per-worker batch | global | {published} | LR 0.1 x workers: final / mean | tuned LR | "
               "tuned: final / mean |", "|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
+        if row.get("not_run"):
+            lines.append(f"| {row['per_worker_batch']} | {row['global_batch']} | {row['published']} | "
+                         f"{row['not_run']} | - | - |")
+            continue
         tuned = row.get("tuned")
         lr = "-" if not tuned else f"{tuned['peak_lr']:.4g}" + (" (edge)" if tuned["at_edge"] else "") + (
             f" (the mean picks {tuned['by_mean']:.4g})" if not math.isclose(tuned["by_mean"], tuned["peak_lr"]) else "")
@@ -246,6 +257,8 @@ def drop_statement(rows: list[dict[str, Any]], comparable: bool = True) -> str:
     """How far the smallest and largest batch fall below the best one, at the paper's LR and at a tuned one;
     a batch with no figure (diverged at every seed, or not finished) is named, not skipped."""
     parts = []
+    never = [r for r in rows if r.get("not_run")]
+    rows = [r for r in rows if not r.get("not_run")]  # a batch that never ran is named apart, with its reason
     for kind, label in (("paper", "at the paper's LR"), ("tuned", "with a tuned LR")):
         cells = [row.get(kind) or {} for row in rows]
         values = [c.get("final_test_acc") for c in cells]
@@ -266,6 +279,10 @@ def drop_statement(rows: list[dict[str, Any]], comparable: bool = True) -> str:
     theirs = (f"the smallest batch {max(published) - published[0]:.1f} points and the largest "
               f"{max(published) - published[-1]:.1f} points below its best")
     ours = "; ".join(parts) + "." if parts else "the paper grid has not finished."
+    if never:
+        batches = ", ".join(str(r["per_worker_batch"]) for r in never)
+        ours += (f" Per-worker batch {batches} {never[0]['not_run']}" + (", so the largest batch here is per-worker "
+                 f"{rows[-1]['per_worker_batch']}" if rows and "per_worker_batch" in rows[-1] else "") + ".")
     if comparable:
         return f"In the paper {theirs}. Here, {ours}"
     return f"Here, {ours} (In the paper, at 90 epochs and width 64, {theirs}: another scale.)"
