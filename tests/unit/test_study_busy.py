@@ -67,3 +67,21 @@ def test_a_second_study_in_a_folder_a_study_holds_is_refused_in_one_line(tiny_ci
     # Once the first has ended, the folder is free: the study runs, and leaves no lock behind.
     assert cli(*small_study(out, tiny_cifar), capsys=capsys)[0] == 0 and training.sent
     assert not (out / ".batchscale.lock").exists()
+
+
+def test_a_gpu_preset_on_a_machine_without_one_says_so_before_it_trains(tiny_cifar, tmp_path, capsys, training,
+                                                                        monkeypatch):
+    monkeypatch.setattr(study_module, "estimate_device", lambda config: "cpu")  # as on a machine without a GPU
+    said: list[str] = []
+    real = study_module.execute
+
+    def first_training(*args, **kwargs):
+        said.append(capsys.readouterr().out)  # what was printed before anything trained
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "execute", first_training)
+    code, _ = cli("study", "--preset", "gpu", "--out", str(tmp_path / "st"), "--data", str(tiny_cifar),
+                  "--holdout", "32", "--batch-sizes", "64,128,256", "--slots", "1", capsys=capsys)
+    assert code == 0 and said
+    assert "--preset gpu is meant for a GPU, and this machine has none" in said[0] and "GPU-minutes" in said[0]
+    assert "--dry-run" in said[0]

@@ -174,7 +174,8 @@ def test_the_dry_run_lists_only_the_first_batchs_lrs_and_a_range_of_trials(confi
     lines: list[str] = []
     dry_run(config, lines.append)
     # 6 batch sizes x 2 seeds x (3 LRs, or 3 + 3 extensions)
-    assert lines[0].startswith("36 to 72 trials") and "neighbour's best" in lines[1]
+    assert lines[0].startswith("36 to 72 trials: 6 batch sizes x 3 LRs (up to 6 where the best is on the grid's "
+                               "edge) x 2 seeds") and "neighbour's best" in lines[1]
     listed = [line.split(":")[0].strip() for line in lines[2:] if "-lr" in line]
     assert len(listed) == 6 and all(name.startswith("curve/b32-") for name in listed)
     assert [line.split(":")[0].strip() for line in lines[2 + 6:]] == [f"curve/b{b}" for b in config.batch_sizes[1:]]

@@ -38,7 +38,7 @@ from .planned import Planned
 from .protocol import DIVERGED, MISSED, REACHED, Cells, Trial, analyze, cells_of, lr_grid, plan_curve
 from .reuse import check_runs, check_study
 from .runs import clear_record, damaged, finished, images_trained, read_json, trial_record
-from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, clock, execute, refuse_overrides
+from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, execute, refuse_overrides
 
 STUDY_PRESETS = ("smoke", "cpu", "gpu", "full")
 SCHEDULES = {"constant": "constant", "linear": "onecycle"}  # the trial's LR after warmup -> the trainer's schedule
@@ -402,11 +402,37 @@ def estimate_device(config: StudyConfig) -> str:
     return "cpu" if "--no-cuda" in config.train_args or not torch.cuda.is_available() else "cuda"
 
 
+def duration(seconds: float) -> str:
+    """A span of time in the unit a person reads it in: seconds, minutes, hours or days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:,.0f} days"
+
+
+def between(low: float, high: float) -> str:
+    """"about 3 to 4 days", "12.9 to 17.2 hours", or one figure where both read the same."""
+    a, b = duration(low), duration(high)
+    if a == b:
+        return a
+    (number, unit), (_, other) = a.rsplit(" ", 1), b.rsplit(" ", 1)
+    return f"{number} to {b}" if unit == other else f"{a} to {b}"
+
+
+def images(count: float) -> str:
+    return f"{count / 1e6:,.1f}M" if count >= 1e6 else f"{count:,.0f}"
+
+
 def expected_time(config: StudyConfig, images: tuple[float, float], device: str) -> str:
-    """The planned images at the committed rate for this device, width and micro-batch, or why there is none. On a
-    CPU the step is compute-bound, so a figure within a factor 2 of the micro-batch serves (named); on a GPU small
-    steps are launch-bound and images/s rises steeply with the micro-batch (gpu-h100-20261127/README.md), so only
-    the same micro-batch does."""
+    """An estimate, never a bound: the planned images at the committed rate for this device, width and
+    micro-batch, or why there is none. What the rate leaves out (a busier machine, evaluations and start-up where
+    it times training alone, another number of slots) can only make the study slower, so it says so. On a CPU the
+    step is compute-bound, so a figure within a factor 2 of the micro-batch serves (named); on a GPU small steps
+    are launch-bound and images/s rises steeply with the micro-batch (gpu-h100-20261127/README.md), so only the
+    same micro-batch does."""
     near = 2.0 if device == "cpu" else 1.0
     figures = {micro: figure for (d, width, micro), figure in THROUGHPUT.items()
                if d == device and width == config.width and max(micro / config.micro, config.micro / micro) <= near}
@@ -420,11 +446,47 @@ def expected_time(config: StudyConfig, images: tuple[float, float], device: str)
     cores = os.cpu_count() or 1
     where += f" (this machine has {cores})" if device == "cpu" and f"{cores} CPU cores" != where else ""
     measured = f"; measured at micro-batch {micro}, this study's is {config.micro}" if micro != config.micro else ""
+    whole = source in END_TO_END
     share, study = EARLY_STOP
-    return (f"expected at most {clock(images[0] / rate)} to {clock(images[1] / rate)} on {where} (every trial to its "
-            f"budget at {rate:,.0f} img/s, from {source}{measured}); about {clock(share * images[0] / rate)} to "
-            f"{clock(share * images[1] / rate)} if trials stop as early as in {study} ({100 * share:.0f}% of their "
-            "budgets' images)")
+    low, high = images
+    span, stopped = between(low / rate, high / rate), between(share * low / rate, share * high / rate)
+    return (f"estimated time on {where}, free of other work: about {span} if every trial trains its whole budget, "
+            f"about {stopped} if trials stop as early as in {study} ({100 * share:.0f}% of their budgets' images); "
+            f"at {rate:,.0f} img/s, from {source}{measured}"
+            + ("" if whole else ", training steps alone: evaluations and start-up come on top")
+            + "; an estimate, not a bound: a busier machine takes longer")
+
+
+# The throughput figures that time a whole study, evaluations and each trial's start-up included.
+END_TO_END = ("benchmarks/results/cpu-study/README.md",)
+
+
+def for_a_gpu(config: StudyConfig, most: float, device: str) -> str | None:
+    """Where a preset sized for a GPU would train on this machine's CPU: one line saying so, with the GPU-hours it
+    takes on the one GPU figure there is (the fast recipe's loop at micro-batch 512, faster per image than this
+    preset's micro-batch: a floor); None elsewhere."""
+    if config.preset not in ("gpu", "full") or device != "cpu":
+        return None
+    (_, width, micro), (rate, where, source) = next((k, v) for k, v in THROUGHPUT.items() if k[0] == "cuda")
+    gpu = f"{most / rate / 3600:,.1f} GPU-hours" if most / rate >= 3600 else f"{most / rate / 60:.0f} GPU-minutes"
+    return (f"--preset {config.preset} is meant for a GPU, and this machine has none: its trials would train on the "
+            f"CPU; on {where} about {gpu} if every trial trains its whole budget, at {rate:,.0f} img/s (width {width}, "
+            f"micro-batch {micro}, from {source}), and more at this preset's micro-batch {config.micro}, slower per "
+            "image. --preset cpu is sized for 2 CPU cores, --preset smoke for a first look in minutes")
+
+
+def plan_counts(config: StudyConfig) -> tuple[int, int, float, float, float]:
+    """(fewest trials, most trials, curve images without any extension, curve images at most, paper images)."""
+    batches, seeds = sorted(config.batch_sizes), len(config.seeds)
+    fewest, most = len(batches) * config.lr_points * seeds, len(batches) * (config.lr_points + config.extend_edges) * seeds
+    least = sum(config.lr_points * seeds * trial_steps(config, b) * b for b in batches)
+    budget = sum((config.lr_points + config.extend_edges) * seeds * trial_steps(config, b) * b for b in batches)
+    paper = paper_budget(paper_plan(config)) * config.paper_epochs * config.train_images if config.paper else 0
+    return fewest, most, least, budget, paper
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = None) -> None:
@@ -432,23 +494,26 @@ def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = 
     centred on its neighbour's best; the counts span no extension to every batch extended --extend-edges."""
     batches = sorted(config.batch_sizes)
     seeds = len(config.seeds)
-    fewest, most = len(batches) * config.lr_points * seeds, len(batches) * (config.lr_points + config.extend_edges) * seeds
-    least = sum(config.lr_points * seeds * trial_steps(config, b) * b for b in batches)
-    budget = sum((config.lr_points + config.extend_edges) * seeds * trial_steps(config, b) * b for b in batches)
-    paper = paper_budget(paper_plan(config)) * config.paper_epochs * config.train_images if config.paper else 0
-    time = expected_time(config, (least + paper, budget + paper), device or estimate_device(config))
-    say(f"{fewest} to {most} trials ({len(batches)} batch sizes x {config.lr_points} to "
-        f"{config.lr_points + config.extend_edges} LRs x {seeds} seeds), at most {budget / 1e6:.1f}M images "
-        f"({budget / config.train_images:.0f} epochs); paper grid: "
-        + (f"{paper_budget(paper_plan(config))} runs x {config.paper_epochs} epochs" if config.paper else "off")
-        + f"\n{time}")
+    fewest, most, least, budget, paper = plan_counts(config)
+    device = device or estimate_device(config)
+    time = expected_time(config, (least + paper, budget + paper), device)
+    trials = plural(fewest, "trial") if fewest == most else f"{fewest} to {most} trials"
+    lrs = plural(config.lr_points, "LR") + (f" (up to {config.lr_points + config.extend_edges} where the best is on "
+                                            "the grid's edge)" if config.extend_edges else "")
+    grid = (f"{paper_budget(paper_plan(config))} runs x {plural(config.paper_epochs, 'epoch')}, at most "
+            f"{images(paper)} images" if config.paper else "off")
+    say(f"{trials}: {plural(len(batches), 'batch size')} x {lrs} x {plural(seeds, 'seed')}, at most "
+        f"{images(budget)} training images ({budget / config.train_images:,.0f} epochs of {config.train_images:,}); "
+        f"paper grid: {grid}\n{time}")
+    gpu = for_a_gpu(config, budget + paper, device)
+    if gpu:
+        say(gpu)
     say(f"every batch's LR grid after B = {batches[0]} is centred on its neighbour's best LR x sqrt(batch ratio), "
-        f"so only B = {batches[0]}'s LRs are known now:")
+        f"so only B = {batches[0]}'s LRs are known now:" if len(batches) > 1 else f"B = {batches[0]}'s trials:")
     for p in batch_trials(config, batches[0], first_grid(config)):
         say(f"  {p.name}: at most {p.steps} steps")
     for b in batches[1:]:
-        say(f"  curve/b{b}: {config.lr_points} to {config.lr_points + config.extend_edges} LRs x {seeds} seeds, "
-            f"at most {trial_steps(config, b)} steps each")
+        say(f"  curve/b{b}: {lrs} x {plural(seeds, 'seed')}, at most {trial_steps(config, b)} steps each")
 
 
 def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
@@ -467,6 +532,9 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
         check_reuse(config)
         if config.preset == "smoke":
             say(SMOKE)
+        gpu = for_a_gpu(config, sum(plan_counts(config)[3:]), estimate_device(config))
+        if gpu:  # before hours of trainings start on a CPU, not after
+            say(f"{gpu}; the dry run (--dry-run) says how long here")
         write_json_atomic(out / "study.json", study_record(config))
         failed = curve_stage(config, say)
         if failed is None:  # --no-wait: submitted, and a rerun continues

@@ -204,6 +204,8 @@ def answer(results: dict) -> str:
     fit, interval = results.get("fit"), results.get("interval")
     unfinished = len(results.get("unfinished") or [])
     pending = f"; {unfinished} trial(s) have no result yet (rerun the same command)" if unfinished else ""
+    if (results.get("config") or {}).get("preset") == "smoke":
+        pending += " (a smoke study, not a measurement: --preset cpu tunes the LR and measures the seeds' scatter)"
     if fit is not None:
         spread = (f", 90% interval {interval['low']:,.0f} to {interval['high']:,.0f}" if interval else
                   ", no interval (too few batch sizes reached the target for the bootstrap)")
