@@ -62,6 +62,7 @@ class LocalPool:
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     fresh: bool = False
     keep: bool = False  # workers outlive `run` for the next one (a study's next stage); `close()` ends them
+    command: str = "sweep"  # whose trainings these are (sweep or study), named in what the pool says and logs
     workers: dict[int, Worker] = field(default_factory=dict, repr=False, compare=False)
 
     def env(self, slot: int, job: Job) -> dict[str, str]:
@@ -106,7 +107,7 @@ class LocalPool:
                 if not self.keep or stop.signal_name or sys.exc_info()[0] is not None:
                     self.close()
             if stop.signal_name:
-                raise Stopped(f"the sweep was stopped by {stop.signal_name}; its running trainings saved their "
+                raise Stopped(f"the {self.command} was stopped by {stop.signal_name}; its running trainings saved their "
                               "progress; rerun the same command to resume them")
 
     def close(self) -> None:
@@ -129,12 +130,13 @@ class LocalPool:
             worker.close()
             worker = None
         if worker is None:
-            worker = workers[slot] = Worker(env)
+            worker = workers[slot] = Worker(env, self.command)
+        worker.command = self.command
         try:
             worker.send(args, job.run_dir / "train.log")
         except BrokenPipeError:  # it died while idle: a new one
             worker.close()
-            worker = workers[slot] = Worker(env)
+            worker = workers[slot] = Worker(env, self.command)
             worker.send(args, job.run_dir / "train.log")
         return _Running(job, worker.process, worker=worker)
 
@@ -150,8 +152,9 @@ def in_process_args(command: list[str]) -> list[str] | None:
 class Worker:
     """A long-lived trial worker process (study/worker.py) and the pipes it is driven through."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], command: str = "sweep") -> None:
         self.env = env
+        self.command = command  # the batchscale command it trains for, named in the line it leaves in a log
         # Unbuffered binary pipes: a readable pipe then always means an unread result, or the worker's end.
         self.process = subprocess.Popen([sys.executable, "-m", "batchscale.study.worker"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, bufsize=0)
@@ -175,7 +178,7 @@ class Worker:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         if self.log is not None and code != REQUEUE:  # REQUEUE: stopped before it began, nothing to report
             with contextlib.suppress(OSError), open(self.log, "a") as log:  # a full disk: the exit code says it
-                log.write(f"batchscale sweep: error: the trial worker running this training (pid "
+                log.write(f"batchscale {self.command}: error: the trial worker running this training (pid "
                           f"{self.process.pid}) ended with {how}; rerun the same command to resume it "
                           "(the next trainings run in a new worker)\n")
         return code

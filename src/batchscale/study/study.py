@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import data
 from ..config import Config
@@ -48,6 +48,8 @@ PROTOCOL, PAPER = "the critical-batch protocol", "the paper's grid"
 @dataclass
 class StudyConfig(Execution):
     """A study; each field is a `batchscale study` flag. A preset fills the fields the command line left out."""
+
+    COMMAND: ClassVar[str] = "study"
 
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
