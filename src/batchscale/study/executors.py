@@ -80,7 +80,7 @@ class LocalPool:
         requeue code (it was sent a signal and saved) goes back in the queue and resumes."""
         queue = list(jobs)
         running: dict[int, _Running] = {}
-        with forwarding_signals(lambda: [r.process for r in running.values()]) as stop:
+        with forwarding_signals(lambda: [r.process for r in running.values()], tell(self.command)) as stop:
             try:
                 while running or (queue and not stop.signal_name):  # once stopped, queued jobs wait for a rerun
                     for slot in range(self.slots):
@@ -106,6 +106,10 @@ class LocalPool:
                     run.process.send_signal(signal.SIGTERM)
                 if not self.keep or stop.signal_name or sys.exc_info()[0] is not None:
                     self.close()
+            if stop.signal_name and stop.forced:
+                raise Stopped(f"the {self.command} was stopped by {stop.signal_name}, and its running trainings ended "
+                              "at once by a second signal; rerun the same command to resume them from their last "
+                              "checkpoints")
             if stop.signal_name:
                 raise Stopped(f"the {self.command} was stopped by {stop.signal_name}; its running trainings saved their "
                               "progress; rerun the same command to resume them")
@@ -240,20 +244,38 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 @dataclass
 class _Stop:
     signal_name: str | None = None
+    forced: bool = False  # a second signal ended the trainings at once
 
 
 @contextmanager
-def forwarding_signals(children: Callable[[], list[subprocess.Popen]]) -> Iterator[_Stop]:
+def forwarding_signals(children: Callable[[], list[subprocess.Popen]],
+                       say: Callable[[str], None] | None = None) -> Iterator[_Stop]:
     """While trainings run, SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 to the sweep go on to each as SIGTERM (its
     graceful stop), so they save and end with the sweep instead of living on as orphans. (A sweep killed outright
-    is seen by its trainings, which stop themselves: stopping.py.)"""
+    is seen by its trainings, which stop themselves: stopping.py.) A training saves at the end of its step, which on
+    a CPU may be minutes away (a large batch, an evaluation): `say` tells the user at once what happens, and a
+    second signal ends the trainings there and then (each resumes from its last checkpoint)."""
     stop = _Stop()
 
     def forward(signum: int, frame: Any) -> None:
-        stop.signal_name = stop.signal_name or signal.Signals(signum).name
-        for process in children():
+        name = signal.Signals(signum).name
+        running = children()
+        if stop.signal_name is not None:
+            if running and not stop.forced:
+                stop.forced = True
+                for process in running:
+                    process.kill()
+                if say is not None:
+                    say(f"{name} again: ended the {len(running)} running training(s) at once; a rerun resumes each "
+                        "from its last checkpoint")
+            return
+        stop.signal_name = name
+        for process in running:
             process.send_signal(signal.SIGTERM)
             process.send_signal(signal.SIGCONT)  # a stopped child must run to act on it
+        if running and say is not None:
+            say(f"{name}: asked the {len(running)} running training(s) to save at the end of their step and stop "
+                "(a step may take a while on this machine); a second signal ends them at once")
 
     if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
         yield stop
@@ -264,6 +286,11 @@ def forwarding_signals(children: Callable[[], list[subprocess.Popen]]) -> Iterat
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def tell(command: str) -> Callable[[str], None]:
+    """One line on stderr from `batchscale COMMAND`, as its errors are."""
+    return lambda line: print(f"batchscale {command}: {line}", file=sys.stderr, flush=True)
 
 
 # -- on a SLURM cluster --------------------------------------------------------------------------------------
