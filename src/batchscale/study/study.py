@@ -33,7 +33,7 @@ from ..flags import flag, same_as
 from ..atomic import write_json_atomic
 from ..rundir import LOCK_NAME, RunLock, check_writable
 from .executors import Job
-from .paper import PaperPlan, paper_stage, budget as paper_budget
+from .paper import PaperPlan, paper_stage, budget as paper_budget, runs as paper_runs
 from .planned import Planned
 from .protocol import DIVERGED, MISSED, REACHED, Cells, Trial, analyze, cells_of, lr_grid, plan_curve
 from .reuse import check_runs, check_study
@@ -572,7 +572,8 @@ def study_record(config: StudyConfig) -> dict[str, Any]:
 def check_reuse(config: StudyConfig) -> None:
     """Before anything runs (a dry run too): the study flags that define a trial's result must be those the folder's
     trials ran with (study.json), and every finished curve trial must be the trial this command would plan at its
-    batch, LR and seed (its recorded config). Else one line naming the flag; nothing is relabelled."""
+    batch, LR and seed (its recorded config), and every finished paper run the run planned in its folder. Else one
+    line naming the flag; nothing is relabelled."""
     out = Path(config.out)
     check_study(out, study_record(config))
     planned = []
@@ -581,6 +582,9 @@ def check_reuse(config: StudyConfig) -> None:
         if trial is not None:
             p = curve_trial(config, trial.batch, trial.lr, trial.seed)
             planned += [p] if p.name == f"curve/{run_dir.name}" else []
+    if config.paper and (out / "paper").is_dir():  # the paper runs planned from the curve as it stands
+        centres = tuned_lrs(read_trials(out, strict=False))
+        planned += [p for p in paper_runs(paper_plan(config), centres) if finished(out / p.name)]
     check_runs(out, planned)
 
 
