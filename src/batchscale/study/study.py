@@ -534,7 +534,8 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
         check_reuse(config)
         if config.preset == "smoke":
             say(SMOKE)
-        gpu = for_a_gpu(config, sum(plan_counts(config)[3:]), estimate_device(config))
+        gpu = for_a_gpu(config, sum(plan_counts(config)[3:]), estimate_device(config)) if config.preset in (
+            "gpu", "full") else None
         if gpu:  # before hours of trainings start on a CPU, not after
             say(f"{gpu}; the dry run (--dry-run) says how long here")
         write_json_atomic(out / "study.json", study_record(config))
