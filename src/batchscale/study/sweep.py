@@ -351,7 +351,7 @@ def wait_for_slurm(config: Execution, jobs: dict[str, str], progress: Progress) 
             if all(state in ("done", "failed") for state in progress.states.values()):
                 return
             time.sleep(POLL_SECONDS)  # a cluster has no event to wait on; squeue is cheap at this rate
-    again = (f"batchscale sweep --status --out {getattr(config, 'out', '')}" if config.COMMAND == "sweep" else
+    again = (f"batchscale sweep --status --out {config.out}" if config.COMMAND == "sweep" else
              "rerun the same command to look again and wait")
     raise Stopped(f"stopped waiting ({stop.signal_name}); the jobs keep running: {again}")
 
