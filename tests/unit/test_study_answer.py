@@ -47,3 +47,17 @@ def test_a_study_with_no_fit_says_why_and_what_would_give_one(tiny_cifar, tmp_pa
     last = printed.strip().splitlines()[-1]
     assert code == 0 and last.startswith("no B_crit: 2 of 4 batch sizes reached the target")
     assert "B = 16, 32" in last and "--target" in last and str(tmp_path / "st" / "report.md") in last
+
+
+def test_an_interval_the_batch_sizes_do_not_bound_is_said_so():
+    from batchscale.study.study_report import answer
+
+    # As a one-seed smoke study on real data gave: steps that barely fall with B leave the knee anywhere, and the
+    # bootstrap's replicates run to the fit's search bounds (B / 1000 and B x 1000).
+    results = {"fit": {"b_crit": 90.3}, "interval": {"low": 0.064, "high": 128_000.0},
+               "best": [{"batch": b, "steps": 10.0} for b in (32, 64, 128, 256)], "unfinished": []}
+    said = answer(results)
+    assert said.startswith("B_crit = 90, 90% interval 0.064 to 128,000") and "do not bound" in said
+    results["interval"] = {"low": 441.0, "high": 2288.0}  # beyond the largest batch, but bounded by the points
+    assert answer({**results, "best": [{"batch": b, "steps": 1.0} for b in (32, 1024)]}) == \
+        "B_crit = 90, 90% interval 441 to 2,288"

@@ -206,16 +206,26 @@ def answer(results: dict) -> str:
     pending = f"; {unfinished} trial(s) have no result yet (rerun the same command)" if unfinished else ""
     if (results.get("config") or {}).get("preset") == "smoke":
         pending += " (a smoke study, not a measurement: --preset cpu tunes the LR and measures the seeds' scatter)"
-    if fit is not None:
-        spread = (f", 90% interval {interval['low']:,.0f} to {interval['high']:,.0f}" if interval else
-                  ", no interval (too few batch sizes reached the target for the bootstrap)")
-        return f"B_crit = {fit['b_crit']:,.0f}{spread}{pending}"
     best = results.get("best") or []
+    if fit is not None:
+        spread = (f", 90% interval {size(interval['low'])} to {size(interval['high'])}" if interval else
+                  ", no interval (too few batch sizes reached the target for the bootstrap)")
+        batches = [b["batch"] for b in best] or [fit["b_crit"]]
+        if interval and (interval["low"] < min(batches) / 100 or interval["high"] > 100 * max(batches)):
+            # Replicates at the fit's search bounds: steps to target that do not fall with B, or barely, leave the
+            # knee anywhere; said, not shown as if it were a measurement.
+            spread += f", which the batch sizes measured ({min(batches)} to {max(batches)}) do not bound"
+        return f"B_crit = {size(fit['b_crit'])}{spread}{pending}"
     reached = [b["batch"] for b in best if b.get("steps") is not None]
     missed = [b["batch"] for b in best if b.get("steps") is None]
     why = (f"no LR reached the target within the budget at B = {', '.join(map(str, missed))}; a lower --target or a "
            "larger budget gives a fit" if missed else "a fit needs 3 batch sizes: give more --batch-sizes")
     return f"no B_crit: {len(reached)} of {len(best)} batch sizes reached the target (a fit needs 3); {why}{pending}"
+
+
+def size(value: float) -> str:
+    """A batch size as fitted: whole above 10, two significant digits below (an interval's end near 0 is not 0)."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def closing_line(report: Path) -> str:
