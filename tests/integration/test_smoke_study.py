@@ -10,12 +10,15 @@ import re
 import subprocess
 import sys
 
+import pytest
 from cifar_fixture import make_cifar
 from launch import env_with
 
 from batchscale.study.study_report import size
 
 
+# About 90 CPU-seconds of one thread: 10 minutes wall on 2 cores under a load of 15; bounded far above that.
+@pytest.mark.timeout(3600)
 def test_the_smoke_study_ends_with_a_fitted_b_crit_and_its_interval(tmp_path, cifar_cache):
     make_cifar(tmp_path / "data", cifar_cache, per_train_batch=900, test_images=500)
     result = subprocess.run([sys.executable, "-m", "batchscale.cli", "study", "--preset", "smoke", "--out",
