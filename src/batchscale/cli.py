@@ -123,7 +123,7 @@ def run_sweep(argv: Sequence[str]) -> int:
 def run_study(argv: Sequence[str]) -> int:
     from .study.study import StudyConfig, study, study_preset
     from .study.runs import pyplot
-    from .study.study_report import write_report
+    from .study.study_report import closing_line, write_report
 
     argv, train_args = split_train_args(argv)
     p = _Parser(prog="batchscale study", description="Measure the critical batch size (an LR grid per batch, trials "
@@ -151,7 +151,7 @@ def run_study(argv: Sequence[str]) -> int:
         if failed:
             raise BatchscaleError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see each folder's train.log, "
                                   f"fix, and rerun the same command (finished trials are kept). The report so far: {report}")
-        return f"wrote {report}"
+        return closing_line(report)
 
     return guarded("batchscale study", work)
 

@@ -217,9 +217,9 @@ def test_every_reported_drop_has_its_uncertainty():
 def test_a_batch_never_run_says_why_in_the_report_and_results(tmp_path):
     plan = paper.PaperPlan(1, (1, 2), 3, 600, 8, 600, ())  # 600 training images: 256 x 4 do not fit
     rows = paper.paper_results(tmp_path, plan, {})
-    assert rows[-1]["not_run"] == "not run: 256 x 4 workers is more than the 600 training images"
+    assert rows[-1]["not_run"].startswith("never run: 4 workers x 256 is more than the 600 training images")
     text = paper.drop_statement(rows)
-    assert "256 (not run: 256 x 4 workers is more than the 600 training images)" in text
+    assert "Per-worker batch 256 never run: 4 workers x 256 is more than the 600 training images" in text
     assert "8 (not finished)" in text and "diverged at every seed, or not finished" not in text
 
 
@@ -278,7 +278,8 @@ def test_the_dry_run_lists_only_the_first_batchs_lrs_and_a_range_of_trials(confi
     lines: list[str] = []
     dry_run(config, lines.append)
     # 6 batch sizes x 2 seeds x (3 LRs, or 3 + 3 extensions)
-    assert lines[0].startswith("36 to 72 trials") and "neighbour's best" in lines[1]
+    assert lines[0].startswith("36 to 72 trials: 6 batch sizes x 3 LRs (up to 6 where the best is on the grid's "
+                               "edge) x 2 seeds") and "neighbour's best" in lines[1]
     listed = [line.split(":")[0].strip() for line in lines[2:] if "-lr" in line]
     assert len(listed) == 6 and all(name.startswith("curve/b32-") for name in listed)
     assert [line.split(":")[0].strip() for line in lines[2 + 6:-1]] == [f"curve/b{b}" for b in config.batch_sizes[1:]]

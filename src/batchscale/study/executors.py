@@ -62,6 +62,7 @@ class LocalPool:
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     fresh: bool = False
     keep: bool = False  # workers outlive `run` for the next one (a study's next stage); `close()` ends them
+    command: str = "sweep"  # whose trainings these are (sweep or study), named in what the pool says and logs
     workers: dict[int, Worker] = field(default_factory=dict, repr=False, compare=False)
 
     def env(self, slot: int, job: Job) -> dict[str, str]:
@@ -79,7 +80,7 @@ class LocalPool:
         requeue code (it was sent a signal and saved) goes back in the queue and resumes."""
         queue = list(jobs)
         running: dict[int, _Running] = {}
-        with forwarding_signals(lambda: [r.process for r in running.values()]) as stop:
+        with forwarding_signals(lambda: [r.process for r in running.values()], tell(self.command)) as stop:
             try:
                 while running or (queue and not stop.signal_name):  # once stopped, queued jobs wait for a rerun
                     for slot in range(self.slots):
@@ -105,8 +106,12 @@ class LocalPool:
                     run.process.send_signal(signal.SIGTERM)
                 if not self.keep or stop.signal_name or sys.exc_info()[0] is not None:
                     self.close()
+            if stop.signal_name and stop.forced:
+                raise Stopped(f"the {self.command} was stopped by {stop.signal_name}, and its running trainings ended "
+                              "at once by a second signal; rerun the same command to resume them from their last "
+                              "checkpoints")
             if stop.signal_name:
-                raise Stopped(f"the sweep was stopped by {stop.signal_name}; its running trainings saved their "
+                raise Stopped(f"the {self.command} was stopped by {stop.signal_name}; its running trainings saved their "
                               "progress; rerun the same command to resume them")
 
     def close(self) -> None:
@@ -129,12 +134,13 @@ class LocalPool:
             worker.close()
             worker = None
         if worker is None:
-            worker = workers[slot] = Worker(env)
+            worker = workers[slot] = Worker(env, self.command)
+        worker.command = self.command
         try:
             worker.send(args, job.run_dir / "train.log")
         except BrokenPipeError:  # it died while idle: a new one
             worker.close()
-            worker = workers[slot] = Worker(env)
+            worker = workers[slot] = Worker(env, self.command)
             worker.send(args, job.run_dir / "train.log")
         return _Running(job, worker.process, worker=worker)
 
@@ -150,8 +156,9 @@ def in_process_args(command: list[str]) -> list[str] | None:
 class Worker:
     """A long-lived trial worker process (study/worker.py) and the pipes it is driven through."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], command: str = "sweep") -> None:
         self.env = env
+        self.command = command  # the batchscale command it trains for, named in the line it leaves in a log
         # Unbuffered binary pipes: a readable pipe then always means an unread result, or the worker's end.
         self.process = subprocess.Popen([sys.executable, "-m", "batchscale.study.worker"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, bufsize=0)
@@ -175,7 +182,7 @@ class Worker:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         if self.log is not None and code != REQUEUE:  # REQUEUE: stopped before it began, nothing to report
             with contextlib.suppress(OSError), open(self.log, "a") as log:  # a full disk: the exit code says it
-                log.write(f"batchscale sweep: error: the trial worker running this training (pid "
+                log.write(f"batchscale {self.command}: error: the trial worker running this training (pid "
                           f"{self.process.pid}) ended with {how}; rerun the same command to resume it "
                           "(the next trainings run in a new worker)\n")
         return code
@@ -237,20 +244,38 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 @dataclass
 class _Stop:
     signal_name: str | None = None
+    forced: bool = False  # a second signal ended the trainings at once
 
 
 @contextmanager
-def forwarding_signals(children: Callable[[], list[subprocess.Popen]]) -> Iterator[_Stop]:
+def forwarding_signals(children: Callable[[], list[subprocess.Popen]],
+                       say: Callable[[str], None] | None = None) -> Iterator[_Stop]:
     """While trainings run, SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 to the sweep go on to each as SIGTERM (its
     graceful stop), so they save and end with the sweep instead of living on as orphans. (A sweep killed outright
-    is seen by its trainings, which stop themselves: stopping.py.)"""
+    is seen by its trainings, which stop themselves: stopping.py.) A training saves at the end of its step, which on
+    a CPU may be minutes away (a large batch, an evaluation): `say` tells the user at once what happens, and a
+    second signal ends the trainings there and then (each resumes from its last checkpoint)."""
     stop = _Stop()
 
     def forward(signum: int, frame: Any) -> None:
-        stop.signal_name = stop.signal_name or signal.Signals(signum).name
-        for process in children():
+        name = signal.Signals(signum).name
+        running = children()
+        if stop.signal_name is not None:
+            if running and not stop.forced:
+                stop.forced = True
+                for process in running:
+                    process.kill()
+                if say is not None:
+                    say(f"{name} again: ended the {len(running)} running training(s) at once; a rerun resumes each "
+                        "from its last checkpoint")
+            return
+        stop.signal_name = name
+        for process in running:
             process.send_signal(signal.SIGTERM)
             process.send_signal(signal.SIGCONT)  # a stopped child must run to act on it
+        if running and say is not None:
+            say(f"{name}: asked the {len(running)} running training(s) to save at the end of their step and stop "
+                "(a step may take a while on this machine); a second signal ends them at once")
 
     if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
         yield stop
@@ -261,6 +286,11 @@ def forwarding_signals(children: Callable[[], list[subprocess.Popen]]) -> Iterat
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def tell(command: str) -> Callable[[str], None]:
+    """One line on stderr from `batchscale COMMAND`, as its errors are."""
+    return lambda line: print(f"batchscale {command}: {line}", file=sys.stderr, flush=True)
 
 
 # -- on a SLURM cluster --------------------------------------------------------------------------------------

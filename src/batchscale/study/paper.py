@@ -251,8 +251,7 @@ def paper_results(out: Path, plan: PaperPlan, centres: dict[int, float]) -> list
     for b in BATCHES:
         row: dict[str, Any] = {"per_worker_batch": b, "global_batch": b * WORKERS, "published": PUBLISHED[b]}
         if not plan.fits(b):
-            row["not_run"] = (f"not run: {b} x {WORKERS} workers is more than the {plan.train_images:,} training "
-                              "images")
+            row["not_run"] = too_big(b, plan.train_images)
             rows.append(row)
             continue
         seeds = plan.seeds
@@ -274,6 +273,12 @@ def paper_results(out: Path, plan: PaperPlan, centres: dict[int, float]) -> list
                 row["control"] = control
         rows.append(row)
     return rows
+
+
+def too_big(per_worker: int, images: int) -> str:
+    """Why a cell of the grid never ran: one step would take more images than there are."""
+    return (f"never run: {WORKERS} workers x {per_worker} is more than the {images:,} training images (a smaller "
+            "--holdout or no --train-subset runs it)")
 
 
 def pct(value: float | None, sd: float | None = None) -> str:
@@ -354,6 +359,8 @@ def drop_statement(rows: list[dict[str, Any]], comparable: bool = True) -> str:
     """How far the smallest and largest batch fall below the best one, at the paper's LR and at a tuned one, each
     a paired difference with its 95% t interval; a batch with no figure is named, with why, not skipped."""
     parts = []
+    never = [r for r in rows if r.get("not_run")]
+    rows = [r for r in rows if not r.get("not_run")]  # a batch that never ran is named apart, with its reason
     for kind, label in (("paper", "at the paper's LR"), ("tuned", "with a tuned LR")):
         cells = [row.get(kind) or {} for row in rows]
         values = [c.get("final_test_acc") for c in cells]
@@ -383,6 +390,10 @@ def drop_statement(rows: list[dict[str, Any]], comparable: bool = True) -> str:
               f"{max(published) - published[-1]:.1f} points below its best")
     ours = "; ".join(parts) + "." if parts else "the paper grid has not finished."
     uncertainty = " (± a 95% t interval of the seeds' paired differences)" if any("±" in p for p in parts) else ""
+    if never:
+        batches = ", ".join(str(r["per_worker_batch"]) for r in never)
+        ours += (f" Per-worker batch {batches} {never[0]['not_run']}" + (", so the largest batch here is per-worker "
+                 f"{rows[-1]['per_worker_batch']}" if rows and "per_worker_batch" in rows[-1] else "") + ".")
     if comparable:
         return f"In the paper {theirs}. Here{uncertainty}, {ours}"
     return f"Here{uncertainty}, {ours} (In the paper, at {EPOCHS} epochs and width {WIDTH}, {theirs}: another scale.)"

@@ -50,6 +50,7 @@ class Settings:
     smallest: int = 1  # batch sizes a round may add: multiples of `multiple` in [smallest, largest]
     largest: int = 2**30
     multiple: int = 1
+    warmup_images: int = 0  # a batch size a round adds must ramp over exactly these images too (whole steps)
     budget_steps: int = 40_000  # a trial's step budget is capped by these two
     budget_epoch_images: float = math.inf  # --budget-epochs x the training images
     margin: float = 3.0  # a new trial's step budget: this many times its predicted steps
@@ -188,7 +189,8 @@ def budget_for(steps: float, batch: int, settings: Settings) -> int:
 
 
 def allowed(batch: int, settings: Settings) -> bool:
-    return settings.smallest <= batch <= settings.largest and batch % settings.multiple == 0
+    return (settings.smallest <= batch <= settings.largest and batch % settings.multiple == 0
+            and settings.warmup_images % batch == 0)
 
 
 def new_batch(bests: list[Best], fit: Fit | None, batch: int, reason: str, settings: Settings) -> list[Addition]:

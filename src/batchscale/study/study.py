@@ -17,30 +17,32 @@ rerun skips finished trials and resumes interrupted ones, so the study resumes a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import data
 from ..config import Config
 from ..errors import ConfigError
 from ..flags import flag, same_as
 from ..atomic import write_json_atomic, write_text_atomic
-from ..rundir import check_writable
+from ..rundir import LOCK_NAME, RunLock, check_writable
 from .executors import Job
-from .paper import PaperPlan, paper_stage, budget as paper_budget
+from .paper import PaperPlan, paper_stage, budget as paper_budget, runs as paper_runs
 from .planned import Planned
 from .protocol import DIVERGED, MISSED, REACHED, Cells, Trial, analyze, cells_of, lr_grid, plan_curve
+from .reuse import check_runs, check_study
 from .sequential import Plan, Settings, plan_round
 from .runs import clear_record, damaged, finished, images_trained, read_json, trial_record
 from .sweep import EXECUTION, Execution, Progress, _ints, check_seeds, clock, execute, refuse_overrides
 
-STUDY_PRESETS = ("cpu", "gpu", "full")
+STUDY_PRESETS = ("smoke", "cpu", "gpu", "full")
 SCHEDULES = {"constant": "constant", "linear": "onecycle"}  # the trial's LR after warmup -> the trainer's schedule
 PROTOCOL, PAPER = "the critical-batch protocol", "the paper's grid"
 
@@ -49,10 +51,14 @@ PROTOCOL, PAPER = "the critical-batch protocol", "the paper's grid"
 class StudyConfig(Execution):
     """A study; each field is a `batchscale study` flag. A preset fills the fields the command line left out."""
 
+    COMMAND: ClassVar[str] = "study"
+
     out: str = flag("study", "study folder (one subfolder per trial)", group=PROTOCOL)
     data: str = flag("./data", "folder holding cifar-10-batches-py/ (every trial's --train-dir and --val-dir)",
                      group=PROTOCOL, name="--train-dir", aliases=("--data",), metavar="DIR")
-    preset: str | None = flag(None, "cpu: a small model and a low target, 2 seeds, about an hour on 2 CPU cores (see "
+    preset: str | None = flag(None, "smoke: a first look, not a measurement: width 8 to 25% on 2,000 images, B "
+                              "32-256 at one untuned LR and one seed, a rough B_crit and its interval in a few minutes "
+                              "on 2 CPU cores; cpu: a small model and a low target, 2 seeds, about an hour on 2 CPU cores (see "
                               "the README); gpu: width 64, 80%, B 64-4096, 2 seeds, no paper grid, about 10 minutes "
                               "on one H100/H200; full: width 64, 94%, B 32-8192 (see "
                               "the README for its cost)", group=PROTOCOL,
@@ -235,10 +241,24 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
     # trial. No warmup: at a constant LR the grid finds LRs that train from the first step (a diverged trial is
     # a result, and the grid extends below it), and any warmup adds a 1/B term to S(B), the shape being
     # measured. No paper grid: one epoch at width 8 tests nothing the paper's 90 epochs at width 64 claim.
+    # A first look, in a few minutes on 2 CPU cores, that ends with a fitted B_crit and its interval: 4 batch
+    # sizes (a fit needs 3) at one LR each, scaled along B as the protocol centres its grids, one seed, to a target
+    # width 8 passes within about an epoch of 2,000 images (real CIFAR-10: 62 steps at B = 32, 18 at 256); a budget
+    # of 8 epochs leaves room. Evaluations 25% apart: the steps are rough anyway. Not a measurement: no LR is tuned
+    # and no seed scatter measured (SMOKE says so at the start). One slot: the batch sizes run one after another.
+    "smoke": {"width": 8, "target": 0.25, "batch_sizes": (32, 64, 128, 256), "holdout": 500, "train_subset": 2000,
+              "budget_epochs": 8.0, "budget_steps": 2000, "schedule": "constant", "warmup_images": 0,
+              "lr_points": 1, "extend_edges": 0, "seeds": (1,), "paper": False, "eval_growth": 1.25, "slots": 1},
     "cpu": {"width": 8, "target": 0.45, "batch_sizes": (32, 64, 128, 256, 512, 1024), "holdout": 2000,
             "budget_epochs": 4.0, "budget_steps": 6000, "schedule": "constant", "warmup_images": 0, "lr_points": 3,
             "extend_edges": 3, "seeds": (1, 2), "paper": False, "paper_epochs": 1, "slots": 2},
 }
+
+
+SMOKE = ("a smoke study: one untuned LR per batch size, one seed, 25% held-out accuracy on 2,000 training images; "
+         "its B_crit shows the study working, not the critical batch. --preset cpu tunes 3 to 6 LRs per batch with 2 "
+         "seeds to 45% on 48,000 images (about an hour on 2 CPU cores); --preset full 5 to 7 LRs, 3 seeds, 94% on "
+         "45,000 (a GPU's work)")
 
 
 def study_preset(name: str, config: StudyConfig, given: set[str] = frozenset()) -> StudyConfig:  # type: ignore[assignment]
@@ -452,7 +472,7 @@ def sequential_settings(config: StudyConfig, trials: list[Trial]) -> Settings:
                     budget_images=budget[1] if budget and budget[0] == "images" else None,
                     budget_seconds=budget[1] if budget and budget[0] == "seconds" else None,
                     seconds_per_image=per_image, smallest=config.micro, largest=config.train_images,
-                    multiple=config.micro, budget_steps=config.budget_steps,
+                    multiple=config.micro, warmup_images=config.warmup_images, budget_steps=config.budget_steps,
                     budget_epoch_images=config.budget_epochs * config.train_images)
 
 
@@ -509,6 +529,7 @@ def run_stage(config: StudyConfig, planned: list[Planned], label: str, say: Call
     """Runs what is not finished; returns the failed runs' names (a diverged trial is a result, not a failure).
     A run whose record is damaged is named and run again (it resumes from its last checkpoint)."""
     out = Path(config.out)
+    check_runs(out, [p for p in planned if finished(out / p.name)])  # reused only where it is the run planned
     pending = [Job(p.name, train_command(p.args, out / p.name), out / p.name) for p in planned
                if not finished(out / p.name)]
     for job in pending:
@@ -604,11 +625,37 @@ def estimate_device(config: StudyConfig) -> str:
     return "cpu" if "--no-cuda" in config.train_args or not torch.cuda.is_available() else "cuda"
 
 
+def duration(seconds: float) -> str:
+    """A span of time in the unit a person reads it in: seconds, minutes, hours or days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:,.0f} days"
+
+
+def between(low: float, high: float) -> str:
+    """"about 3 to 4 days", "12.9 to 17.2 hours", or one figure where both read the same."""
+    a, b = duration(low), duration(high)
+    if a == b:
+        return a
+    (number, unit), (_, other) = a.rsplit(" ", 1), b.rsplit(" ", 1)
+    return f"{number} to {b}" if unit == other else f"{a} to {b}"
+
+
+def images(count: float) -> str:
+    return f"{count / 1e6:,.1f}M" if count >= 1e6 else f"{count:,.0f}"
+
+
 def expected_time(config: StudyConfig, images: tuple[float, float], device: str) -> str:
-    """The planned images at the committed rate for this device, width and micro-batch, or why there is none. On a
-    CPU the step is compute-bound, so a figure within a factor 2 of the micro-batch serves (named); on a GPU small
-    steps are launch-bound and images/s rises steeply with the micro-batch (gpu-h100-20261127/README.md), so only
-    the same micro-batch does."""
+    """An estimate, never a bound: the planned images at the committed rate for this device, width and
+    micro-batch, or why there is none. What the rate leaves out (a busier machine, evaluations and start-up where
+    it times training alone, another number of slots) can only make the study slower, so it says so. On a CPU the
+    step is compute-bound, so a figure within a factor 2 of the micro-batch serves (named); on a GPU small steps
+    are launch-bound and images/s rises steeply with the micro-batch (gpu-h100-20261127/README.md), so only the
+    same micro-batch does."""
     near = 2.0 if device == "cpu" else 1.0
     figures = {micro: figure for (d, width, micro), figure in THROUGHPUT.items()
                if d == device and width == config.width and max(micro / config.micro, config.micro / micro) <= near}
@@ -622,11 +669,47 @@ def expected_time(config: StudyConfig, images: tuple[float, float], device: str)
     cores = os.cpu_count() or 1
     where += f" (this machine has {cores})" if device == "cpu" and f"{cores} CPU cores" != where else ""
     measured = f"; measured at micro-batch {micro}, this study's is {config.micro}" if micro != config.micro else ""
+    whole = source in END_TO_END
     share, study = EARLY_STOP
-    return (f"expected at most {clock(images[0] / rate)} to {clock(images[1] / rate)} on {where} (every trial to its "
-            f"budget at {rate:,.0f} img/s, from {source}{measured}); about {clock(share * images[0] / rate)} to "
-            f"{clock(share * images[1] / rate)} if trials stop as early as in {study} ({100 * share:.0f}% of their "
-            "budgets' images)")
+    low, high = images
+    span, stopped = between(low / rate, high / rate), between(share * low / rate, share * high / rate)
+    return (f"estimated time on {where}, free of other work: about {span} if every trial trains its whole budget, "
+            f"about {stopped} if trials stop as early as in {study} ({100 * share:.0f}% of their budgets' images); "
+            f"at {rate:,.0f} img/s, from {source}{measured}"
+            + ("" if whole else ", training steps alone: evaluations and start-up come on top")
+            + "; an estimate, not a bound: a busier machine takes longer")
+
+
+# The throughput figures that time a whole study, evaluations and each trial's start-up included.
+END_TO_END = ("benchmarks/results/cpu-study/README.md",)
+
+
+def for_a_gpu(config: StudyConfig, most: float, device: str) -> str | None:
+    """Where a preset sized for a GPU would train on this machine's CPU: one line saying so, with the GPU-hours it
+    takes on the one GPU figure there is (the fast recipe's loop at micro-batch 512, faster per image than this
+    preset's micro-batch: a floor); None elsewhere."""
+    if config.preset not in ("gpu", "full") or device != "cpu":
+        return None
+    (_, width, micro), (rate, where, source) = next((k, v) for k, v in THROUGHPUT.items() if k[0] == "cuda")
+    gpu = f"{most / rate / 3600:,.1f} GPU-hours" if most / rate >= 3600 else f"{most / rate / 60:.0f} GPU-minutes"
+    return (f"--preset {config.preset} is meant for a GPU, and this machine has none: its trials would train on the "
+            f"CPU; on {where} about {gpu} if every trial trains its whole budget, at {rate:,.0f} img/s (width {width}, "
+            f"micro-batch {micro}, from {source}), and more at this preset's micro-batch {config.micro}, slower per "
+            "image. --preset cpu is sized for 2 CPU cores, --preset smoke for a first look in minutes")
+
+
+def plan_counts(config: StudyConfig) -> tuple[int, int, float, float, float]:
+    """(fewest trials, most trials, curve images without any extension, curve images at most, paper images)."""
+    batches, seeds = sorted(config.batch_sizes), len(config.seeds)
+    fewest, most = len(batches) * config.lr_points * seeds, len(batches) * (config.lr_points + config.extend_edges) * seeds
+    least = sum(config.lr_points * seeds * trial_steps(config, b) * b for b in batches)
+    budget = sum((config.lr_points + config.extend_edges) * seeds * trial_steps(config, b) * b for b in batches)
+    paper = paper_budget(paper_plan(config)) * config.paper_epochs * config.train_images if config.paper else 0
+    return fewest, most, least, budget, paper
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = None) -> None:
@@ -634,30 +717,33 @@ def dry_run(config: StudyConfig, say: Callable[..., None], device: str | None = 
     centred on its neighbour's best; the counts span no extension to every batch extended --extend-edges."""
     batches = sorted(config.batch_sizes)
     seeds = len(config.seeds)
-    fewest, most = len(batches) * config.lr_points * seeds, len(batches) * (config.lr_points + config.extend_edges) * seeds
-    least = sum(config.lr_points * seeds * trial_steps(config, b) * b for b in batches)
-    budget = sum((config.lr_points + config.extend_edges) * seeds * trial_steps(config, b) * b for b in batches)
-    paper = paper_budget(paper_plan(config)) * config.paper_epochs * config.train_images if config.paper else 0
-    time = expected_time(config, (least + paper, budget + paper), device or estimate_device(config))
-    say(f"{fewest} to {most} trials ({len(batches)} batch sizes x {config.lr_points} to "
-        f"{config.lr_points + config.extend_edges} LRs x {seeds} seeds), at most {budget / 1e6:.1f}M images "
-        f"({budget / config.train_images:.0f} epochs); paper grid: "
-        + (f"{paper_budget(paper_plan(config))} runs x {config.paper_epochs} epochs" if config.paper else "off")
-        + f"\n{time}")
+    fewest, most, least, budget, paper = plan_counts(config)
+    device = device or estimate_device(config)
+    time = expected_time(config, (least + paper, budget + paper), device)
+    trials = plural(fewest, "trial") if fewest == most else f"{fewest} to {most} trials"
+    lrs = plural(config.lr_points, "LR") + (f" (up to {config.lr_points + config.extend_edges} where the best is on "
+                                            "the grid's edge)" if config.extend_edges else "")
+    grid = (f"{paper_budget(paper_plan(config))} runs x {plural(config.paper_epochs, 'epoch')}, at most "
+            f"{images(paper)} images" if config.paper else "off")
+    say(f"{trials}: {plural(len(batches), 'batch size')} x {lrs} x {plural(seeds, 'seed')}, at most "
+        f"{images(budget)} training images ({budget / config.train_images:,.0f} epochs of {config.train_images:,}); "
+        f"paper grid: {grid}\n{time}")
+    gpu = for_a_gpu(config, budget + paper, device)
+    if gpu:
+        say(gpu)
     say(f"every batch's LR grid after B = {batches[0]} is centred on its neighbour's best LR x sqrt(batch ratio), "
-        f"so only B = {batches[0]}'s LRs are known now:")
+        f"so only B = {batches[0]}'s LRs are known now:" if len(batches) > 1 else f"B = {batches[0]}'s trials:")
     for p in batch_trials(config, batches[0], first_grid(config)):
         say(f"  {p.name}: at most {p.steps} steps")
     for b in batches[1:]:
-        say(f"  curve/b{b}: {config.lr_points} to {config.lr_points + config.extend_edges} LRs x {seeds} seeds, "
-            f"at most {trial_steps(config, b)} steps each")
+        say(f"  curve/b{b}: {lrs} x {plural(seeds, 'seed')}, at most {trial_steps(config, b)} steps each")
     if config.rounds > 1:
         say(f"that is round 1 of at most {config.rounds}; each later one is planned from the trials before it "
             f"(rounds.jsonl), until B_crit's 90% interval is within x{config.precision:g}"
             + (f" or --budget {config.budget} is spent" if config.budget else ""))
     if config.momentum_check:
         say(f"then the momentum check: the two largest batch sizes that reach the target again at momentum "
-            f"{CHECK_MOMENTUM:g}, 3 LRs x {seeds} seeds ({6 * seeds} trials, not counted above)")
+            f"{CHECK_MOMENTUM:g}, 3 LRs x {plural(seeds, 'seed')} ({6 * seeds} trials, not counted above)")
 
 
 def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
@@ -667,20 +753,75 @@ def study(config: StudyConfig, say: Callable[..., None] = print) -> list[str]:
     check_writable(out, "--out")  # a file in the way, a path too long, a symlink to nothing, no write permission
     check_budget(config)
     if config.dry_run:
+        check_reuse(config)
+        if config.preset == "smoke":
+            say(SMOKE)
         dry_run(config, say)
         return []
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study.json", {k: v for k, v in asdict(config).items() if k != "_images"})
-    failed = curve_stage(config, say)
-    if failed is None:  # --no-wait: submitted, and a rerun continues
-        return []
-    if failed:
-        return failed
-    if config.momentum_check:
-        failed = momentum_stage(config, say)
+    with holding(out):
+        check_reuse(config)
+        if config.preset == "smoke":
+            say(SMOKE)
+        gpu = for_a_gpu(config, sum(plan_counts(config)[3:]), estimate_device(config)) if config.preset in (
+            "gpu", "full") else None
+        if gpu:  # before hours of trainings start on a CPU, not after
+            say(f"{gpu}; the dry run (--dry-run) says how long here")
+        write_json_atomic(out / "study.json", study_record(config))
+        failed = curve_stage(config, say)
+        if failed is None:  # --no-wait: submitted, and a rerun continues
+            return []
         if failed:
             return failed
-    return run_paper(config, say) if config.paper else []
+        if config.momentum_check:
+            failed = momentum_stage(config, say)
+            if failed:
+                return failed
+        return run_paper(config, say) if config.paper else []
+
+
+@contextlib.contextmanager
+def holding(out: Path) -> Iterator[None]:
+    """One study at a time in a folder, locked as a run folder is (flock: the kernel drops it however the study
+    ends): a second one would resume the first one's trials, and each would count the other's as failed."""
+    try:
+        lock = RunLock([out], "--out").acquire()
+    except ConfigError:
+        holder = "another process"
+        with contextlib.suppress(OSError):
+            holder = (out / LOCK_NAME).read_text().strip() or holder
+        raise ConfigError(f"another study ({holder}) is running in {out}; wait for it to end or stop it, or choose "
+                          "another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def study_record(config: StudyConfig) -> dict[str, Any]:
+    """study.json: the study's flags as given (what `read_study` reads back)."""
+    return {k: v for k, v in asdict(config).items() if k != "_images"}
+
+
+def check_reuse(config: StudyConfig) -> None:
+    """Before anything runs (a dry run too): the study flags that define a trial's result must be those the folder's
+    trials ran with (study.json), and every finished curve trial must be the trial this command would plan at its
+    batch, LR and seed (its recorded config), and every finished paper run the run planned in its folder. Else one
+    line naming the flag; nothing is relabelled."""
+    out = Path(config.out)
+    check_study(out, study_record(config))
+    planned = []
+    for run_dir in sorted((out / "curve").glob("b*-lr*-s*")):
+        trial = read_trial(run_dir) if finished(run_dir) else None
+        if trial is not None:
+            # A later round's trial ran to a step budget from the fit (rounds.jsonl): its own, which the study flags
+            # that set it (checked above) bound.
+            p = curve_trial(config, trial.batch, trial.lr, trial.seed, trial.budget)
+            planned += [p] if p.name == f"curve/{run_dir.name}" else []
+    if config.paper and (out / "paper").is_dir():  # the paper runs planned from the curve as it stands
+        centres = tuned_lrs(read_trials(out, strict=False))
+        planned += [p for p in paper_runs(paper_plan(config), centres) if finished(out / p.name)]
+    check_runs(out, planned)
 
 
 def paper_plan(config: StudyConfig) -> PaperPlan:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..atomic import write_json_atomic, write_text_atomic
@@ -339,6 +340,48 @@ def headline(plan: Plan, analysis: Analysis, config: StudyConfig, trials: list[T
     verdict = "they agree" if c.agrees else ("B_crit is larger" if c.ratio_low > 1 else "B_crit is smaller")
     high = "open" if c.ratio_high == float("inf") else f"{c.ratio_high:.2f}"
     return head + f"; B_crit / B_simple = {c.ratio:.2f} [{c.ratio_low:.2f}, {high}]: {verdict}.**"
+
+
+def answer(results: dict) -> str:
+    """The study's answer in one sentence, from what results.json records: B_crit and its interval, or why there
+    is none (and what would give one)."""
+    fit, interval = results.get("fit"), results.get("interval")
+    unfinished = len(results.get("unfinished") or [])
+    pending = f"; {unfinished} trial(s) have no result yet (rerun the same command)" if unfinished else ""
+    if (results.get("config") or {}).get("preset") == "smoke":
+        pending += " (a smoke study, not a measurement: --preset cpu tunes the LR and measures the seeds' scatter)"
+    best = results.get("best") or []
+    if fit is not None:
+        spread = (f", 90% interval {size(interval['low'])} to {size(interval['high'])}" if interval else
+                  ", no interval (too few batch sizes reached the target for the bootstrap)")
+        batches = [b["batch"] for b in best] or [fit["b_crit"]]
+        if interval and (interval["low"] < min(batches) / 100 or interval["high"] > 100 * max(batches)):
+            # Replicates at the fit's search bounds: steps to target that do not fall with B, or barely, leave the
+            # knee anywhere; said, not shown as if it were a measurement.
+            spread += f", which the batch sizes measured ({min(batches)} to {max(batches)}) do not bound"
+        return f"B_crit = {size(fit['b_crit'])}{spread}{pending}"
+    reached = [b["batch"] for b in best if b.get("steps") is not None]
+    missed = [b["batch"] for b in best if b.get("steps") is None]
+    why = (f"no LR reached the target within the budget at B = {', '.join(map(str, missed))}; a lower --target or a "
+           "larger budget gives a fit" if missed else "a fit needs 3 batch sizes: give more --batch-sizes")
+    return f"no B_crit: {len(reached)} of {len(best)} batch sizes reached the target (a fit needs 3); {why}{pending}"
+
+
+def size(value: float) -> str:
+    """A batch size as fitted: whole above 10, two significant digits below (an interval's end near 0 is not 0)."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def closing_line(report: Path) -> str:
+    """What `batchscale study` ends with: its answer and where the report is, once. The answer is the report's own
+    first sentence (`headline`) where it has one, so the two never say different things."""
+    results = json.loads(report.with_name("results.json").read_text())
+    said = next((line.strip("*") for line in report.read_text().splitlines() if line.startswith("**B_crit")), None)
+    if said is None or results.get("fit") is None:
+        return f"{answer(results)}; the report: {report}"
+    smoke = (" (a smoke study, not a measurement: --preset cpu tunes the LR and measures the seeds' scatter)"
+             if (results.get("config") or {}).get("preset") == "smoke" else "")
+    return f"{said.rstrip('.')}{smoke}; the report: {report}"
 
 
 def comparison_lines(analysis: Analysis) -> list[str]:

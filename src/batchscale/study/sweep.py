@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..config import Config, global_batch
 from ..errors import BatchscaleError, ConfigError, Diverged, Stopped
@@ -81,6 +81,8 @@ EXECUTORS = ("local", "slurm")
 @dataclass
 class Execution:
     """Where and how a command's trainings run: the flags a sweep and a study share, declared once."""
+
+    COMMAND: ClassVar[str] = "sweep"  # the batchscale command, named in what its trainings' pool says
 
     executor: str = flag("local", "local: on this machine, --slots at a time; slurm: a job array on a SLURM cluster",
                          group=EXECUTION, choices=EXECUTORS)
@@ -309,7 +311,9 @@ def run_pending(config: Execution, out: Path, pending: list[Job], progress: Prog
             progress.running = running
             progress.show()
 
-        local_pool(config).run(pending, progress.outcomes, tick)
+        pool = local_pool(config)
+        pool.command = config.COMMAND
+        pool.run(pending, progress.outcomes, tick)
 
 
 POOLS: dict[tuple[int, int, bool], LocalPool] = {}
@@ -369,7 +373,9 @@ def wait_for_slurm(config: Execution, jobs: dict[str, str], progress: Progress) 
             if all(state in ("done", "failed") for state in progress.states.values()):
                 return
             time.sleep(POLL_SECONDS)  # a cluster has no event to wait on; squeue is cheap at this rate
-    raise Stopped(f"stopped waiting ({stop.signal_name}); the jobs keep running: batchscale sweep --status --out {config.out}")
+    again = (f"batchscale sweep --status --out {config.out}" if config.COMMAND == "sweep" else
+             "rerun the same command to look again and wait")
+    raise Stopped(f"stopped waiting ({stop.signal_name}); the jobs keep running: {again}")
 
 
 POLL_SECONDS = 5.0
