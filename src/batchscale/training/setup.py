@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import data
+from .. import data, faults
 from ..config import Config
 from ..errors import ConfigError
 from ..models import check_fits
 from ..parallel import Backend, init_backend
-from ..parallel.launch import launcher_world_size
+from ..parallel.launch import launcher_rank, launcher_world_size
 from ..rundir import check_writable
 from ..state import TrainState
 from ..target import QUICK_PART, TargetWatch
@@ -24,6 +24,7 @@ from ..target import QUICK_PART, TargetWatch
 def start(config: Config) -> tuple[Config, Backend]:
     """The run's configuration as its launch completes it, checked, and its backend: whatever would fail later (an
     output folder that cannot be written, a model too large for the device) fails here, before any data is read."""
+    faults.point("setup", 0, launcher_rank())  # a rank held here (BATCHSCALE_FAULT=setup:0) is one a busy machine delays
     config = config.validate().for_run(launcher_world_size())
     check_writable(config.log_dir, "--log-dir")
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
