@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from launch import command, env_with, same_weights, state_of, train, train_args, weights
+from launch import HANG_S, command, env_with, same_weights, state_of, train, train_args, until, weights
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +122,7 @@ def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tiny_cifar, tmp_p
 def test_hung_rank_ends_the_torchrun_job_after_the_collective_timeout(tiny_cifar, tmp_path):
     # subprocess.run's timeout is the bound: a job that hung would raise TimeoutExpired and fail the test.
     result = train(tiny_cifar, tmp_path, "--collective-timeout", "5", ranks=2,
-                 env={"BATCHSCALE_FAULT": "step:3:1", "BATCHSCALE_FAULT_ACTION": "stop"}, timeout=150)
+                 env={"BATCHSCALE_FAULT": "step:3:1", "BATCHSCALE_FAULT_ACTION": "stop"}, timeout=HANG_S)
     assert result.returncode != 0
     assert not (tmp_path / "summary.json").exists()
     assert not (tmp_path / "checkpoint-1.pth.tar").exists()  # it ended inside epoch 1, not after it
@@ -158,19 +157,18 @@ def test_adasum_on_three_workers_is_refused_by_rank_0_even_when_the_other_ranks_
     job = subprocess.Popen(command(train_args(tiny_cifar, tmp_path, "--use-adasum", batch=10), ranks=3),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     ranks: dict[int, int] = {}
+
+    def refused_with_rank_0_held() -> bool:
+        ranks.update(ranks or launched_ranks(job, 3))
+        if not ranks:
+            return False
+        assert not {state_of(ranks[1]), state_of(ranks[2])} & {"gone", "Z"}, "a quiet rank ended before rank 0 spoke"
+        return state_of(ranks[0]) == "T" and waits_for_a_signal(ranks[1]) and waits_for_a_signal(ranks[2])
+
     try:
-        deadline = time.monotonic() + 600  # about 10 s on an idle machine: the bound of a hang, not a speed
-        while True:
-            assert job.poll() is None, job.communicate()[1][-3000:]
-            ranks = ranks or launched_ranks(job, 3)
-            if ranks:
-                assert not {state_of(ranks[1]), state_of(ranks[2])} & {"gone", "Z"}, "a quiet rank ended before rank 0 spoke"
-                if state_of(ranks[0]) == "T" and waits_for_a_signal(ranks[1]) and waits_for_a_signal(ranks[2]):
-                    break
-            assert time.monotonic() < deadline, f"ranks {ranks} never reached their refusal"
-            time.sleep(0.1)  # the ranks start and fail on their own: no event of theirs to wait on
+        until(refused_with_rank_0_held, job, "ranks 1 and 2 refusing while rank 0 is held")
         os.kill(ranks[0], signal.SIGCONT)
-        _, err = job.communicate(timeout=600)
+        _, err = job.communicate(timeout=HANG_S)
     finally:
         if job.poll() is None:  # the test failed: leave no rank behind, rank 0 least (it is stopped)
             for pid in ranks.values():
