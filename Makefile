@@ -56,9 +56,10 @@ train: setup data
 
 # The full gate (what CI runs): unit and integration tests, Horovod included. One pytest worker per core, each
 # test file on one worker (its module fixtures built once): the tests' trainings run one thread each
-# (OMP_NUM_THREADS=1), so a serial run leaves all but one core idle. The slowest tests are listed at the end.
+# (OMP_NUM_THREADS=1), so a serial run leaves all but one core idle. The longest files start first (their order is
+# in tests/conftest.py; xdist's own would start them last). The slowest tests are listed at the end.
 test: dev $(VENV)/.installed-horovod
-	$(PY) -m pytest -n auto --dist loadfile --durations 15 $(ARGS)
+	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations 15 $(ARGS)
 
 # The inner loop: unit tests only, no Horovod build, well under 2 minutes.
 test-fast: dev
