@@ -40,7 +40,7 @@ def guarded(prog: str, work: Callable[[], str | None]) -> int:
         if not err.quiet and (err.agreed or launcher_rank() == 0):
             kind = "" if isinstance(err, Stopped) else "error: "  # a stop asked for is not a failure
             print(f"{prog}: {kind}{err}", file=sys.stderr)
-        elif not isinstance(err, Stopped):  # a stop's signal reached every rank: its launcher is ending them already
+        elif not isinstance(err, Stopped):  # a stop: the launcher that passed its signal on waits, sending no other
             outlast_the_speaker()
         return err.exit_code
     except KeyboardInterrupt:
