@@ -6,12 +6,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
+# The bound of a hang, never a speed: at least ten times what the slowest wait takes on an idle machine.
+HANG_S = 900
 TESTS = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -46,7 +52,7 @@ def command(args: list[str], ranks: int = 1, launcher: str = "torchrun", torchru
 
 def train(data: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None, ranks: int = 1,
           epochs: int = 2, batch: int | None = None, launcher: str = "torchrun", torchrun_flags: tuple[str, ...] = (),
-          timeout: float = 400) -> subprocess.CompletedProcess:
+          timeout: float = HANG_S) -> subprocess.CompletedProcess:
     """A whole training as a user starts it; the global batch is 32 however many ranks share it."""
     args = train_args(data, log_dir, *extra, batch=batch or 32 // ranks, epochs=epochs)
     return subprocess.run(command(args, ranks, launcher, torchrun_flags), capture_output=True, text=True,
@@ -95,3 +101,18 @@ def pending(pid: int, sig: signal.Signals) -> bool:
     """Whether `sig` waits to be delivered to the (stopped) process `pid`."""
     status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
     return any(int(status[key], 16) >> (sig - 1) & 1 for key in ("SigPnd", "ShdPnd"))
+
+
+def until(ready: Callable[[], T], watched: subprocess.Popen, what: str, within: float = HANG_S) -> T:
+    """Polls `ready()` until it gives something true, and returns that: for a state another process reaches on its
+    own (a fault point's SIGSTOP, a lock, a pending signal) that sends no event. Fails at once if `watched` ends
+    first, and after `within` seconds. It looks 20 times a second: a spinning test would take a core from the very
+    processes it waits for."""
+    deadline = time.monotonic() + within
+    while not (value := ready()):
+        if watched.poll() is not None:
+            err = watched.communicate()[1] or ""
+            raise AssertionError(f"{what}: the process ended first (exit {watched.returncode})\n{err[-3000:]}")
+        assert time.monotonic() < deadline, f"{what}: not within {within:.0f} s"
+        time.sleep(0.05)
+    return value

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 from .config import Config
 from .errors import BatchscaleError, Stopped
 from .flags import add_flags, build
-from .parallel.launch import launcher_rank
+from .parallel.launch import launcher_rank, outlast_the_speaker
 
 if TYPE_CHECKING:  # the loop imports torch: commands that do not train start without it
     from .training.loop import Hook
@@ -40,6 +40,8 @@ def guarded(prog: str, work: Callable[[], str | None]) -> int:
         if not err.quiet and (err.agreed or launcher_rank() == 0):
             kind = "" if isinstance(err, Stopped) else "error: "  # a stop asked for is not a failure
             print(f"{prog}: {kind}{err}", file=sys.stderr)
+        elif not isinstance(err, Stopped):  # a stop: the launcher that passed its signal on waits, sending no other
+            outlast_the_speaker()
         return err.exit_code
     except KeyboardInterrupt:
         if launcher_rank() == 0:

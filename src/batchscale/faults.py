@@ -5,7 +5,7 @@ A production hook, inert by default: `point()` returns at once unless BATCHSCALE
 imports nothing of batchscale, so any module may call it (it sits at the bottom of the import graph).
 
 BATCHSCALE_FAULT=POINT:VALUE[:RANK] acts when rank RANK (default 0) reaches that point, e.g.
-`after-checkpoint:1`, `step:5:1`, `during-save:2`. BATCHSCALE_FAULT_ACTION says how:
+`after-checkpoint:1`, `step:5:1`, `during-save:2`, `setup:0` (a training's start, before any check). BATCHSCALE_FAULT_ACTION says how:
 `kill` (SIGKILL, the default), `stop` (SIGSTOP: a hung rank), `term` (SIGTERM, as a scheduler sends
 before a kill), `hup` (SIGHUP, a closed terminal), `int` (SIGINT, a Ctrl-C), `nan` (the weights become NaN),
 `fill` (fills the disk holding the folder BATCHSCALE_FAULT_FILL with one file, as another program might) or

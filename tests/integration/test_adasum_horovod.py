@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import HOROVODRUN, TESTS, needs_horovod
+from launch import HANG_S, HOROVODRUN, TESTS, needs_horovod
 from workers import free_port
 
 
@@ -30,6 +30,6 @@ def launched(launcher: str, world: int, out: Path) -> dict:
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
                "--master-port", str(free_port()), script, "adasum", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return torch.load(out, weights_only=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import HOROVODRUN, ROOT, needs_horovod
+from launch import HANG_S, HOROVODRUN, ROOT, needs_horovod
 from launch import TESTS as HERE
 from workers import free_port
 
@@ -22,7 +22,7 @@ def launch(launcher: str, args: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def trajectory(launcher: str, flags: dict, out: Path) -> dict:
-    result = launch(launcher, [str(HERE / "launched_worker.py"), "parity", str(out), json.dumps(flags)], timeout=240)
+    result = launch(launcher, [str(HERE / "launched_worker.py"), "parity", str(out), json.dumps(flags)], timeout=HANG_S)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return torch.load(out, weights_only=True)
 
@@ -57,6 +57,6 @@ def test_a_dead_rank_ends_the_job_in_bounded_time(launcher, tiny_cifar, tmp_path
     args = [str(ROOT / "train.py"), "--train-dir", str(tiny_cifar), "--val-dir", str(tiny_cifar), "--log-dir",
             str(tmp_path), "--epochs", "2", "--batch-size", "16", "--width", "4", "--no-download", "--no-progress"]
     # launch()'s timeout is the bound: a job that hung would raise TimeoutExpired and fail the test.
-    result = launch(launcher, args, env=env, timeout=120)
+    result = launch(launcher, args, env=env, timeout=HANG_S)
     assert result.returncode != 0
     assert not (tmp_path / "summary.json").exists()

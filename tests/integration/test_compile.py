@@ -65,6 +65,9 @@ def test_compiled_step_computes_what_the_eager_step_computes(compiled_pair):
 
 
 def test_warm_up_compiles_every_evaluation_shape_so_evaluation_compiles_nothing():
+    """Which graphs exist, and when a new shape makes another, is decided by dynamo (its guards and its choice of
+    dynamic shapes), whatever backend turns them into code: the eager backend counts the same graphs as inductor,
+    without inductor's C++ compile of each (minutes on a busy CPU)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -72,7 +75,7 @@ def test_warm_up_compiles_every_evaluation_shape_so_evaluation_compiles_nothing(
     images = torch.randint(0, 256, (70, 3, 32, 32), generator=gen, dtype=torch.uint8)
     evals = data.EvalBatches(images, torch.zeros(70, dtype=torch.long), 32, data.Shard(0, 1), torch.device("cpu"))
     assert [x.shape[0] for x in evals.shapes()] == [32, 6]  # full batches, then the last, smaller one
-    model = torch.compile(CifarResNet18(width=2))
+    model = torch.compile(CifarResNet18(width=2), backend="eager")
     warm_up(model, (torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)), evals.shapes(), FP32)
     compiled = counters["stats"]["unique_graphs"]
     model.eval()

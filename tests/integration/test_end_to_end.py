@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import ROOT, TORCHRUN, needs_horovod, train, weights
+from launch import HANG_S, ROOT, TORCHRUN, needs_horovod, train, weights
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from workers import free_port
 
@@ -86,7 +86,7 @@ def test_two_torchrun_launchers_train_together_as_two_nodes(tiny_cifar, tmp_path
         )
         for _ in range(2)
     ]
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    outputs = [node.communicate(timeout=HANG_S) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], [o[1][-2000:] for o in outputs]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["backend"] == "torch"

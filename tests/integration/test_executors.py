@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from launch import env_with, pending, same_weights, state_of
+from launch import HANG_S, env_with, pending, same_weights, state_of, until
 from slurm_cluster import cluster
 
 from batchscale.study.sweep import SweepConfig, sweep
@@ -75,15 +75,18 @@ def slurm(tmp_path_factory):
 
 
 def stopped_trainer(out: Path, sweep_process: subprocess.Popen) -> tuple[str, int]:
-    """The run whose training stopped itself at its fault point (state T), and that training's pid."""
-    while True:
-        assert sweep_process.poll() is None, sweep_process.communicate()[1][-3000:]
+    """The run whose training stopped itself at its fault point (state T), and that training's pid: the job is queued
+    and started by SLURM, no event of ours to wait on."""
+
+    def stopped() -> tuple[str, int] | None:
         for run in RUNS:
             lock = out / run / ".batchscale.lock"
             text = lock.read_text() if lock.is_file() else ""
             if text.startswith("pid ") and state_of(int(text.split()[1])) == "T":
                 return run, int(text.split()[1])
-        time.sleep(0.1)  # the job is queued and started by SLURM: no event of ours to wait on
+        return None
+
+    return until(stopped, sweep_process, "an array task's training stopping at step 3")
 
 
 def test_a_slurm_job_array_survives_preemption_and_ends_like_a_local_sweep(slurm, tiny_cifar, one_at_a_time, tmp_path):
@@ -93,18 +96,15 @@ def test_a_slurm_job_array_survives_preemption_and_ends_like_a_local_sweep(slurm
            "BATCHSCALE_FAULT_ONCE": str(once)}
     waiting = subprocess.Popen(sweep_command(out, tiny_cifar, "--executor", "slurm", "--cpus-per-run", "1"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    while not (once.exists() and (out / "jobs.json").is_file()):
-        assert waiting.poll() is None, waiting.communicate()[1][-3000:]
-        time.sleep(0.1)
+    until(lambda: once.exists() and (out / "jobs.json").is_file(), waiting, "the job array submitted and at step 3")
     jobs = json.loads((out / "jobs.json").read_text())
     stopped, pid = stopped_trainer(out, waiting)
     # What SLURM sends before a preemption or a time limit, to every process of the job.
     subprocess.run(["scancel", "--signal=USR1", jobs[stopped]], check=True, env=env_with(**slurm))
-    while not pending(pid, signal.SIGUSR1):  # slurmd delivers it a moment later; then let the training go on
-        assert waiting.poll() is None
-        time.sleep(0.05)
+    # slurmd delivers it a moment later; then let the training go on.
+    until(lambda: pending(pid, signal.SIGUSR1), waiting, "slurmd delivering SIGUSR1 to the training")
     os.kill(pid, signal.SIGCONT)
-    stdout, stderr = waiting.communicate(timeout=600)
+    stdout, stderr = waiting.communicate(timeout=HANG_S)
     assert waiting.returncode == 0, stderr[-3000:]
     assert "[sweep] 2 done, 0 running, 0 queued, 0 failed" in stdout
     log = (out / stopped / "train.log").read_text()
@@ -124,10 +124,10 @@ def test_a_slurm_job_array_survives_preemption_and_ends_like_a_local_sweep(slurm
 def test_no_wait_submits_and_status_follows_the_runs(slurm, tiny_cifar, tmp_path):
     out = tmp_path / "sweep"
     submitted = subprocess.run(sweep_command(out, tiny_cifar, "--executor", "slurm", "--no-wait", "--epochs", "1"),
-                               capture_output=True, text=True, env=env_with(**slurm), timeout=120)
+                               capture_output=True, text=True, env=env_with(**slurm), timeout=HANG_S)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     assert f"batchscale sweep --status --out {out}" in submitted.stdout
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + HANG_S
     while True:
         status = subprocess.run([sys.executable, "-m", "batchscale.cli", "sweep", "--status", "--out", str(out)],
                                 capture_output=True, text=True, env=env_with(**slurm))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import command, env_with, one_line, pending, same_weights, start, state_of, train, train_args
+from launch import HANG_S, command, env_with, one_line, pending, same_weights, start, state_of, train, train_args, until
 
 from batchscale import checkpoint
 from batchscale.config import Config
@@ -24,9 +24,7 @@ STOPPED, DIVERGED, NO_SPACE = 75, 3, 4
 
 def wait_until_stopped(pid: int, parent: subprocess.Popen) -> None:
     """Blocks until process `pid` is in state T (it SIGSTOPped itself at a fault point); fails if `parent` exits."""
-    while state_of(pid) != "T":
-        assert parent.poll() is None, parent.communicate()[1][-2000:]
-        os.sched_yield()
+    until(lambda: state_of(pid) == "T", parent, f"pid {pid} stopping at its fault point")
 
 
 # -- one run per folder ---------------------------------------------------------------------------------------
@@ -78,16 +76,12 @@ def test_sigterm_to_torchrun_saves_once_for_all_ranks_and_resumes(tiny_cifar, tm
     agent = subprocess.Popen(command(args, ranks=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env_with(BATCHSCALE_FAULT="step:3:0", BATCHSCALE_FAULT_ACTION="stop"))
     children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children")
-    rank0 = None
-    while rank0 is None:
-        assert agent.poll() is None, agent.communicate()[1][-2000:]
-        rank0 = next((pid for pid in map(int, children.read_text().split()) if state_of(pid) == "T"), None)
+    rank0 = until(lambda: next((pid for pid in map(int, children.read_text().split()) if state_of(pid) == "T"), None),
+                  agent, "rank 0 stopping at step 3")
     agent.send_signal(signal.SIGTERM)
-    while not pending(rank0, signal.SIGTERM):
-        assert agent.poll() is None
-        os.sched_yield()
+    until(lambda: pending(rank0, signal.SIGTERM), agent, "torchrun passing SIGTERM on to rank 0")
     os.kill(rank0, signal.SIGCONT)
-    out, err = agent.communicate(timeout=300)
+    out, err = agent.communicate(timeout=HANG_S)
     assert err.count("stopped by SIGTERM after step 4") == 1, err[-3000:]  # both ranks stopped at step 4; rank 0 says so
     assert "Rerun the same command" in err
     assert checkpoint.load(tmp_path / "checkpoint-1.pth.tar.partial")["step"] == 4
@@ -107,17 +101,16 @@ def test_an_interrupted_sweep_stops_its_training_and_leaves_no_orphan(tiny_cifar
            "BATCHSCALE_FAULT": "step:4", "BATCHSCALE_FAULT_ACTION": "stop", "BATCHSCALE_FAULT_ONCE": str(tmp_path / "once")}
     sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lock = out / "b32-w1-linear-lr0.1-s42" / ".batchscale.lock"
-    while not (lock.exists() and lock.read_text().startswith("pid ") and (tmp_path / "once").exists()):
-        assert sweep.poll() is None, sweep.communicate()[1][-2000:]
-        os.sched_yield()
+    until(lambda: lock.exists() and lock.read_text().startswith("pid ") and (tmp_path / "once").exists(), sweep,
+          "the sweep's training reaching its fault point")
     child = int(lock.read_text().split()[1])
     wait_until_stopped(child, sweep)
     sweep.send_signal(signal.SIGTERM)
-    _, err = sweep.communicate(timeout=300)
+    _, err = sweep.communicate(timeout=HANG_S)
     assert sweep.returncode == STOPPED, err[-3000:]
     assert "rerun" in err.splitlines()[-1]
     assert not Path(f"/proc/{child}").exists()  # the training ended with the sweep
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env={**env, "BATCHSCALE_FAULT": ""}, timeout=300)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env={**env, "BATCHSCALE_FAULT": ""}, timeout=HANG_S)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((out / "b32-w1-linear-lr0.1-s42" / "summary.json").read_text())
     assert summary["epochs_completed"] == 2

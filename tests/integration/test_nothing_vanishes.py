@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from launch import command, env_with, needs_horovod, one_line, state_of, train, train_args
+from launch import HANG_S, command, env_with, needs_horovod, one_line, state_of, train, train_args, until
 
 from batchscale import checkpoint
 
@@ -33,7 +33,7 @@ def test_a_diverged_run_is_a_result_in_the_sweep_its_exit_code_and_its_report(ti
     out = tmp_path / "sweep"
     cmd = [*SWEEP, "--out", str(out), "--batch-sizes", "32", "--base-lrs", "0.1,1e30", "--epochs", "1",
            *sweep_flags(tiny_cifar)]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env_with(), timeout=400)
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env_with(), timeout=HANG_S)
     diverged = "b32-w1-linear-lr1e+30-s42"
     assert first.returncode == DIVERGED, first.stderr[-3000:]
     line = one_line(first.stderr)
@@ -43,7 +43,7 @@ def test_a_diverged_run_is_a_result_in_the_sweep_its_exit_code_and_its_report(ti
     assert (out / diverged / "diverged.json").is_file() and not (out / diverged / "summary.json").exists()
 
     report = subprocess.run([sys.executable, "-m", "batchscale.cli", "report", str(out)], capture_output=True,
-                            text=True, env=env_with(), timeout=300)
+                            text=True, env=env_with(), timeout=HANG_S)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (out / "report.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith(f"| {diverged} "))
@@ -51,7 +51,7 @@ def test_a_diverged_run_is_a_result_in_the_sweep_its_exit_code_and_its_report(ti
     assert "b32-w1-linear-lr0.1-s42" in text
 
     stamp = (out / "b32-w1-linear-lr0.1-s42" / "summary.json").stat().st_mtime_ns
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env_with(), timeout=400)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env_with(), timeout=HANG_S)
     assert again.returncode == DIVERGED and "2 of 2 runs already done, skipped" in again.stdout
     assert (out / "b32-w1-linear-lr0.1-s42" / "summary.json").stat().st_mtime_ns == stamp
 
@@ -69,16 +69,14 @@ def test_a_torchrun_killed_by_a_signal_it_does_not_handle_leaves_no_orphan(tiny_
 
 def stop_the_launcher(agent: subprocess.Popen, sig: int, tmp_path: Path, name: str) -> None:
     """Rank 0 has stopped itself at step 3; `sig` ends the launcher; rank 0 then runs on."""
-    rank0 = None
-    while rank0 is None:
-        assert agent.poll() is None, agent.communicate()[1][-2000:]
-        rank0 = next((pid for pid in descendants(agent.pid) if state_of(pid) == "T"), None)
+    rank0 = until(lambda: next((pid for pid in descendants(agent.pid) if state_of(pid) == "T"), None), agent,
+                  "rank 0 stopping at step 3")
     below = descendants(agent.pid)
     agent.send_signal(sig)
-    assert agent.wait(timeout=60) == -sig
+    assert agent.wait(timeout=HANG_S) == -sig
     os.kill(rank0, signal.SIGCONT)
-    out, err = agent.communicate(timeout=300)  # the ranks hold the pipes: this returns once they let go
-    assert ended(below, within=120) == []
+    out, err = agent.communicate(timeout=HANG_S)  # the ranks hold the pipes: this returns once they let go
+    assert ended(below, within=HANG_S) == []
     said = (out + err).count(f"stopped by the end of its launcher ({name}")
     assert said == 1, (out + err)[-3000:]  # rank 0 alone says so
     # Rank 1 learnt of it while waiting for rank 0 in step 4: both stop at that step's check.
@@ -124,20 +122,17 @@ def start_sweep(out: Path, data: Path, flag: Path) -> tuple[subprocess.Popen, in
                              env=env_with(BATCHSCALE_FAULT="step:4", BATCHSCALE_FAULT_ACTION="stop",
                                           BATCHSCALE_FAULT_ONCE=str(flag)))
     lock = out / "b32-w1-linear-lr0.1-s42" / ".batchscale.lock"
-    while not (flag.exists() and lock.exists() and lock.read_text().startswith("pid ")):
-        assert sweep.poll() is None, sweep.communicate()[1][-2000:]
-        os.sched_yield()
+    until(lambda: flag.exists() and lock.exists() and lock.read_text().startswith("pid "), sweep,
+          "the sweep's training reaching its fault point")
     child = int(lock.read_text().split()[1])
-    while state_of(child) != "T":
-        assert sweep.poll() is None, sweep.communicate()[1][-2000:]
-        os.sched_yield()
+    until(lambda: state_of(child) == "T", sweep, "the sweep's training stopping at step 4")
     return sweep, child
 
 
 def test_sighup_to_a_sweep_stops_its_training_with_it(tiny_cifar, tmp_path):
     sweep, child = start_sweep(tmp_path / "sweep", tiny_cifar, tmp_path / "once")
     sweep.send_signal(signal.SIGHUP)  # the terminal closed
-    _, err = sweep.communicate(timeout=300)
+    _, err = sweep.communicate(timeout=HANG_S)
     assert sweep.returncode == STOPPED, err[-3000:]
     assert "SIGHUP" in err.splitlines()[-1] and state_of(child) in ("gone", "Z")
 
@@ -151,7 +146,7 @@ def test_a_sweep_killed_outright_leaves_its_training_to_stop_itself(tiny_cifar, 
     sweep.wait()
     os.kill(child, signal.SIGCONT)
     # Its exit, not its lock: the lock goes in teardown, before the stop line is written.
-    assert select.select([watched], [], [], 300)[0], "the training outlived its sweep by 5 minutes"
+    assert select.select([watched], [], [], HANG_S)[0], f"the training outlived its sweep by {HANG_S} s"
     os.close(watched)
     log = (run / "train.log").read_text()
     assert "stopped by the end of its launcher (the sweep" in log, log[-2000:]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from launch import same_weights, train, weights
+from launch import HANG_S, command, env_with, same_weights, state_of, train, train_args, until, weights
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +122,60 @@ def test_torchrun_restarts_a_killed_worker_from_the_checkpoint(tiny_cifar, tmp_p
 def test_hung_rank_ends_the_torchrun_job_after_the_collective_timeout(tiny_cifar, tmp_path):
     # subprocess.run's timeout is the bound: a job that hung would raise TimeoutExpired and fail the test.
     result = train(tiny_cifar, tmp_path, "--collective-timeout", "5", ranks=2,
-                 env={"BATCHSCALE_FAULT": "step:3:1", "BATCHSCALE_FAULT_ACTION": "stop"}, timeout=150)
+                 env={"BATCHSCALE_FAULT": "step:3:1", "BATCHSCALE_FAULT_ACTION": "stop"}, timeout=HANG_S)
     assert result.returncode != 0
     assert not (tmp_path / "summary.json").exists()
     assert not (tmp_path / "checkpoint-1.pth.tar").exists()  # it ended inside epoch 1, not after it
 
 
-def test_adasum_on_three_workers_is_refused_before_training(tiny_cifar, tmp_path):
-    result = train(tiny_cifar, tmp_path, "--use-adasum", ranks=3, torchrun_flags=())
-    assert result.returncode != 0
-    assert result.stderr.count("power-of-two") == 1  # said once, by rank 0, not by every rank
+def launched_ranks(launcher: subprocess.Popen, world: int) -> dict[int, int]:
+    """{rank: pid} of the workers torchrun started, read from their environment ({} until all have started)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        try:
+            env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+        except OSError:  # ended between listing and reading
+            continue
+        if "RANK" in env:
+            ranks[int(env["RANK"])] = pid
+    return ranks if len(ranks) == world else {}
+
+
+def waits_for_a_signal(pid: int) -> bool:
+    """Whether the process sleeps in sigtimedwait (its kernel wait channel): a quiet rank waiting for its launcher."""
+    try:
+        return "sigtimedwait" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:  # ended: the caller sees it gone next time
+        return False
+
+
+def test_adasum_on_three_workers_is_refused_by_rank_0_even_when_the_other_ranks_get_there_first(tiny_cifar, tmp_path):
+    """Rank 0 is held at its start, as a busy machine may hold it, while ranks 1 and 2 find the same refusal. They say
+    nothing and must not end first: torchrun stops every rank once one has failed, and rank 0 would die unheard."""
+    env = env_with(BATCHSCALE_FAULT="setup:0", BATCHSCALE_FAULT_ACTION="stop")
+    job = subprocess.Popen(command(train_args(tiny_cifar, tmp_path, "--use-adasum", batch=10), ranks=3),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ranks: dict[int, int] = {}
+
+    def refused_with_rank_0_held() -> bool:
+        ranks.update(ranks or launched_ranks(job, 3))
+        if not ranks:
+            return False
+        assert not {state_of(ranks[1]), state_of(ranks[2])} & {"gone", "Z"}, "a quiet rank ended before rank 0 spoke"
+        return state_of(ranks[0]) == "T" and waits_for_a_signal(ranks[1]) and waits_for_a_signal(ranks[2])
+
+    try:
+        until(refused_with_rank_0_held, job, "ranks 1 and 2 refusing while rank 0 is held")
+        os.kill(ranks[0], signal.SIGCONT)
+        _, err = job.communicate(timeout=HANG_S)
+    finally:
+        if job.poll() is None:  # the test failed: leave no rank behind, rank 0 least (it is stopped)
+            for pid in ranks.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            job.kill()
+            job.wait()
+    assert job.returncode != 0
+    assert err.count("power-of-two") == 1, err[-3000:]  # said once, by rank 0, not by every rank
     assert not (tmp_path / "summary.json").exists()

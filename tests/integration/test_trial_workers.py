@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launch import state_of, train_args
+from launch import HANG_S, state_of, train_args
 
 from batchscale.study import executors
 from batchscale.study.executors import REQUEUE, Job, LocalPool, Outcome
@@ -78,7 +78,7 @@ def run_pool(jobs: list[Job], **pool: object) -> dict[str, Outcome]:
     return outcomes
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(HANG_S)
 def test_trials_run_one_after_another_in_one_worker_that_reads_the_data_once(tiny_cifar, spy, tmp_path):
     jobs = [job(tiny_cifar, tmp_path / f"t{i}", "--seed", str(i)) for i in range(3)]
     outcomes = run_pool(jobs)
@@ -104,7 +104,7 @@ def numbers(run_dir: Path) -> tuple[list[dict[str, object]], dict[str, object]]:
                      "evals": [{k: v for k, v in e.items() if k != "train_seconds"} for e in trial["evals"]]}
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(HANG_S)
 def test_a_trial_in_a_worker_learns_what_it_learns_in_a_fresh_process(tiny_cifar, spy, tmp_path):
     # The worker's second training, after another one (another seed, batch and settings), against a fresh process.
     trial = ("--seed", "7", "--holdout", "40", "--target-accuracy", "0.2", "--stop-at-target", "--max-steps", "8",
@@ -118,7 +118,7 @@ def test_a_trial_in_a_worker_learns_what_it_learns_in_a_fresh_process(tiny_cifar
     assert numbers(tmp_path / "worker" / "trial") == numbers(tmp_path / "fresh" / "trial")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(HANG_S)
 def test_a_training_that_raises_fails_with_its_traceback_and_the_worker_goes_on(tiny_cifar, spy, tmp_path):
     jobs = [job(tiny_cifar, tmp_path / "boom"), job(tiny_cifar, tmp_path / "next")]
     outcomes = run_pool(jobs)
@@ -129,7 +129,7 @@ def test_a_training_that_raises_fails_with_its_traceback_and_the_worker_goes_on(
     assert len({pid for pid, _ in events(spy, "train")}) == 1  # the same worker ran the next one
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(HANG_S)
 def test_a_worker_killed_mid_training_fails_that_training_only(tiny_cifar, spy, tmp_path, monkeypatch):
     monkeypatch.setenv("BATCHSCALE_FAULT", "step:2")  # SIGKILL at step 2, of the first training only
     monkeypatch.setenv("BATCHSCALE_FAULT_ONCE", str(tmp_path / "fired"))
@@ -141,7 +141,7 @@ def test_a_worker_killed_mid_training_fails_that_training_only(tiny_cifar, spy, 
     assert pids[0] != pids[1] == pids[2]  # a new worker for the rest
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(HANG_S)
 def test_ctrl_c_saves_the_running_training_and_leaves_no_process(tiny_cifar, spy, tmp_path, monkeypatch):
     monkeypatch.setenv("BATCHSCALE_FAULT", "step:2")  # the training holds still at step 2 (SIGSTOP) ...
     monkeypatch.setenv("BATCHSCALE_FAULT_ACTION", "stop")
@@ -171,7 +171,7 @@ def test_ctrl_c_saves_the_running_training_and_leaves_no_process(tiny_cifar, spy
             os.close(os.pidfd_open(process.pid))
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(HANG_S)
 def test_a_commands_runs_share_its_workers_until_it_ends(tiny_cifar, spy, tmp_path):
     # Two sweeps into one folder in one process, as a study's stages are: the second's training runs in the first's
     # worker. (Another folder is another compile cache in the environment, so another worker.)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from launch import HANG_S
 
 from batchscale.cli import main
 from batchscale.stopping import StopRequest
@@ -98,7 +99,7 @@ def test_other_ranks_and_a_schedulers_signal_add_no_line(loud, sig, capsys):
 def test_ctrl_c_closes_the_bar_and_is_worded_as_a_stop(tiny_cifar, tmp_path):
     args = [sys.executable, str(ROOT / "train.py"), *flags(tiny_cifar, tmp_path, "--epochs", "1", "--batch-size", "8")]
     args.remove("--no-progress")  # the bar is what the stop line must not be glued to
-    result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=300,
+    result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=HANG_S,
                             env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "BATCHSCALE_FAULT": "step:3",
                                  "BATCHSCALE_FAULT_ACTION": "int", "PYTHONPATH": ":".join(sys.path)})
     assert result.returncode == 75, result.stderr[-2000:]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from launch import HANG_S
 
 from batchscale.config import Config
 from batchscale.errors import ConfigError
@@ -25,7 +26,7 @@ def run(data: Path, log_dir: Path, tracker: str, env: dict[str, str], *extra: st
             "--no-progress", "--tracker", tracker, *extra]
     # No proxy, no key: were either library to reach for the network, it would fail here, not pass quietly.
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "BATCHSCALE_"))}
-    return subprocess.run(args, check=False, capture_output=True, text=True, timeout=300,
+    return subprocess.run(args, check=False, capture_output=True, text=True, timeout=HANG_S,
                           env={**clean, "OMP_NUM_THREADS": "1", "PYTHONPATH": ":".join(sys.path), **env})
 
 

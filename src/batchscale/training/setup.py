@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import data
+from .. import data, faults
 from ..config import Config
 from ..errors import ConfigError
 from ..models import check_fits
@@ -25,6 +25,7 @@ from ..trackers import check_reachable
 def start(config: Config) -> tuple[Config, Backend]:
     """The run's configuration as its launch completes it, checked, and its backend: whatever would fail later (an
     output folder that cannot be written, a model too large for the device) fails here, before any data is read."""
+    faults.point("setup", 0, launcher_rank())  # a rank held here (BATCHSCALE_FAULT=setup:0) is one a busy machine delays
     config = config.validate().for_run(launcher_world_size())
     check_writable(config.log_dir, "--log-dir")
     check_writable(Path(config.checkpoint_path(1)).parent, "--checkpoint-format")
