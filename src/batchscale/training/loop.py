@@ -118,7 +118,7 @@ class Trainer:
             raise
         if self.config.noise_probe:
             self.probe = probe_noise(self.model, self.batches, self.config.noise_probe, self.stepper.criterion,
-                                     self.backend, self.config.epochs + 1)
+                                     self.backend, self.config.seed)
         summary = report.summary(self)
         self.backend.agree(lambda: self.log.finish(summary))
         return summary

@@ -8,15 +8,18 @@ two give exactly the unbiased brute force (tr(Sigma) as the micro-batch size tim
 as their mean's squared norm less its own noise); the groups' scatter gives the interval, and their raw sums go
 to summary.json, so a study can pool them over seeds and batch sizes before dividing (noise.pool).
 
-Micro-batches are the run's own (its --batch-size, augmented as training draws them, from epochs after the
-run's last), in train mode: each has its own batch-norm statistics, as in the training step. The gradient is
-of the loss alone (weight decay, which adds no noise, is the optimizer's). Batch-norm running statistics are
-restored afterwards, and nothing goes through the backend's communication hooks: every worker probes its own
-shard and the sums are added up.
+Micro-batches are the run's own size (its --batch-size) and augmentation, drawn independently (images with
+replacement, from a generator of their own, the run's data order untouched), so the estimator is unbiased for
+a training set of any size; in train mode: each has its own batch-norm statistics, as in the training step.
+The gradient is of the loss alone (weight decay, which adds no noise, is the optimizer's). Many micro-batches'
+gradients come from one vectorized pass (torch.func.vmap over a copy of the model whose batch norm keeps no
+running statistics), so the model, its running statistics and the backend's communication hooks are never
+touched: every worker probes its own draws and the sums are added up.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
 from .. import data
 from ..noise import SUMS, NoiseScale, pool
@@ -33,45 +37,62 @@ GROUPS = 16  # pairs per probe: enough scatter for an interval (15 degrees of fr
 MIN_GRADIENTS = 2 * GROUPS  # a pair needs two micro-batches
 
 
-def micro_batches(batches: data.TrainBatches, first_epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-    epoch = first_epoch
+def micro_batches(batches: data.TrainBatches, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Independent micro-batches: images drawn with replacement, each augmented as training augments it."""
+    gen = torch.Generator().manual_seed(seed)
+    b, t, n = batches.batch_size, batches.translate, batches.n
     while True:
-        for step in batches.epoch(epoch):
-            yield from step
-        epoch += 1
+        idx = torch.randint(0, n, (b,), generator=gen)
+        if batches.augment:
+            dx, dy = (torch.randint(0, 2 * t + 1, (b,), generator=gen) for _ in range(2))
+            flip = torch.randint(0, 2, (b,), generator=gen, dtype=torch.bool)
+        else:
+            dx = dy = torch.full((b,), t)
+            flip = torch.zeros(b, dtype=torch.bool)
+        corners = [torch.randint(0, 32 - batches.cutout + 1, (b,), generator=gen) for _ in range(2)] \
+            if batches.augment and batches.cutout else []
+        device = batches.labels.device
+        yield batches.gather(*(v.to(device) for v in (idx, dx, dy, flip, *corners)))
+
+
+CHUNK = 32  # micro-batch gradients per vectorized pass: memory for CHUNK copies of the gradient
 
 
 def probe_noise(model: nn.Module, batches: data.TrainBatches, gradients: int, criterion: nn.Module,
-                backend: Backend, first_epoch: int) -> dict[str, Any]:
+                backend: Backend, seed: int) -> dict[str, Any]:
     """The probe's record for summary.json: B_simple and its 90% interval (high: null where unbounded), the
     raw sums (noise.SUMS), and what it took."""
     start = time.perf_counter()
-    raw = unwrap(model)
-    was_training = raw.training
-    buffers = {k: v.clone() for k, v in raw.named_buffers()}
-    params = [p for p in raw.parameters() if p.requires_grad]
+    net = copy.deepcopy(unwrap(model))
+    replace_all_batch_norm_modules_(net)  # batch statistics only, and nothing written back
+    net.train()
+    params = {k: v.detach() for k, v in net.named_parameters() if v.requires_grad}
+    fixed = dict(net.named_buffers())
+
+    def loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return criterion(functional_call(net, (p, fixed), (x,)), y)
+
+    per_micro = vmap(grad(loss), in_dims=(None, 0, 0))
     size = gradients // GROUPS
     world, rank = backend.world_size, backend.rank
     mine = GROUPS // world + (rank < GROUPS % world)  # this worker's share of the groups
     scale = NoiseScale(window=math.inf)
-    stream = micro_batches(batches, first_epoch)
-    raw.train()
+    stream = micro_batches(batches, seed * 1_000_003 + rank)  # every worker its own draws
     for _ in range(mine):
         total: Tensor | None = None
         small = torch.zeros((), dtype=torch.float64, device=backend.device)
-        for _ in range(size):
-            x, y = next(stream)
-            grads = torch.autograd.grad(criterion(raw(x), y), params)
-            flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
+        left = size
+        while left:
+            m = min(CHUNK, left)
+            xs, ys = zip(*(next(stream) for _ in range(m)))
+            grads = per_micro(params, torch.stack(xs), torch.stack(ys))
+            flat = torch.cat([g.detach().reshape(m, -1).float() for g in grads.values()], 1)
             small = small + flat.double().square().sum()
-            total = flat if total is None else total + flat
+            total = flat.sum(0) if total is None else total + flat.sum(0)
+            left -= m
         mean = total / size  # type: ignore[operator]
         scale.update(small / size, mean.double().square().sum(), batches.batch_size, size * batches.batch_size,
                      examples=0.0)
-    with torch.no_grad():
-        for k, v in raw.named_buffers():
-            v.copy_(buffers[k])
-    raw.train(was_training)
     local = scale.raw_sums() or [0.0] * len(SUMS)  # a worker with no group adds nothing
     sums = backend.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=backend.device)).tolist()
     pooled = pool([sums])
