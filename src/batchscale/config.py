@@ -154,9 +154,9 @@ class Config:
                         "images for every seed; the test set stays for final accuracy (default: 0, none)",
                         group=MEASURE, metavar="N")
     eval_growth: float = flag(0.0, "also evaluate the target split inside epochs, at steps growing by this factor "
-                              f"once within {100 * NEAR:g} points of the target (1.05: steps to target known within "
-                              f"5%), by {COARSE_GROWTH:g} on a quarter of it before (default: 0, at epoch ends only)",
-                              group=MEASURE, metavar="R")
+                              f"once within {100 * NEAR:g} points of the target (the crossing interpolated between "
+                              f"the last look below and the first at it), by {COARSE_GROWTH:g} on a quarter of it "
+                              "before (default: 0, at epoch ends only)", group=MEASURE, metavar="R")
     stop_at_target: bool = flag(False, "end the run at the first evaluation that reaches --target-accuracy",
                                 group=MEASURE)
     max_steps: int = flag(0, "end the run after K optimizer steps, even inside an epoch, as a trial's budget "

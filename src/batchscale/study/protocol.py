@@ -49,7 +49,7 @@ class Trial:
     lr: float
     seed: int
     status: str  # REACHED, MISSED (budget spent) or DIVERGED
-    steps: int | None  # the first evaluation at the target (the true step is in (previous_eval, steps])
+    steps: float | None  # the target's crossing, interpolated in (previous_eval, first evaluation at the target]
     previous_eval: int | None = None
     budget: int | None = None  # steps allowed
     best_acc: float | None = None

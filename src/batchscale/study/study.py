@@ -85,8 +85,8 @@ class StudyConfig(Execution):
     noise_probe: int = flag(64, "micro-batch gradients at each trial's end (its target, or budget) for B_simple, "
                             "no step between them; pooled over every batch size's best LR and seeds (0: none)",
                             group=PROTOCOL, metavar="N")
-    eval_growth: float = flag(1.05, "evaluations near the target grow by this factor: steps known within it",
-                              group=PROTOCOL)
+    eval_growth: float = flag(1.2, "evaluations near the target grow by this factor; the crossing is interpolated "
+                              "between the last below and the first at the target", group=PROTOCOL)
     paper: bool = flag(True, "the paper's grid, as it ran, at a tuned LR, and a batch-norm control, with every seed "
                        "(default: on)", group=PAPER,
                        toggle=True)
@@ -343,7 +343,8 @@ def read_trial(run_dir: Path) -> Trial | None:
     probe = saved.get("noise_probe") or {}  # the fixed-weights probe at the trial's end (--noise-probe)
     sums = tuple(float(x) for x in probe["sums"]) if probe.get("sums") else None
     return Trial(config["batch_size"] * config["batches_per_allreduce"], float(config["base_lr"]), config["seed"],
-                 status, hit.get("step") if hit else None, hit.get("previous_eval"), trial.get("max_steps"),
+                 status, (hit.get("crossing") or hit.get("step")) if hit else None, hit.get("previous_eval"),
+                 trial.get("max_steps"),
                  trial.get("best_acc"), probe.get("b_simple") if probe else at.get("b_simple"), curve,
                  None if probe else at.get("b_simple_se"),
                  {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name}, sums)
