@@ -120,8 +120,6 @@ def test_the_probes_b_simple_lands_within_ten_percent_of_the_truth_at_the_target
 
 def test_every_seed_of_the_best_lr_is_pooled_whatever_its_own_estimate():
     """A probe whose own |G|^2 came out negative counts as much as any; the LR that lost counts not at all."""
-    from batchscale.study.study_report import comparison_lines
-
     def sums(trace: float, grad_sq: float) -> tuple[float, ...]:  # 16 pairs alike (no scatter but one)
         return (16.0, 16.0, 16 * trace, 16 * grad_sq, 16 * trace**2 + 16, 16 * grad_sq**2 + 1, 16 * trace * grad_sq)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from batchscale.target import TargetWatch
 
 
@@ -62,11 +64,9 @@ def test_a_restored_watch_continues_the_same_schedule():
     assert resumed.evals == whole.evals and resumed.ended == whole.ended
 
 
-def nqm_losses(batch: int, lr: float, seed: int, steps: int) -> "np.ndarray":
+def nqm_losses(batch: int, lr: float, seed: int, steps: int) -> np.ndarray:
     """The loss after every step of one SGD run on the noisy quadratic (testing/nqm.py's problem and noise),
     recorded once, so that every evaluation schedule looks at the same run."""
-    import numpy as np
-
     from batchscale.testing.nqm import NoisyQuadratic
 
     p = NoisyQuadratic()
@@ -85,7 +85,6 @@ def test_the_interpolated_crossing_stays_within_2_percent_of_an_evaluation_after
     steps to target are on average within 2% of the first step an evaluation after every step sees at the target
     (the first evaluation at the target alone, 1.2x apart, runs about 12% late), from well under half the
     evaluations of 1.05x apart."""
-    import numpy as np
 
     start = 0.5 * float((1.0 / np.arange(1, 51)).sum())
     target = -0.01 * start  # scores are -loss: higher is better
