@@ -347,7 +347,8 @@ def read_trial(run_dir: Path) -> Trial | None:
                  trial.get("max_steps"),
                  trial.get("best_acc"), probe.get("b_simple") if probe else at.get("b_simple"), curve,
                  None if probe else at.get("b_simple_se"),
-                 {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name}, sums)
+                 {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name, "looked_at": hit.get("step")},
+                 sums)
 
 
 def read_trials(out: Path, strict: bool = True) -> list[Trial]:

@@ -162,12 +162,13 @@ def write_report(out: Path, config: StudyConfig) -> Path:
                            if s.batch == b.batch and s.lr == t.lr)
         lines.append(f"| {b.batch} | {t.lr:.4g}{edge} | {b.steps:,.0f}{'*' if b.fitted else ''} | "
                      f"{b.steps * b.batch:,.0f} | {seeds} | {tried} | {positive(analysis.b_simple.get(b.batch), 0)} |")
-    lines += ["", "## Every trial", "", "Steps are the first whole-split evaluation at or above the target; the true "
-              "step lies in (previous evaluation, step].", "",
+    lines += ["", "## Every trial", "", "Steps are where the held-out score crosses the target, interpolated (linear in "
+              "log step) between the last evaluation below it and the first at or above it; the true step lies in "
+              "(previous evaluation, first at the target].", "",
               "| B | LR | seed | outcome | steps | known within | budget | best held-out acc | train s |",
               "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for t in sorted(trials, key=lambda t: (t.batch, t.lr, t.seed)):
-        known = f"({t.previous_eval}, {t.steps}]" if t.steps else "-"
+        known = f"({t.previous_eval}, {t.extra.get('looked_at') or num(t.steps)}]" if t.steps else "-"
         lines.append(f"| {t.batch} | {t.lr:.4g} | {t.seed} | {t.status} | {num(t.steps)} | {known} | {num(t.budget)} | "
                      f"{pct(t.best_acc)} | {num(t.extra.get('train_seconds'))} |")
     subset = f", {config.train_subset} training images" if config.train_subset else ""
