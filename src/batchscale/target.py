@@ -1,8 +1,8 @@
 """When a run evaluates its target split, and when a trial is over: at its target, or at its step budget.
 
 Steps to target are what a batch-size study compares, so they must be known to a stated precision.
-Far from the target, quick evaluations on a quarter of the split come at steps growing by 1.25 (from a
-50th of the step budget, where there is one): they decide nothing but when to look closely (evaluating
+Far from the target, quick evaluations on a quarter of the split come at steps growing by 1.25: they
+decide nothing but when to look closely (evaluating
 the whole split that often would cost a small model's trial more than its training). From the first
 quick score within `near` of the target on, every evaluation is of the whole split, at steps growing by
 `growth`, and only those can say the target is reached. The crossing is then interpolated between the
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COARSE_GROWTH = 1.25
-FIRST_SHARE = 50  # the first look at a 50th of the step budget: a trial that gets there sooner had 50x too many
 NEAR = 0.08  # a quick score this close to the target (8 accuracy points, 4 standard errors on 500 images)
 QUICK_PART = 4  # quick evaluations see 1/4 of the split
 
@@ -35,10 +34,6 @@ class TargetWatch:
     next_eval: int = 1
     fine: bool = False  # once near the target, stays so: accuracy is noisy, and the band must not be jumped
     ended: str | None = None  # "target" or "budget"; None while running or when the epochs ran out
-
-    def __post_init__(self) -> None:
-        if self.max_steps and not self.evals and self.next_eval == 1:
-            self.next_eval = max(1, self.max_steps // FIRST_SHARE)
 
     def due(self, step: int) -> bool:
         """Whether to evaluate after optimizer step `step` (1-based); `fine` says on the whole split."""
