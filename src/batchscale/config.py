@@ -145,18 +145,22 @@ class Config:
                                  "pass (its own batch-norm statistics), gradients averaged, same data order and LR as "
                                  "N real workers (default: 1)", group=DISTRIBUTED, metavar="N")
     noise_every: int = flag(10, "estimate the gradient noise scale every N steps", group=MEASURE, metavar="N")
-    noise_window: float = flag(200_000.0, "the noise scale's average weighs every pair alike until this many "
-                               "training examples, then forgets the past by a factor e per as many", group=MEASURE,
-                               metavar="EXAMPLES")
+    noise_window: float = flag(0.0, "the noise scale's current value weighs every pair alike until this many "
+                               "training examples, then forgets the past by a factor e per as many (default: 0, a "
+                               "quarter of the run's planned images); the run's average is reported beside it",
+                               group=MEASURE, metavar="EXAMPLES")
+    noise_probe: int = flag(0, "at the run's end, B_simple from N micro-batch gradients at the final weights, no "
+                            "step between them, in 16 groups (summary.json's noise_probe, with the sums a study "
+                            "pools; default: 0, off)", group=MEASURE, metavar="N")
     target_accuracy: float = flag(0.94, "summary.json records the steps and time to reach this accuracy (on the "
                                   "--holdout split if there is one, else the test set)", group=MEASURE)
     holdout: int = flag(0, "hold out N training images, never trained on, for the --target-accuracy check; the same "
                         "images for every seed; the test set stays for final accuracy (default: 0, none)",
                         group=MEASURE, metavar="N")
     eval_growth: float = flag(0.0, "also evaluate the target split inside epochs, at steps growing by this factor "
-                              f"once within {100 * NEAR:g} points of the target (1.05: steps to target known within "
-                              f"5%), by {COARSE_GROWTH:g} on a quarter of it before (default: 0, at epoch ends only)",
-                              group=MEASURE, metavar="R")
+                              f"once within {100 * NEAR:g} points of the target (the crossing interpolated between "
+                              f"the last look below and the first at it), by {COARSE_GROWTH:g} on a quarter of it "
+                              "before (default: 0, at epoch ends only)", group=MEASURE, metavar="R")
     stop_at_target: bool = flag(False, "end the run at the first evaluation that reaches --target-accuracy",
                                 group=MEASURE)
     max_steps: int = flag(0, "end the run after K optimizer steps, even inside an epoch, as a trial's budget "
@@ -177,11 +181,18 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 1 (got {value!r})")
-        for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps", "train_subset"):
+        for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps", "train_subset",
+                     "noise_probe"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"--{_flag(name)} must be an integer >= 0, 0 meaning off (got {value!r})")
-        for name in ("base_lr", "lr_decay_factor", "gradient_predivide_factor", "collective_timeout", "noise_window"):
+        if 0 < self.noise_probe < 32:
+            raise ConfigError(f"--noise-probe {self.noise_probe} gives its 16 groups fewer than 2 gradients each; "
+                              "give 32 or more, or 0 for no probe")
+        if not math.isfinite(self.noise_window) or self.noise_window < 0:
+            raise ConfigError(f"--noise-window must be a positive number of examples, or 0 for a quarter of the run "
+                              f"(got {self.noise_window!r})")
+        for name in ("base_lr", "lr_decay_factor", "gradient_predivide_factor", "collective_timeout"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"--{_flag(name)} must be a positive number (got {value!r})")

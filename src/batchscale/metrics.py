@@ -357,5 +357,6 @@ def summarize(
         "target": reached.get(f"{config.target_accuracy:.2f}"),
         "noise_scale": history[-1].get("noise_scale") if history else None,
         "noise_scale_se": history[-1].get("noise_scale_se") if history else None,  # from the pairs' scatter
+        "noise_scale_run": history[-1].get("noise_scale_run") if history else None,  # the run's average
         "noise_pairs": history[-1].get("noise_pairs", 0) if history else 0,
     }

@@ -126,3 +126,61 @@ def test_the_small_batch_norm_is_the_mean_over_every_micro_batch():
     train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), micro, Backend(Config(no_cuda=True)),
                nn.CrossEntropyLoss(), FP32, norms)
     assert float(norms.small_sq) == pytest.approx(sum(own) / 4, rel=1e-5)
+
+
+def _probe_sums(rng: np.random.Generator, grad: np.ndarray, variances: np.ndarray, micro: int, groups: int,
+                size: int) -> list[float]:
+    """A fixed-weights probe drawn exactly: `groups` groups of `size` micro-batch gradients of `micro` examples,
+    each example's gradient the true one plus diagonal noise."""
+    scale = NoiseScale(window=math.inf)
+    for _ in range(groups):
+        parts = grad + rng.normal(size=(size, grad.size)) * np.sqrt(variances / micro)
+        mean = parts.mean(0)
+        scale.update(float((parts * parts).sum(1).mean()), float(mean @ mean), micro, size * micro, examples=0.0)
+    return scale.raw_sums()
+
+
+def test_pooled_sums_hold_measurements_whose_own_grad_sq_came_out_negative():
+    """Pooled before dividing, over 96 probes each too small to resolve |G|^2 alone (a sixth or more of their own
+    |G|^2 estimates negative): the truth, not the low draws a `|G|^2 > 0` gate would keep, nor the high ratios."""
+    from batchscale.noise import moments, pool
+
+    rng = np.random.default_rng(7)
+    dim = 300
+    grad = rng.normal(size=dim) * 0.02
+    variances = rng.uniform(0.5, 2.0, size=dim)
+    truth = variances.sum() / (grad @ grad)  # about 3,600: far above the micro-batch of 8
+    probes = [_probe_sums(rng, grad, variances, micro=8, groups=16, size=8) for _ in range(96)]
+    negative = sum(moments(s)["grad_sq"] <= 0 for s in probes)
+    assert negative >= 12  # the case the pooling is for
+    pooled = pool(probes)
+    assert pooled.b_simple == pytest.approx(truth, rel=0.2) and pooled.low <= truth <= pooled.high
+
+
+def test_fieller_interval_covers_the_truth_and_is_unbounded_where_grad_sq_is_not_resolved():
+    from batchscale.noise import pool
+
+    rng = np.random.default_rng(11)
+    dim = 100
+    grad = rng.normal(size=dim) * 0.05
+    variances = rng.uniform(0.5, 2.0, size=dim)
+    truth = variances.sum() / (grad @ grad)
+    intervals = [pool([_probe_sums(rng, grad, variances, micro=8, groups=16, size=4)]) for _ in range(300)]
+    held = sum(p.low <= truth <= p.high for p in intervals) / len(intervals)
+    assert 0.84 <= held <= 0.96, held  # a 90% interval
+    assert any(not p.bounded for p in intervals) or all(p.high < 10 * truth for p in intervals)
+    # No gradient at all (the truth is infinite): nearly every interval runs to infinity, and says so.
+    flat = [pool([_probe_sums(rng, np.zeros(dim), variances, micro=8, groups=16, size=4)]) for _ in range(100)]
+    assert sum(not p.bounded for p in flat) >= 85
+    assert all(math.isinf(p.high) for p in flat if not p.bounded)
+
+
+def test_the_current_value_follows_a_change_the_run_average_keeps():
+    """After the noise quadruples, the current value (a window of 5,000 examples) is near the new truth within
+    a few windows; the run's average, every pair alike, sits between old and new by their shares of the pairs."""
+    scale = NoiseScale(window=5_000)
+    for trace, pairs in ((100.0, 100), (400.0, 100)):
+        for _ in range(pairs):  # exact norms for |G|^2 = 1: |g_b|^2 = |G|^2 + trace / b
+            scale.update(1 + trace / 32, 1 + trace / 256, 32, 256, examples=256)
+    assert scale.b_simple == pytest.approx(400.0, rel=0.02)
+    assert scale.run_b_simple == pytest.approx(250.0, rel=1e-6)

@@ -15,7 +15,7 @@ BATCHES = [2**i for i in range(2, 13)]
 def nqm_study():
     """The protocol as the study runs it: per batch an LR grid around a linear-scaling guess, 2 seeds, every
     trial stopping at its target or its budget. About 10 s."""
-    problem = NoisyQuadratic()
+    problem = NoisyQuadratic(probe=1024)
     trials, truth = [], {}
     for batch in BATCHES:
         for lr in lr_grid(min(0.012 * batch, 1.0), 6, 2**0.5):
@@ -103,12 +103,41 @@ def test_b_simple_and_b_crit_are_said_to_agree_only_where_the_ratios_interval_ho
     assert "above B_simple beyond" in said(1.2, 2.0)
 
 
-def test_an_imprecise_b_simple_is_left_out_of_the_comparison_and_named():
-    def trial(batch: int, steps: int, b_simple: float, se: float) -> Trial:
-        return Trial(batch, 0.1, 0, REACHED, steps, b_simple=b_simple, b_simple_se=se)
+def test_the_probes_b_simple_lands_within_ten_percent_of_the_truth_at_the_target_weights(nqm_study):
+    """Per batch size, the best LR's probes pooled over both seeds, against the exact tr(Sigma) / |G|^2 at
+    those trials' final weights (pooled alike: summed over the seeds before dividing)."""
+    _, trials, _, analysis = nqm_study
+    checked = 0
+    for best in analysis.bests:
+        if 32 <= best.batch <= 1024:
+            ends = [t.extra["truth_at_end"] for t in trials if t.batch == best.batch and t.lr == best.trial.lr]
+            truth = sum(tr for tr, _ in ends) / sum(g for _, g in ends)
+            assert analysis.b_simple[best.batch] == pytest.approx(truth, rel=0.10), best.batch
+            checked += 1
+    assert checked == 6
+    assert analysis.comparison.pairs == 16 * 2 * len(analysis.compared)  # every seed's probe, none selected
 
-    trials = [trial(32, 1000, 100.0, 80.0), trial(128, 400, 500.0, 50.0), trial(512, 250, 600.0, 60.0)]
+
+def test_every_seed_of_the_best_lr_is_pooled_whatever_its_own_estimate():
+    """A probe whose own |G|^2 came out negative counts as much as any; the LR that lost counts not at all."""
+    def sums(trace: float, grad_sq: float) -> tuple[float, ...]:  # 16 pairs alike (no scatter but one)
+        return (16.0, 16.0, 16 * trace, 16 * grad_sq, 16 * trace**2 + 16, 16 * grad_sq**2 + 1, 16 * trace * grad_sq)
+
+    trials = [Trial(128, 0.1, 0, REACHED, 400, noise_sums=sums(500.0, 1.0)),
+              Trial(128, 0.1, 1, REACHED, 420, noise_sums=sums(500.0, -0.5)),
+              Trial(128, 0.2, 0, REACHED, 900, noise_sums=sums(5.0, 1.0)),  # a slower LR: not the best
+              Trial(512, 0.2, 0, REACHED, 200, noise_sums=sums(700.0, 1.5))]
     analysis = analyze(trials, replicates=50)
-    assert analysis.compared == [128, 512] and analysis.comparison.b_simple == pytest.approx(550.0)
+    assert analysis.compared == [128, 512] and analysis.comparison.pairs == 48
+    assert analysis.comparison.b_simple == pytest.approx((500 + 500 + 700) / (1.0 - 0.5 + 1.5))
+    assert analysis.b_simple[128] == pytest.approx(1000 / 0.5)
+
+
+def test_an_unbounded_b_simple_is_said_to_be_unbounded():
+    from batchscale.study.protocol import Analysis, Comparison
     from batchscale.study.study_report import comparison_lines
-    assert "B = 32 left out" in " ".join(comparison_lines(analysis))
+
+    c = Comparison(900.0, 300.0, float("inf"), pairs=32)
+    text = " ".join(comparison_lines(Analysis([], None, None, {64: 900.0}, c, [64])))
+    assert "unbounded above" in text and "inf" not in text
+    assert "B_noise" in text and "tr(Sigma) / |G|^2" in text  # which quantity each number estimates

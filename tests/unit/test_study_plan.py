@@ -39,9 +39,10 @@ def test_a_curve_trial_stops_at_its_held_out_target_within_its_budget(config):
             c = as_config(trial.args)
             assert c.batch_size * c.batches_per_allreduce == batch
             # One batch-norm batch for every B: the smallest batch size, every B accumulated from it.
-            assert c.batch_size == 32 and c.stop_at_target and c.holdout == 2000 and c.eval_growth == 1.05
-            # B_simple averaged over the whole run before the target, not forgotten after 200,000 examples.
-            assert c.noise_window >= 1e12
+            assert c.batch_size == 32 and c.stop_at_target and c.holdout == 2000 and c.eval_growth == 1.2
+            # B_simple averaged over the whole run before the target, not forgotten after 200,000 examples, and
+            # the same fixed-weights probe at every B's end.
+            assert c.noise_window >= 1e12 and c.noise_probe == 64
             # The budget: whichever of 6000 steps and 4 epochs of images comes first, and the epochs cover it.
             assert c.max_steps == trial.steps and c.max_steps <= 6000 and (c.max_steps - 1) * batch < 4 * 48_000
             assert c.max_steps == 6000 or c.max_steps * batch >= 4 * 48_000

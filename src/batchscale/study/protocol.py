@@ -12,17 +12,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from statistics import median
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from ..noise import Pooled, pool
 
 REACHED, MISSED, DIVERGED = "reached", "missed", "diverged"
-# B_simple is compared with B_crit only where a trial measured it to within this share (its standard error):
-# where the small batch is far below B_simple, the pairs' |G|^2 is mostly noise and the ratio of the averages
-# runs low (on the noisy quadratic, 0.65x the truth at B = 32 with micro-batches of 8, where the error said 57%).
-PRECISE = 0.25
 
 
 def lr_grid(guess: float, points: int, spacing: float) -> tuple[float, ...]:
@@ -54,7 +50,7 @@ class Trial:
     lr: float
     seed: int
     status: str  # REACHED, MISSED (budget spent) or DIVERGED
-    steps: int | None  # the first evaluation at the target (the true step is in (previous_eval, steps])
+    steps: float | None  # the target's crossing, interpolated in (previous_eval, first evaluation at the target]
     previous_eval: int | None = None
     budget: int | None = None  # steps allowed
     best_acc: float | None = None
@@ -62,6 +58,7 @@ class Trial:
     b_simple_curve: tuple[tuple[float, float], ...] = ()  # (examples, B_simple) over training
     b_simple_se: float | None = None  # its standard error, from the scatter of the pairs it averaged
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    noise_sums: tuple[float, ...] | None = None  # the fixed-weights probe's raw sums at the end (noise.SUMS)
 
     @property
     def examples(self) -> int | None:
@@ -429,19 +426,24 @@ def leave_one_out(trials: list[Trial]) -> tuple[float, float] | None:
 
 @dataclass(frozen=True)
 class Comparison:
-    """B_simple beside B_crit (McCandlish et al.: B_crit is about B_noise, and B_simple approximates that where
-    the Hessian is not far from a multiple of the identity). Per batch size, B_simple is the best trial's
-    average over its whole stretch before the target (every pair alike; a study's trials run with a window
-    far longer than any trial); the study's value is the median over batch sizes. Both intervals come from
-    replicates: B_simple's resample the batch sizes and draw each value within its standard error, and the
-    ratio's divide B_crit's bootstrap replicates by B_simple's."""
+    """B_simple beside B_crit (McCandlish et al.: B_crit is about B_noise = tr(H Sigma) / G^T H G, and B_simple
+    = tr(Sigma) / |G|^2 approximates that only where the Hessian is not far from a multiple of the identity).
+    B_simple is `pooled_b_simple`'s: every fixed-weights probe pair of the best LR's trials at every batch size
+    and seed, summed before dividing, with Fieller's interval (`high` math.inf: unbounded, |G|^2 not resolved
+    from zero). The ratio's interval divides B_crit's bootstrap replicates by redraws of B_simple from its
+    means' sampling distribution."""
 
-    b_simple: float
+    b_simple: float | None  # None: the pooled |G|^2 is not positive
     low: float
-    high: float
+    high: float  # math.inf: unbounded
     ratio: float | None = None  # B_crit / B_simple
     ratio_low: float | None = None
     ratio_high: float | None = None
+    pairs: float = 0.0  # probe pairs pooled
+
+    @property
+    def bounded(self) -> bool:
+        return math.isfinite(self.high)
 
     @property
     def agrees(self) -> bool | None:
@@ -451,34 +453,45 @@ class Comparison:
         return self.ratio_low <= 1 <= self.ratio_high
 
 
-def compare(b_simple: dict[int, tuple[float, float | None]], interval: Interval | None, b_crit: float | None,
+def pooled_b_simple(trials: list[Trial], bests: list[Best]) -> tuple[Pooled | None, dict[int, Pooled]]:
+    """B_simple measured the same way at every batch size: each best LR's trials' fixed-weights probes (taken at
+    the target, or at the budget's end; every seed, reached or not), their sums pooled before dividing, per batch
+    size and over all of them. No trial is chosen by its own estimate: a low |G|^2 draw counts as a high one."""
+    per_batch: dict[int, Pooled] = {}
+    every: list[tuple[float, ...]] = []
+    for b in bests:
+        if b.trial is None:
+            continue
+        sums = [t.noise_sums for t in trials if t.batch == b.batch and t.lr == b.trial.lr and t.noise_sums]
+        pooled = pool(sums)
+        if pooled is not None:
+            per_batch[b.batch] = pooled
+            every += sums  # type: ignore[arg-type]
+    return pool(every), per_batch
+
+
+def compare(b_simple: Pooled | None, interval: Interval | None, b_crit: float | None,
             replicates: int = 1000, seed: int = 1, level: float = 0.9) -> Comparison | None:
-    """`b_simple`: per batch size, (B_simple, its standard error or None)."""
-    if not b_simple:
+    """`b_simple`: the pooled estimate (`pooled_b_simple`)."""
+    if b_simple is None:
         return None
+    out = Comparison(b_simple.b_simple, b_simple.low, b_simple.high, pairs=b_simple.pairs)
+    if b_crit is None or b_simple.b_simple is None:
+        return out
     rng = random.Random(seed)
-    values = list(b_simple.values())
-    draws = []
-    for _ in range(replicates):
-        picked = [rng.choice(values) for _ in values]
-        draws.append(median(v + rng.gauss(0, se) if se else v for v, se in picked))
     tail = (1 - level) / 2
 
     def quantile(xs: list[float], q: float) -> float:
         return xs[int(q * (len(xs) - 1))]
 
-    centre = median(v for v, _ in values)
-    ordered = sorted(draws)
-    out = Comparison(centre, quantile(ordered, tail), quantile(ordered, 1 - tail))
-    if b_crit is None:
-        return out
     crit = list(interval.values) if interval else []  # sorted: shuffled, so the pairs are independent draws
     rng.shuffle(crit)
-    ratios = sorted(c / d for c, d in zip(crit, draws) if d > 0)
+    inverse = b_simple.draws(len(crit), rng)  # G / T: the ratio B_crit x G / T stays finite where G nears zero
+    ratios = sorted(c * d for c, d in zip(crit, inverse))
     if len(ratios) < 10:
-        return Comparison(out.b_simple, out.low, out.high, b_crit / centre)
-    return Comparison(out.b_simple, out.low, out.high, b_crit / centre, quantile(ratios, tail),
-                      quantile(ratios, 1 - tail))
+        return Comparison(out.b_simple, out.low, out.high, b_crit / b_simple.b_simple, pairs=out.pairs)
+    return Comparison(out.b_simple, out.low, out.high, b_crit / b_simple.b_simple, quantile(ratios, tail),
+                      quantile(ratios, 1 - tail), out.pairs)
 
 
 @dataclass(frozen=True)
@@ -486,9 +499,10 @@ class Analysis:
     bests: list[Best]
     fit: Fit | None
     interval: Interval | None
-    b_simple: dict[int, float]  # per batch: B_simple of the best trial when it reached the target
+    b_simple: dict[int, float]  # per batch: B_simple pooled over the best LR's probes (`pooled_b_simple`)
     comparison: Comparison | None = None
-    compared: list[int] = field(default_factory=list)  # the batch sizes whose B_simple the comparison uses
+    compared: list[int] = field(default_factory=list)  # the batch sizes whose B_simple the comparison pools
+    b_simple_pooled: dict[int, Pooled] = field(default_factory=dict)  # per batch, with its interval
 
     @property
     def predicted(self) -> float | None:
@@ -505,9 +519,7 @@ def analyze(trials: list[Trial], replicates: int = 1000) -> Analysis:
     points = [(b.batch, b.steps) for b in bests if b.steps is not None]
     fit = fit_curve(points)  # type: ignore[arg-type]
     interval = bootstrap(trials, replicates) if fit else None
-    # An estimate that is not yet positive (|G|^2 too noisy early on) is no noise scale: left out, not averaged in.
-    measured = {b.batch: (b.trial.b_simple, b.trial.b_simple_se) for b in bests
-                if b.trial is not None and (b.trial.b_simple or 0) > 0}
-    precise = {b: (v, se) for b, (v, se) in measured.items() if se is not None and se <= PRECISE * v}
-    comparison = compare(precise, interval, fit and fit.b_noise, max(replicates, 1))  # type: ignore[arg-type]
-    return Analysis(bests, fit, interval, {b: v for b, (v, _) in measured.items()}, comparison, sorted(precise))
+    overall, per_batch = pooled_b_simple(trials, bests)
+    comparison = compare(overall, interval, fit and fit.b_noise, max(replicates, 1))  # type: ignore[arg-type]
+    values = {b: p.b_simple for b, p in per_batch.items() if p.b_simple is not None}
+    return Analysis(bests, fit, interval, values, comparison, sorted(per_batch), per_batch)

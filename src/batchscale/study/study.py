@@ -100,8 +100,11 @@ class StudyConfig(Execution):
                        "coarse round always runs whole)", group=PROTOCOL)
     rounds: int = flag(10, "the most rounds, the coarse first one included: 1 runs the fixed grid alone, as before "
                        "issue 28", group=PROTOCOL)
-    eval_growth: float = flag(1.05, "evaluations near the target grow by this factor: steps known within it",
-                              group=PROTOCOL)
+    noise_probe: int = flag(64, "micro-batch gradients at each trial's end (its target, or budget) for B_simple, "
+                            "no step between them; pooled over every batch size's best LR and seeds (0: none)",
+                            group=PROTOCOL, metavar="N")
+    eval_growth: float = flag(1.2, "evaluations near the target grow by this factor; the crossing is interpolated "
+                              "between the last below and the first at the target", group=PROTOCOL)
     momentum_check: bool = flag(False, "after the curve, the two largest batch sizes again at momentum "
                                 f"{0.97:g} (3 LRs around the best at the same effective LR, every seed): whether the "
                                 "fixed momentum costs large batches more, which would bias B_crit low", group=PROTOCOL,
@@ -143,6 +146,9 @@ class StudyConfig(Execution):
         if self.extend_edges < 0 or self.paper_epochs < 1 or self.width < 1 or self.paper_lr_points < 1:
             raise ConfigError(f"--extend-edges must be >= 0, --paper-epochs, --paper-lr-points and --width >= 1 (got "
                               f"{self.extend_edges}, {self.paper_epochs}, {self.paper_lr_points}, {self.width})")
+        if self.noise_probe != 0 and self.noise_probe < 32:
+            raise ConfigError(f"--noise-probe must be 0 (none) or at least 32 gradients, 2 for each of its 16 "
+                              f"groups (got {self.noise_probe})")
         if not 1 < self.eval_growth <= 2:
             raise ConfigError(f"--eval-growth must be in (1, 2], like 1.05 (got {self.eval_growth})")
         uneven = [b for b in self.batch_sizes if self.warmup_images % b]
@@ -274,6 +280,7 @@ STUDY_SETS = {
     "warmup_start_lr": "--warmup-images", "warmup_steps": "--warmup-images", "warmup_epochs": "--warmup-images",
     "lr_schedule": "--lr-schedule", "lr_decay_epochs": "--paper-epochs", "epochs": "--budget-epochs or --paper-epochs",
     "max_steps": "--budget-steps", "eval_growth": "--eval-growth", "seed": "--seeds", "log_dir": "--out",
+    "noise_probe": "--noise-probe",
     "simulate_workers": "--no-paper (the paper grid has 4 workers)", "train_subset": "--train-subset",
 }
 
@@ -290,6 +297,8 @@ def common_args(config: StudyConfig) -> list[str]:
             # An average that never forgets: B_simple at the target is then its average over the whole stretch
             # before it, the comparison McCandlish et al. make with B_crit, not a value weighted to one moment.
             "--noise-window", "1e12",
+            # B_simple for the comparison: one fixed-weights probe at each trial's end, the same for every B
+            "--noise-probe", str(config.noise_probe),
             "--train-subset", str(config.train_subset), *config.train_args]
 
 
@@ -570,12 +579,17 @@ def read_trial(run_dir: Path) -> Trial | None:
     curve = tuple((e["examples"], e["b_simple"]) for e in evals if e.get("b_simple"))
     last = evals[-1] if evals else {}
     at = hit or last  # B_simple where the target was reached, or at the end
+    probe = saved.get("noise_probe") or {}  # the fixed-weights probe at the trial's end (--noise-probe)
+    sums = tuple(float(x) for x in probe["sums"]) if probe.get("sums") else None
     return Trial(config["batch_size"] * config["batches_per_allreduce"], float(config["base_lr"]), config["seed"],
-                 status, hit.get("step") if hit else None, hit.get("previous_eval"), trial.get("max_steps"),
-                 trial.get("best_acc"), at.get("b_simple"), curve, at.get("b_simple_se"),
-                 {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name,
+                 status, (hit.get("crossing") or hit.get("step")) if hit else None, hit.get("previous_eval"),
+                 trial.get("max_steps"),
+                 trial.get("best_acc"), probe.get("b_simple") if probe else at.get("b_simple"), curve,
+                 None if probe else at.get("b_simple_se"),
+                 {"train_seconds": hit.get("train_seconds"), "folder": run_dir.name, "looked_at": hit.get("step"),
                   # what every trial optimizes with besides its LR, fixed at every B unless a check varies it
-                  "momentum": config.get("momentum"), "nesterov": config.get("nesterov"), "wd": config.get("wd")})
+                  "momentum": config.get("momentum"), "nesterov": config.get("nesterov"), "wd": config.get("wd")},
+                 sums)
 
 
 def read_trials(out: Path, strict: bool = True, stage: str = "curve") -> list[Trial]:

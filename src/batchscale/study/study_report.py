@@ -11,7 +11,7 @@ import math
 
 from .study import (CHECK_MOMENTUM, MAX_SEEDS_TEXT, StudyConfig, paper_plan, read_rounds, read_trials, seconds_per_image,
                     sequential_settings, tuned_lrs, unfinished_trials)
-from .protocol import MISSED, PRECISE, REACHED, Analysis, Interval, Trial, analyze, best_per_batch, cells_of, scatter
+from .protocol import MISSED, REACHED, Analysis, Interval, Trial, analyze, best_per_batch, cells_of, scatter
 from .sequential import Plan, plan_round, spent
 from .sweep import clock
 from .runs import positive, pyplot
@@ -152,7 +152,7 @@ def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str =
         for ax, kind in zip(axes[0], panels):
             if kind == "at target":
                 xs = sorted(at_target)
-                ax.plot(xs, [at_target[x] for x in xs], "o-", label="B_simple at the target (best trial)")
+                ax.plot(xs, [at_target[x] for x in xs], "o-", label="B_simple at the target (best LR's probes)")
                 if fit is not None:
                     ax.axhline(fit.b_noise, color="C3", ls="--", label=f"measured B_crit {fit.b_noise:,.0f}")
                 ax.set_xscale("log", base=2)
@@ -170,8 +170,8 @@ def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str =
         fig.tight_layout()
         fig.savefig(out / "b_simple.png", dpi=110)
         plt.close(fig)
-        plots.append(("b_simple.png", "B_simple per batch size at the target (averaged over the trial until then), and "
-                      "over training for each batch's best trial"))
+        plots.append(("b_simple.png", "B_simple per batch size at the target (the best LR's fixed-weights probes, "
+                      "pooled over seeds), and over training (averaged until then) for each batch's best trial"))
     else:
         (out / "b_simple.png").unlink(missing_ok=True)  # an earlier report's plot would show what no longer holds
     return plots
@@ -260,13 +260,14 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         seeds = " / ".join(num(s.steps) for s in sorted(trials, key=lambda s: s.seed)
                            if s.batch == b.batch and s.lr == t.lr)
         lines.append(f"| {b.batch} | {t.lr:.4g}{edge} | {b.steps:,.0f}{'*' if b.fitted else ''} | "
-                     f"{b.steps * b.batch:,.0f} | {seeds} | {tried} | {positive(t.b_simple, 0)} |")
-    lines += ["", "## Every trial", "", "Steps are the first whole-split evaluation at or above the target; the true "
-              "step lies in (previous evaluation, step].", "",
+                     f"{b.steps * b.batch:,.0f} | {seeds} | {tried} | {positive(analysis.b_simple.get(b.batch), 0)} |")
+    lines += ["", "## Every trial", "", "Steps are where the held-out score crosses the target, interpolated (linear in "
+              "log step) between the last evaluation below it and the first at or above it; the true step lies in "
+              "(previous evaluation, first at the target].", "",
               "| B | LR | seed | outcome | steps | known within | budget | best held-out acc | train s |",
               "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for t in sorted(trials, key=lambda t: (t.batch, t.lr, t.seed)):
-        known = f"({t.previous_eval}, {t.steps}]" if t.steps else "-"
+        known = f"({t.previous_eval}, {t.extra.get('looked_at') or num(t.steps)}]" if t.steps else "-"
         lines.append(f"| {t.batch} | {t.lr:.4g} | {t.seed} | {t.status} | {num(t.steps)} | {known} | {num(t.budget)} | "
                      f"{pct(t.best_acc)} | {num(t.extra.get('train_seconds'))} |")
     subset = f", {config.train_subset} training images" if config.train_subset else ""
@@ -287,8 +288,12 @@ def write_report(out: Path, config: StudyConfig) -> Path:
         "decision": plan and {"why": plan.why, "decided": plan.decided, "precision": config.precision,
                               "trials": len(trials), "images": spent(trials), "forecast": plan.forecast,
                               "next": [a.record() for a in plan.trials]},
-        "b_simple_at_target": analysis.b_simple,
+        "b_simple_at_target": analysis.b_simple,  # per batch: its best LR's probes pooled over seeds
+        "b_simple_per_batch": {b: {"b_simple": p.b_simple, "low": p.low, "high": p.high if p.bounded else None,
+                                   "pairs": p.pairs} for b, p in analysis.b_simple_pooled.items()},
         "comparison": analysis.comparison and {**vars(analysis.comparison), "batches": analysis.compared,
+                                               "high": analysis.comparison.high if analysis.comparison.bounded
+                                               else None,  # null: unbounded
                                                "agrees": analysis.comparison.agrees},
         "best": [{"batch": b.batch, "lr": b.trial and b.trial.lr, "steps": b.steps, "fitted": b.fitted,
                   "at_edge": b.at_edge, "missed": b.missed, "lrs": b.lrs} for b in analysis.bests],
@@ -385,18 +390,23 @@ def closing_line(report: Path) -> str:
 
 
 def comparison_lines(analysis: Analysis) -> list[str]:
-    """B_simple beside B_crit, each with its uncertainty; a word of agreement only where the ratio's interval
-    holds 1."""
+    """B_simple beside B_crit, each with its uncertainty and what it estimates; a word of agreement only where the
+    ratio's interval holds 1, and an unbounded interval said to be one."""
     c = analysis.comparison
-    skipped = sorted(set(analysis.b_simple) - set(analysis.compared))
-    left_out = (f"; B = {', '.join(map(str, skipped))} left out, their B_simple known only to more than "
-                f"{100 * PRECISE:.0f}%" if skipped else "")
     if c is None:
-        return ["- No B_simple to compare: no best trial measured it to within "
-                f"{100 * PRECISE:.0f}%{left_out}."] if analysis.b_simple else []
-    what = (f"- B_simple = {c.b_simple:,.0f} (90% interval {c.low:,.0f} to {c.high:,.0f}): the median over B = "
-            f"{', '.join(map(str, analysis.compared))} of the best LR's median seed's average over its whole run to "
-            f"the target (with an even number of seeds, the slower of the middle two){left_out}.")
+        return ["- No B_simple to compare: no best trial ran the fixed-weights probe (--noise-probe; trials from "
+                "before it have none)."]
+    where = (f"every fixed-weights probe pair ({c.pairs:,.0f}) of the best LR's trials at B = "
+             f"{', '.join(map(str, analysis.compared))}, every seed, taken at each trial's target (or budget's end) "
+             "and summed before dividing")
+    meaning = ("B_simple = tr(Sigma) / |G|^2 is McCandlish et al.'s simple noise scale; B_crit is the fitted knee of "
+               "steps to target, which they predict to be B_noise = tr(H Sigma) / G^T H G; the two noise scales "
+               "coincide only where the Hessian is close to a multiple of the identity")
+    if c.b_simple is None:
+        return [f"- B_simple: not resolved (the pooled |G|^2 is not positive) from {where}; {meaning}."]
+    span = (f"90% interval {c.low:,.0f} to {c.high:,.0f}" if c.bounded else
+            f"90% interval from {c.low:,.0f}, unbounded above: |G|^2 is not resolved from zero")
+    what = f"- B_simple = {c.b_simple:,.0f} ({span}, Fieller): from {where}. {meaning}."
     if c.ratio is None:
         return [what]
     if c.ratio_low is None:

@@ -12,8 +12,13 @@ step feeding B_simple's estimator one pair (the micro-batches' mean squared norm
 evaluations at the steps `TargetWatch` asks for, each scored by -L seen through `eval_noise` (a held-out set
 is finite), stopping at the target or its budget.
 
-Two truths to test against, neither computed the way the protocol computes: B_simple's path average over
-a trial, from the exact tr(Sigma) and |G|^2 at every step; and the critical batch of the expected loss,
+At the trial's end (its target, or its budget) a fixed-weights probe, as `--noise-probe` takes one, draws
+`probe` micro-batch gradients of `probe_micro` examples (the same for every B) in probe.GROUPS groups, with no
+step between them; the trial carries their raw sums for the study's pooled B_simple.
+
+Three truths to test against, none computed the way the protocol computes: B_simple's path average over
+a trial, from the exact tr(Sigma) and |G|^2 at every step; the exact tr(Sigma) and |G|^2 at the trial's final
+weights (`Trial.extra["truth_at_end"]`), which the probe estimates; and the critical batch of the expected loss,
 `critical_batch`: E[d_i^2] obeys a closed linear recursion, so the expected steps to target at any (B, LR)
 are exact, and a fine LR search per batch gives S(B) with no seed noise, no grid and no noisy evaluations.
 """
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..noise import NoiseScale
+from ..training.probe import GROUPS
 from ..study.protocol import DIVERGED, MISSED, REACHED, Cells, Fit, Trial, cells_of, fit_curve, plan_curve
 from ..study.sequential import Plan, Settings, plan_round
 from ..target import TargetWatch
@@ -40,6 +46,8 @@ class NoisyQuadratic:
     eval_noise: float = 0.0  # an evaluation sees the loss times (1 + eval_noise z), z standard normal
     micro_batches: int = 4  # a step's gradient is the mean of this many micro-batches' (the trainer's accumulation)
     noise_window: float = 1e12  # B_simple's average: the whole trial, as a study's trials run it
+    probe: int = 256  # micro-batch gradients of the fixed-weights probe at the trial's end (0: none)
+    probe_micro: int = 8
 
     @property
     def h(self) -> np.ndarray:
@@ -91,10 +99,24 @@ class NoisyQuadratic:
                 seen = loss * (1 + self.eval_noise * rng.standard_normal())
                 watch.record(step, -seen, b_simple=noise.b_simple)
         hit = watch.reached()
+        sums, truth = self.probe_at(d, rng) if measure_noise and self.probe else (None, None)
         trial = Trial(batch, lr, seed, REACHED if hit else MISSED, hit["step"] if hit else None,
                       hit["previous_eval"] if hit else None, budget, max(e["acc"] for e in watch.evals),
-                      noise.b_simple, b_simple_se=noise.standard_error)
+                      noise.b_simple, b_simple_se=noise.standard_error, noise_sums=sums,
+                      extra={"truth_at_end": truth})
         return trial, trace_sum / grad_sq_sum if grad_sq_sum else math.nan
+
+    def probe_at(self, d: np.ndarray, rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[float, float]]:
+        """The fixed-weights probe at `d`: its raw sums (noise.SUMS), and the exact (tr(Sigma), |G|^2) there."""
+        grad, sigma = self.h * d, self.sigma_diag(d)
+        size = self.probe // GROUPS
+        scale = NoiseScale(window=math.inf)
+        for _ in range(GROUPS):
+            parts = grad + np.sqrt(sigma / self.probe_micro) * rng.standard_normal((size, self.dims))
+            mean = parts.mean(0)
+            scale.update(float((parts * parts).sum(1).mean()), float(mean @ mean), self.probe_micro,
+                         size * self.probe_micro, examples=0.0)
+        return tuple(scale.raw_sums() or ()), (float(sigma.sum()), float(grad @ grad))
 
     def fewest_steps(self, batch: float, lrs: np.ndarray | None = None) -> tuple[int, float]:
         """(steps, LR): the fewest steps to target of the expected loss over `lrs` (default: 300 LRs 2% apart

@@ -57,8 +57,9 @@ class Evaluation:
             "val_acc": val_acc, "images": int(images), "epoch_seconds": seconds,
             "images_per_sec": images / seconds, "train_seconds": before["train_seconds"] + seconds,
             "wall_seconds": before["wall_seconds"] + wall,
+            # B_simple now (the last --noise-window examples) and the run's average (every pair since the start)
             "noise_scale": state.noise.b_simple, "noise_scale_se": state.noise.standard_error,
-            "noise_pairs": state.noise.updates,
+            "noise_scale_run": state.noise.run_b_simple, "noise_pairs": state.noise.updates,
         }
         if held is not None:
             record.update(holdout_loss=held[0], holdout_acc=held[1])

@@ -20,7 +20,7 @@ from .. import faults
 from ..config import Config
 from ..errors import BatchscaleError, Diverged, Stopped
 from ..metrics import Logging, RunLog
-from ..noise import GradNorms
+from ..noise import NOISE_SHARE, GradNorms
 from ..parallel import Backend
 from ..parallel.base import TEARDOWN_SECONDS, bounded
 from ..precision import resolve
@@ -31,6 +31,7 @@ from . import report
 from .checkpointer import Checkpointer, Checkpointing
 from .evaluation import Evaluation
 from .guard import Guard
+from .probe import probe_noise
 from .setup import count_workers, load_splits, new_state, seed_everything, start
 from .step import Stepper, Stepping, build_model_and_optimizer
 
@@ -89,6 +90,9 @@ class Trainer:
         # One handle on each: the backend's model (it combines the workers' gradients) and its optimizer.
         self.model, self.optimizer = backend.prepare(model, optimizer)
         self.state = new_state(config, backend, self.model, self.optimizer, precision.scaler, self.workers)
+        if not config.noise_window:  # the current value: the last quarter of the run, not the run's average
+            self.state.noise.window = NOISE_SHARE * self.total_steps() * self.batches.global_batch
+        self.probe: dict[str, Any] | None = None  # --noise-probe's record, at the end
         self.guard = Guard(backend, stop, self.state, self.schedule, config.finite_check_every)
         self.checkpointer = Checkpointer(Checkpointing.of(config), backend, self.state, self.guard, self.steps_per_epoch)
         self.checkpointer.restore(resources, self.schedule.depends_on_epochs, self.parameters, self.finished)
@@ -115,6 +119,9 @@ class Trainer:
         except Stopped as err:  # where a launcher that died with its pipes (horovodrun on SIGUSR1) leaves it readable
             self.log.stopped(err.what or str(err), state.step(self.steps_per_epoch))
             raise
+        if self.config.noise_probe:
+            self.probe = probe_noise(self.model, self.batches, self.config.noise_probe, self.stepper.criterion,
+                                     self.backend, self.config.seed)
         summary = report.summary(self)
         self.backend.agree(lambda: self.log.finish(summary))
         return summary

@@ -83,7 +83,10 @@ def summary(trainer: Trainer) -> dict[str, Any]:
     made = summarize(trainer.config, trainer.backend.name, trainer.workers, state.history, trainer.parameters,
                      trainer.steps_per_epoch)
     # The images trained on (after --holdout and --train-subset), which --train-subset alone may overstate.
-    made.update(train_images=trainer.batches.n, noise_scale_note=stepper.noise_note(state.noise))
+    made.update(train_images=trainer.batches.n, noise_scale_note=stepper.noise_note(state.noise),
+                noise_window=state.noise.window)
+    if trainer.probe is not None:
+        made.update(noise_probe={**trainer.probe, "step": state.step(trainer.steps_per_epoch)})
     made.update(precision=stepper.precision.name, device=device_name(trainer.backend.device),
                 compile_seconds=stepper.compile_seconds, cuda_graphs_skipped=stepper.skipped,
                 changes=state.changes, config={**made["config"], **state.config},

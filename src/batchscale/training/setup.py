@@ -3,6 +3,7 @@ it trains and checkpoints."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ def new_state(config: Config, backend: Backend, model: nn.Module, optimizer: tor
               scaler: torch.amp.GradScaler | None, workers: int) -> TrainState:
     """Where training stands before any checkpoint is restored: nothing trained, its trial not begun."""
     state = TrainState(model, optimizer, scaler, config.to_dict(), workers, owner=backend)
-    state.noise.window = config.noise_window
+    state.noise.window = config.noise_window or math.inf  # 0: the trainer sets a share of the run
     state.trial = TargetWatch(config.target_accuracy, config.eval_growth, config.stop_at_target, config.max_steps)
     return state
 
