@@ -23,10 +23,10 @@ def training(monkeypatch) -> RecordingTraining:
     return fake
 
 
-def run(out: Path, data: Path, capsys, budget: int) -> tuple[int, str]:
+def run(out: Path, data: Path, capsys, budget: int, *more: str) -> tuple[int, str]:
     code = main(["study", "--out", str(out), "--data", str(data), "--batch-sizes", "16,32,64,128", "--lr-points",
                  "1", "--extend-edges", "0", "--holdout", "32", "--width", "4", "--seeds", "1", "--no-paper",
-                 "--budget-steps", str(budget)])
+                 "--budget-steps", str(budget), *more])
     return code, capsys.readouterr().out
 
 
@@ -35,7 +35,8 @@ def test_the_study_ends_with_its_answer_and_the_report_path_once(tiny_cifar, tmp
     report = str(tmp_path / "st" / "report.md")
     last = printed.strip().splitlines()[-1]
     assert code == 0 and printed.count(report) == 1 and report in last and "wrote" not in printed
-    found = re.search(r"B_crit = ([\d,]+), 90% interval ([\d,]+) to ([\d,]+)", last)
+    # The report's own first sentence (study_report.headline): B_crit = x [lo, hi], decided or not, and why.
+    found = re.search(r"B_crit = ([\d,]+) \[([\d,]+), ([\d,]+)\], decided at x1.5", last)
     assert found, last
     b_crit, low, high = (float(v.replace(",", "")) for v in found.groups())
     assert abs(b_crit - 64) < 0.1 * 64 and low <= 64 * 1.1 and high >= 64 * 0.9
@@ -43,7 +44,8 @@ def test_the_study_ends_with_its_answer_and_the_report_path_once(tiny_cifar, tmp
 
 def test_a_study_with_no_fit_says_why_and_what_would_give_one(tiny_cifar, tmp_path, capsys, training):
     # S(16) = 100 and S(32) = 60 steps are past a 50-step budget: two batch sizes reach the target, a fit needs 3.
-    code, printed = run(tmp_path / "st", tiny_cifar, capsys, budget=50)
+    # The fixed grid alone: later rounds would add a batch size that reaches it, and fit.
+    code, printed = run(tmp_path / "st", tiny_cifar, capsys, 50, "--rounds", "1")
     last = printed.strip().splitlines()[-1]
     assert code == 0 and last.startswith("no B_crit: 2 of 4 batch sizes reached the target")
     assert "B = 16, 32" in last and "--target" in last and str(tmp_path / "st" / "report.md") in last

@@ -37,7 +37,7 @@ def study_flags(out: Path, data: Path, *more: str) -> list[str]:
     (["--warmup-images", "128"], "--warmup-images", "24576"),
     (["--schedule", "linear"], "--schedule", "constant"),
     (["--micro-batch", "8"], "--micro-batch", "16"),
-    (["--eval-growth", "1.1"], "--eval-growth", "1.05"),
+    (["--eval-growth", "1.1"], "--eval-growth", "1.2"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_a_finished_study_rerun_with_a_setting_that_defines_its_trials_is_refused(tiny_cifar, tmp_path, capsys,
                                                                                    training, change, flag, old):
