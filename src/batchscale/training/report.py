@@ -26,13 +26,13 @@ def announce(trainer: Trainer) -> None:
         resumed += f", step {state.epoch_step}" if state.epoch_step else ""
     say(f"batchscale: {config.model} ({trainer.parameters / 1e6:.2f}M parameters) on {backend.world_size} x "
         f"{backend.device.type} ({backend.name}{simulating}), global batch {trainer.batches.global_batch}, "
-        f"{trainer.steps_per_epoch} steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
+        f"{trainer.batches.epoch_images // trainer.batches.global_batch} steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
     split = f"{config.holdout} held-out images" if config.holdout else "the test set"
     ends = ([f"at {100 * config.target_accuracy:g}% accuracy on {split}"] if config.stop_at_target else []) + \
            ([f"after {config.max_steps} steps"] if config.max_steps else [])
     if ends:
         say(f"trial: ends {' or '.join(ends)}")
-    new = [c for c in state.changes if c["step"] == state.step(trainer.steps_per_epoch)]
+    new = [c for c in state.changes if c["step"] == state.clock.step]
     if new and resumed_from is not None:
         listed = ", ".join(f"{c['setting']} {c['from']!r} -> {c['to']!r}" for c in new)
         say(f"note: from step {new[0]['step']} on this run uses {listed} (recorded in summary.json)")
@@ -45,7 +45,7 @@ def summary(trainer: Trainer) -> dict[str, Any]:
     precision, the device, compiling, what a resume changed, the trial)."""
     state, stepper = trainer.state, trainer.stepper
     made = summarize(trainer.config, trainer.backend.name, trainer.workers, state.history, trainer.parameters,
-                     trainer.steps_per_epoch)
+                     state.clock.whole_epochs)
     made.update(noise_scale_note=stepper.noise_note(state.noise))
     made.update(precision=stepper.precision.name, device=device_name(trainer.backend.device),
                 compile_seconds=stepper.compile_seconds, cuda_graphs_skipped=stepper.skipped,
