@@ -58,14 +58,14 @@ class LastEpochProfile(Hook):
             yield
             return
         cuda = trainer.backend.device.type == "cuda"
-        steps = trainer.steps_per_epoch - trainer.state.epoch_step
+        before = trainer.state.clock.step
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             start = time.perf_counter()
             yield
             if cuda:
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start
-        self.write(trainer, prof.key_averages(), steps, wall, cuda)
+        self.write(trainer, prof.key_averages(), trainer.state.clock.step - before, wall, cuda)
 
     def write(self, trainer: Trainer, events: Any, steps: int, wall: float, cuda: bool) -> None:
         host = {e.key: e.cpu_time_total / 1e3 for e in events if e.key.startswith("batchscale.")}
