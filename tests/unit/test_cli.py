@@ -80,7 +80,7 @@ CASES = [
     (["--resume", "{ckpt:model}"], "its 'model' entry is malformed"),
     (["--resume", "{ckpt:rng}"], "its 'rng' entry is malformed"),
     (["--resume", "{ckpt:noise}"], "its 'noise' entry is malformed"),
-    (["--resume", "{ckpt:past-the-end}"], r"stops at step 99 of an epoch \(3168 images in\) that has 10 steps of 32 images"),
+    (["--resume", "{ckpt:past-the-end}"], "stops at step 99 of an epoch (3168 images in) that has 10 steps of 32 images"),
     (["--resume", "{ckpt:other-shapes}"], "does not fit this model"),
     (["--resume", "{ckpt:format-9}"], "checkpoint format 9"),
 ]
