@@ -3,13 +3,38 @@ its summary."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ..metrics import summarize
-from .setup import device_name
+from ..config import Config
+from ..data import TrainBatches
+from ..metrics import RunLog, summarize
+from ..parallel import Backend
+from ..schedule import LRSchedule
+from ..state import TrainState
+from .checkpointer import Checkpointer
+from .setup import Splits, device_name
+from .step import Stepper
 
-if TYPE_CHECKING:
-    from .loop import Trainer
+
+class Trainer(Protocol):
+    """What a report reads of a run (loop.Trainer has it): the loop calls this module, which never imports it."""
+
+    config: Config
+    backend: Backend
+    state: TrainState
+    schedule: LRSchedule
+    checkpointer: Checkpointer
+    log: RunLog
+    batches: TrainBatches
+    splits: Splits
+    stepper: Stepper
+    simulated: int
+    workers: int
+    parameters: int
+
+    def total_steps(self) -> int: ...
+
+    def finished(self) -> bool: ...
 
 
 def announce(trainer: Trainer) -> None:
