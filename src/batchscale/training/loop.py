@@ -4,8 +4,8 @@ Each component decides for itself: the checkpointer when to save and what to res
 check that the run may go on, the evaluation (through the trial, `state.trial`) when to look at its target, the
 step when to measure the noise scale. `Trainer.state` (a `TrainState`) is everything a checkpoint holds; where
 training stands lives there and nowhere else: its clock (`state.clock`: steps, images, the epoch's position), which
-every schedule and cadence reads and only the loop advances, by the global batch each step read. What the loop is built from is in setup.py; what it says about
-itself, its banner and its summary, in report.py.
+every schedule and cadence reads and only the loop advances, by the global batch read at each step. What the loop
+is built from is in setup.py; what it says about itself, its banner and its summary, in report.py.
 """
 
 from __future__ import annotations
