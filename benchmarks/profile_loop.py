@@ -73,7 +73,7 @@ class LastEpochProfile(Hook):
         if trainer.state.epoch + 1 < trainer.config.epochs:
             yield
             return
-        skip, timed, profiled = windows(trainer.batches.steps_per_epoch - trainer.state.epoch_step, self.steps,
+        skip, timed, profiled = windows(trainer.batches.epoch_images // trainer.batches.global_batch - trainer.state.epoch_step, self.steps,
                                         self.skip)
         self.plan = [("timed", skip, skip + timed), ("profiled", skip + timed, skip + timed + profiled)]
         self.seen = 0

@@ -20,7 +20,7 @@ from .atomic import write_atomic
 from .config import Config
 from .errors import ConfigError
 from .rundir import write_error
-from .state import problem
+from .state import problem, upgraded
 from . import faults
 
 
@@ -74,7 +74,7 @@ def load(path: str | Path) -> dict[str, Any]:
     wrong = problem(state)
     if wrong:
         raise ConfigError(f"cannot use checkpoint {path}: {wrong}; move it away or use --no-resume")
-    return state
+    return upgraded(state)
 
 
 def partial_path(config: Naming, epoch: int) -> Path:

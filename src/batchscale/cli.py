@@ -1,78 +1,19 @@
-"""The command line: the original's flags (and ours) filled into a Config; a thin layer over `train()`."""
+"""The command line: the original's flags (and ours) filled into a Config; a thin layer over `train()`. The
+training command itself (its parser, Config and one-line errors) lives in command.py, below the study too."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
-from .config import Config
-from .errors import BatchscaleError, Stopped
+from .command import Parser as _Parser
+from .command import guarded, run_train
+from .command import train_config as train_config  # scripts' and tests' way in, as before the move
+from .command import train_parser as train_parser
+from .errors import BatchscaleError
 from .flags import add_flags, build
-from .parallel.launch import launcher_rank, outlast_the_speaker
-
-if TYPE_CHECKING:  # the loop imports torch: commands that do not train start without it
-    from .training.loop import Hook
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, no usage block: the message says what to change.
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def train_parser(prog: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Train ResNet-18 on CIFAR-10 with synchronous data-parallel SGD.")
-    add_flags(p, Config)
-    return p
-
-
-def guarded(prog: str, work: Callable[[], str | None]) -> int:
-    """Runs a command: its errors become one line and an exit code (2 for bad input), no traceback.
-
-    One line per job: rank 0 says it, or the lowest rank that found a problem the ranks agreed on.
-    """
-    try:
-        message = work()
-    except BatchscaleError as err:
-        if not err.quiet and (err.agreed or launcher_rank() == 0):
-            kind = "" if isinstance(err, Stopped) else "error: "  # a stop asked for is not a failure
-            print(f"{prog}: {kind}{err}", file=sys.stderr)
-        elif not isinstance(err, Stopped):  # a stop: the launcher that passed its signal on waits, sending no other
-            outlast_the_speaker()
-        return err.exit_code
-    except KeyboardInterrupt:
-        if launcher_rank() == 0:
-            print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    if message and launcher_rank() == 0:
-        print(message)
-    return 0
-
-
-def train_config(argv: Sequence[str], prog: str = "train.py") -> Config:
-    """The run's Config from its command line; a --recipe fills in what the flags left out."""
-    args = train_parser(prog).parse_args(argv)
-    given: set[str] = set()
-    if args.recipe is not None:
-        only = _Parser(prog=prog)
-        add_flags(only, Config, only_given=True)
-        given = set(vars(only.parse_args(argv)))
-    return build(Config, args).with_recipe(given)
-
-
-def run_train(argv: Sequence[str], prog: str, hooks: Sequence[Hook] = ()) -> int:
-    """`hooks` (training.loop.Hook): a profiler's or a logger's seam in the loop, for scripts that wrap the command."""
-    train_parser(prog).parse_args(argv)  # argparse's own errors first, as every command's
-    from .metrics import closing_line
-    from .training.loop import train
-
-    def work() -> str:
-        return closing_line(train(train_config(argv, prog), hooks))  # rank 0 has printed every epoch and summary.json
-
-    return guarded(prog, work)
 
 
 def bench_parser() -> argparse.ArgumentParser:
@@ -248,6 +189,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .errors import ConfigError
 from .flags import flag
-from .parallel import CHOICES
+from .parallel.launch import CHOICES
 from .target import COARSE_GROWTH, NEAR
 from .trackers import EXTRA, TRACKERS, parse_trackers
 
@@ -21,7 +21,7 @@ MODELS = ("resnet18", "resnet18-imagenet")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 LR_SCALINGS = ("linear", "sqrt", "none")
 LR_SCHEDULES = ("cosine", "step", "onecycle", "constant")
-BACKENDS = CHOICES  # the parallel package's registry: a new backend is added there
+BACKENDS = CHOICES  # the parallel package's names: a new backend is added there
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TRANSLATE_PADS = ("zeros", "reflect")
 TTA_MODES = ("none", "flip", "flip-translate")
@@ -173,86 +173,8 @@ class Config:
 
     def validate(self) -> "Config":
         """Checks every value that can be judged without touching the disk or the network."""
-        positive_ints = (
-            "epochs", "batch_size", "val_batch_size", "batches_per_allreduce", "width", "finite_check_every",
-            "simulate_workers", "noise_every",
-        )
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"--{_flag(name)} must be an integer >= 1 (got {value!r})")
-        for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps", "train_subset",
-                     "noise_probe"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"--{_flag(name)} must be an integer >= 0, 0 meaning off (got {value!r})")
-        if 0 < self.noise_probe < 32:
-            raise ConfigError(f"--noise-probe {self.noise_probe} gives its 16 groups fewer than 2 gradients each; "
-                              "give 32 or more, or 0 for no probe")
-        if not math.isfinite(self.noise_window) or self.noise_window < 0:
-            raise ConfigError(f"--noise-window must be a positive number of examples, or 0 for a quarter of the run "
-                              f"(got {self.noise_window!r})")
-        for name in ("base_lr", "lr_decay_factor", "gradient_predivide_factor", "collective_timeout"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"--{_flag(name)} must be a positive number (got {value!r})")
-        for name in ("wd", "warmup_epochs"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"--{_flag(name)} must be a number >= 0 (got {value!r})")
-        if self.collective_timeout > MAX_TIMEOUT:
-            raise ConfigError(f"--collective-timeout must be at most {MAX_TIMEOUT:g} seconds (got {self.collective_timeout!r})")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
-            raise ConfigError(f"--seed must be an integer from 0 to 2**64 - 1 (got {self.seed!r})")
-        if self.warmup_start_lr is not None and not (math.isfinite(self.warmup_start_lr) and self.warmup_start_lr >= 0):
-            raise ConfigError(f"--warmup-start-lr must be a number >= 0 (got {self.warmup_start_lr!r})")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"--momentum must be in [0, 1) (got {self.momentum!r})")
-        if self.nesterov and self.momentum == 0:
-            raise ConfigError("Nesterov momentum needs --momentum > 0; pass --no-nesterov or set --momentum")
-        if not 0 < self.target_accuracy <= 1:
-            raise ConfigError(f"--target-accuracy must be in (0, 1], e.g. 0.94 (got {self.target_accuracy!r})")
-        if 0 < self.holdout < 8:
-            raise ConfigError(f"--holdout must be 0 (none) or at least 8 images; 5000 is a good size (got {self.holdout})")
-        if self.eval_growth != 0 and not (math.isfinite(self.eval_growth) and 1 < self.eval_growth <= 2):
-            raise ConfigError(f"--eval-growth must be in (1, 2], e.g. 1.05, or 0 for off (got {self.eval_growth!r})")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing!r})")
-        _choice("model", self.model, MODELS)
-        _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _choice("backend", self.backend, BACKENDS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
-        _choice("translate_pad", self.translate_pad, TRANSLATE_PADS)
-        _choice("tta", self.tta, TTA_MODES)
-        if self.recipe is not None:
-            _choice("recipe", self.recipe, tuple(RECIPES))
-        if not isinstance(self.translate, int) or not 0 <= self.translate <= 16:
-            raise ConfigError(f"--translate must be an integer from 0 to 16 pixels (got {self.translate!r})")
-        if not isinstance(self.cutout, int) or not 0 <= self.cutout < 32:
-            raise ConfigError(f"--cutout must be an integer from 0 (off) to 31 pixels (got {self.cutout!r})")
-        if self.compile_mode != "default" and not self.compile:
-            raise ConfigError(f"--compile-mode {self.compile_mode} applies to compiled runs; add --compile")
-        decay = list(self.lr_decay_epochs)
-        if any(not isinstance(e, int) or e < 1 for e in decay) or decay != sorted(set(decay)):
-            raise ConfigError(
-                f"--lr-decay-epochs must be increasing positive integers like 30,60,80 (got {self.lr_decay_epochs!r})"
-            )
-        if self.use_adasum and self.gradient_predivide_factor != 1.0:
-            raise ConfigError("--gradient-predivide-factor applies to averaging only; drop it or --use-adasum")
-        if self.simulate_workers > 1 and self.use_adasum:
-            raise ConfigError("--simulate-workers averages the simulated workers; it cannot simulate Adasum")
-        if self.fp16_allreduce and self.bf16_allreduce:
-            raise ConfigError("choose one of --fp16-allreduce and --bf16-allreduce, not both")
-        _check_checkpoint_format(self.checkpoint_format)
-        for name in self.tracker:
-            _choice("tracker", name, TRACKERS)
-            if name in EXTRA and importlib.util.find_spec(name) is None:
-                raise ConfigError(f"--tracker {name} needs the {EXTRA[name]} package: pip install "
-                                  f"'batchscale[{name}]', or drop {name} from --tracker")
-        if self.resume_from is not None and not self.resume:
-            raise ConfigError("--resume PATH and --no-resume contradict each other; keep one")
+        for check in (_check_counts, _check_ranges, _check_choices, _check_combinations):
+            check(self)
         return self
 
     def with_recipe(self, given: set[str]) -> "Config":
@@ -294,6 +216,102 @@ class Config:
         data["lr_decay_epochs"] = list(self.lr_decay_epochs)
         data["tracker"] = list(self.tracker)
         return data
+
+
+def _check_counts(config: Config) -> None:
+    """The integer and positive settings."""
+    positive_ints = (
+        "epochs", "batch_size", "val_batch_size", "batches_per_allreduce", "width", "finite_check_every",
+        "simulate_workers", "noise_every",
+    )
+    for name in positive_ints:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"--{_flag(name)} must be an integer >= 1 (got {value!r})")
+    for name in ("checkpoint_every_steps", "keep_checkpoints", "warmup_steps", "holdout", "max_steps", "train_subset",
+                 "noise_probe"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"--{_flag(name)} must be an integer >= 0, 0 meaning off (got {value!r})")
+    if 0 < config.noise_probe < 32:
+        raise ConfigError(f"--noise-probe {config.noise_probe} gives its 16 groups fewer than 2 gradients each; "
+                          "give 32 or more, or 0 for no probe")
+    if not math.isfinite(config.noise_window) or config.noise_window < 0:
+        raise ConfigError(f"--noise-window must be a positive number of examples, or 0 for a quarter of the run "
+                          f"(got {config.noise_window!r})")
+    for name in ("base_lr", "lr_decay_factor", "gradient_predivide_factor", "collective_timeout"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"--{_flag(name)} must be a positive number (got {value!r})")
+    for name in ("wd", "warmup_epochs"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"--{_flag(name)} must be a number >= 0 (got {value!r})")
+
+
+def _check_ranges(config: Config) -> None:
+    """The settings with bounds of their own."""
+    if config.collective_timeout > MAX_TIMEOUT:
+        raise ConfigError(f"--collective-timeout must be at most {MAX_TIMEOUT:g} seconds (got {config.collective_timeout!r})")
+    if not isinstance(config.seed, int) or not 0 <= config.seed < 2**64:
+        raise ConfigError(f"--seed must be an integer from 0 to 2**64 - 1 (got {config.seed!r})")
+    if config.warmup_start_lr is not None and not (math.isfinite(config.warmup_start_lr) and config.warmup_start_lr >= 0):
+        raise ConfigError(f"--warmup-start-lr must be a number >= 0 (got {config.warmup_start_lr!r})")
+    if not 0 <= config.momentum < 1:
+        raise ConfigError(f"--momentum must be in [0, 1) (got {config.momentum!r})")
+    if config.nesterov and config.momentum == 0:
+        raise ConfigError("Nesterov momentum needs --momentum > 0; pass --no-nesterov or set --momentum")
+    if not 0 < config.target_accuracy <= 1:
+        raise ConfigError(f"--target-accuracy must be in (0, 1], e.g. 0.94 (got {config.target_accuracy!r})")
+    if 0 < config.holdout < 8:
+        raise ConfigError(f"--holdout must be 0 (none) or at least 8 images; 5000 is a good size (got {config.holdout})")
+    if config.eval_growth != 0 and not (math.isfinite(config.eval_growth) and 1 < config.eval_growth <= 2):
+        raise ConfigError(f"--eval-growth must be in (1, 2], e.g. 1.05, or 0 for off (got {config.eval_growth!r})")
+    if not 0 <= config.label_smoothing < 1:
+        raise ConfigError(f"--label-smoothing must be in [0, 1) (got {config.label_smoothing!r})")
+
+
+def _check_choices(config: Config) -> None:
+    """The settings that name one of a list."""
+    _choice("model", config.model, MODELS)
+    _choice("lr_scaling", config.lr_scaling, LR_SCALINGS)
+    _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    _choice("backend", config.backend, BACKENDS)
+    _choice("precision", config.precision, PRECISIONS)
+    _choice("compile_mode", config.compile_mode, COMPILE_MODES)
+    _choice("translate_pad", config.translate_pad, TRANSLATE_PADS)
+    _choice("tta", config.tta, TTA_MODES)
+    if config.recipe is not None:
+        _choice("recipe", config.recipe, tuple(RECIPES))
+    if not isinstance(config.translate, int) or not 0 <= config.translate <= 16:
+        raise ConfigError(f"--translate must be an integer from 0 to 16 pixels (got {config.translate!r})")
+    if not isinstance(config.cutout, int) or not 0 <= config.cutout < 32:
+        raise ConfigError(f"--cutout must be an integer from 0 (off) to 31 pixels (got {config.cutout!r})")
+
+
+def _check_combinations(config: Config) -> None:
+    """Settings that contradict each other, and those a value names (the checkpoint format, the trackers)."""
+    if config.compile_mode != "default" and not config.compile:
+        raise ConfigError(f"--compile-mode {config.compile_mode} applies to compiled runs; add --compile")
+    decay = list(config.lr_decay_epochs)
+    if any(not isinstance(e, int) or e < 1 for e in decay) or decay != sorted(set(decay)):
+        raise ConfigError(
+            f"--lr-decay-epochs must be increasing positive integers like 30,60,80 (got {config.lr_decay_epochs!r})"
+        )
+    if config.use_adasum and config.gradient_predivide_factor != 1.0:
+        raise ConfigError("--gradient-predivide-factor applies to averaging only; drop it or --use-adasum")
+    if config.simulate_workers > 1 and config.use_adasum:
+        raise ConfigError("--simulate-workers averages the simulated workers; it cannot simulate Adasum")
+    if config.fp16_allreduce and config.bf16_allreduce:
+        raise ConfigError("choose one of --fp16-allreduce and --bf16-allreduce, not both")
+    _check_checkpoint_format(config.checkpoint_format)
+    for name in config.tracker:
+        _choice("tracker", name, TRACKERS)
+        if name in EXTRA and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"--tracker {name} needs the {EXTRA[name]} package: pip install "
+                              f"'batchscale[{name}]', or drop {name} from --tracker")
+    if config.resume_from is not None and not config.resume:
+        raise ConfigError("--resume PATH and --no-resume contradict each other; keep one")
 
 
 def _flag(name: str) -> str:

@@ -249,18 +249,24 @@ class TrainBatches:
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
 
     @property
-    def steps_per_epoch(self) -> int:
-        return self.n // self.global_batch
+    def epoch_images(self) -> int:
+        """The images a whole epoch takes at the current global batch (its last, smaller batch is dropped)."""
+        return self.n // self.global_batch * self.global_batch
+
+    def fits(self, taken: int) -> bool:
+        """Whether another step of the current global batch fits in an epoch `taken` images into it."""
+        return taken + self.global_batch <= self.n
 
     def epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """This rank's (indices, dx, dy, flip), each shaped [steps, micro_batches, batch_size]."""
         plan = self.draws(epoch)
         return plan["idx"], plan["dx"], plan["dy"], plan["flip"]
 
-    def draws(self, epoch: int) -> dict[str, Tensor]:
+    def draws(self, epoch: int, start_image: int = 0) -> dict[str, Tensor]:
         """Every random choice of the epoch, drawn from the seed alone in a fixed order (the permutation, crop
         offsets, flips, then cutout corners if any), so every rank draws the same and takes its part; each
-        shaped [steps, micro_batches, batch_size]."""
+        shaped [steps, micro_batches, batch_size], the steps those that fit from image `start_image` of the
+        permutation on."""
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         perm = torch.randperm(self.n, generator=gen)
         t = self.translate
@@ -275,16 +281,17 @@ class TrainBatches:
         if self.augment and self.cutout:
             drawn["cy"] = torch.randint(0, 32 - self.cutout + 1, (self.n,), generator=gen)
             drawn["cx"] = torch.randint(0, 32 - self.cutout + 1, (self.n,), generator=gen)
-        return {k: self.mine(v) for k, v in drawn.items()}
+        return {k: self.mine(v[start_image:]) for k, v in drawn.items()}
 
     def mine(self, t: Tensor) -> Tensor:
-        """This rank's part of an epoch-long draw, [steps, micro_batches, batch_size], on the device."""
-        used = self.steps_per_epoch * self.global_batch
-        shape = (self.steps_per_epoch, self.micro_batches, self.shard.world_size, self.batch_size)
+        """This rank's part of an epoch-long draw (from where the epoch stands), [steps, micro_batches, batch_size],
+        on the device: each step takes the next global batch of the permutation."""
+        steps = t.shape[0] // self.global_batch
+        shape = (steps, self.micro_batches, self.shard.world_size, self.batch_size)
         if self.simulate:
-            t = t[:used].view(shape).reshape(shape[0], -1, self.batch_size)
+            t = t[: steps * self.global_batch].view(shape).reshape(shape[0], -1, self.batch_size)
         else:
-            t = t[:used].view(shape)[:, :, self.shard.rank]
+            t = t[: steps * self.global_batch].view(shape)[:, :, self.shard.rank]
         if self.device.type == "cuda":  # pinned, so the copy runs beside the GPU's work instead of blocking
             return t.contiguous().pin_memory().to(self.device, non_blocking=True)
         return t.contiguous()
@@ -297,15 +304,16 @@ class TrainBatches:
             x = cutout(x, cy, cx, self.cutout)
         return x.contiguous(memory_format=self.memory_format), self.labels[idx]
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[list[tuple[Tensor, Tensor]]]:
+    def epoch(self, epoch: int, start_image: int = 0) -> Iterator[list[tuple[Tensor, Tensor]]]:
         """Yields one list of micro-batches (images, labels) per optimizer step: slices of the epoch's images,
-        augmented at once here (a resumed epoch from `start_step` on). Each image is augmented as its own draws
-        say whatever the batching, so the slices equal batch-by-batch augmentation exactly."""
-        drawn = self.draws(epoch)
-        steps, k, b = self.steps_per_epoch - start_step, drawn["idx"].shape[1], self.batch_size
+        augmented at once here (a resumed epoch from image `start_image` of its permutation on: the run clock's
+        `epoch_images`). Each image is augmented as its own draws say whatever the batching, so the slices equal
+        batch-by-batch augmentation exactly."""
+        drawn = self.draws(epoch, start_image)
+        steps, k, b = drawn["idx"].shape[0], drawn["idx"].shape[1], self.batch_size
         if steps <= 0:
             return
-        plan = {key: v[start_step:].flatten() for key, v in drawn.items()}
+        plan = {key: v.flatten() for key, v in drawn.items()}
         n = plan["idx"].numel()
         x = torch.empty((n, 3, 32, 32), device=self.device).contiguous(memory_format=self.memory_format)
         y = self.labels[plan["idx"]]

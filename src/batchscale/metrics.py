@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .config import Config, global_batch
+from .state import RunClock
 from .errors import OutputError
 from .rundir import STOPPED, write_error
 from .atomic import write_json_atomic, write_text_atomic
@@ -78,24 +79,27 @@ class RunLog:
     """Every output of a run. On ranks other than 0 each method does nothing.
 
     Every scalar goes to the trackers against the optimizer step, so epoch figures and the in-epoch LR and
-    training loss line up on one axis."""
+    training loss line up on one axis. Where the run stands, and how fast it goes, it reads from the run's clock
+    (never changes it): images seen against `total_images`, the run's length."""
 
     def __init__(self, config: Logging, enabled: bool, history: list[dict[str, Any]], global_batch: int,
-                 total_steps: int = 0, steps_per_epoch: int = 0) -> None:
+                 clock: RunClock | None = None, total_images: int = 0, epoch_images: int = 0) -> None:
         self.enabled = enabled
         self.global_batch = global_batch
         self.show_bars = enabled and config.progress
         self.dir = Path(config.log_dir)
         self.settings = config.settings
         self.trackers: list[Tracker] = []
-        self.total_steps = total_steps
-        # About LOG_POINTS points per epoch of the in-epoch curves: each costs one host sync.
-        self.every = max(1, steps_per_epoch // LOG_POINTS)
+        self.clock = clock or RunClock()
+        self.total_images = total_images
+        # About LOG_POINTS points per epoch of the in-epoch curves, one each time the images seen pass another
+        # LOG_POINTS-th of an epoch's: each costs one host sync.
+        self.spacing = max(1, epoch_images // LOG_POINTS)
         self._last_refresh = 0.0
         self._mark = (0.0, 0)  # the epoch's loss sum and images at the last in-epoch point written
         self._points: list[tuple[int, float, Tensor, int]] = []  # (step, lr, loss sum, images) not yet written
         self._last_flush = 0.0
-        self._timing: tuple[int, float | None] | None = None  # (step, time) the cost estimate counts from
+        self._timing: tuple[int, float | None, int] | None = None  # (step, time, images) the cost estimate counts from
         self._bar: tqdm | None = None
         if not enabled:
             return
@@ -134,12 +138,12 @@ class RunLog:
                 tracker.scalars(values, step)
 
     def bar(self, total: int, desc: str, initial: int = 0) -> tqdm | None:
-        """Starts an epoch's output (and its bar, if bars are on)."""
+        """Starts an epoch's output (and its bar of `total` images, `initial` done, if bars are on)."""
         self._mark, self._points = (0.0, 0), []
         if not self.show_bars:
             return None
         # One time left on the bar, the whole run's (run_left, in the postfix): tqdm's own is only the epoch's.
-        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="img", leave=False, dynamic_ncols=True,
                          bar_format=BAR_FORMAT)
         return self._bar
 
@@ -164,13 +168,16 @@ class RunLog:
             self._bar.close()
             self._bar = None
 
-    def step(self, bar: tqdm | None, step: int, lr: float, seen: int, loss_sum: Tensor, correct: Tensor) -> None:
-        """Every `every` steps a point of the LR and the training loss (written by `flush_points`); the bar's
-        loss, accuracy and the whole run's time left at most once a second; once, the run's cost."""
+    def step(self, bar: tqdm | None, lr: float, taken: int, seen: int, loss_sum: Tensor, correct: Tensor) -> None:
+        """After the clock's latest step (at `lr`, of `taken` images; `seen` of this rank's images in the epoch,
+        `loss_sum` and `correct` over them): each time the epoch's images pass another `spacing`, a point of the LR
+        and the training loss (written by `flush_points`); the bar's loss, accuracy and the whole run's time left
+        at most once a second; once, the run's cost."""
         if not self.enabled:
             return
-        self.estimate_cost(step)
-        if step % self.every == 0:
+        step, images, into = self.clock.step, self.clock.images, self.clock.epoch_images
+        self.estimate_cost(step, images)
+        if into // self.spacing > (into - taken) // self.spacing:
             self._points.append((step, lr, loss_sum.detach().clone(), seen))  # on the device: no sync here
         now = time.perf_counter()
         if now - self._last_flush >= REFRESH_SECONDS:
@@ -178,36 +185,38 @@ class RunLog:
             self.flush_points()
         if bar is None:
             return
-        bar.update(1)
+        bar.update(taken)
         if now - self._last_refresh >= REFRESH_SECONDS and seen:
             self._last_refresh = now
-            steps_per_sec = bar.format_dict["rate"] or 0.0
-            left = (self.total_steps - step) / steps_per_sec if steps_per_sec and self.total_steps else None
+            images_per_sec = bar.format_dict["rate"] or 0.0
+            left = (self.total_images - images) / images_per_sec if images_per_sec and self.total_images else None
             bar.set_postfix(
                 loss=f"{loss_sum.item() / seen:.3f}",
                 acc=f"{correct.item() / seen:.3f}",
                 # tqdm's smoothed recent rate, not the epoch's or the run's mean that the epoch and done lines give.
-                recent_img_s=f"{steps_per_sec * self.global_batch:.0f}",
+                recent_img_s=f"{images_per_sec:.0f}",
                 **({"run_left": clock(left)} if left is not None else {}),
                 refresh=False,
             )
 
-    def estimate_cost(self, step: int) -> None:
-        """After the first steps, one line: what the rest of the run will take at the rate they ran (the first
-        COST_SKIP steps are left out: they pay for allocation and warm-up, several times a later step on a CPU)."""
+    def estimate_cost(self, step: int, images: int) -> None:
+        """After the first steps, one line: what the rest of the run's images will take at the rate they ran (the
+        first COST_SKIP steps are left out: they pay for allocation and warm-up, several times a later step on a
+        CPU)."""
         if self._timing is None:
-            self._timing = (step + COST_SKIP, None)
-        first, start = self._timing
+            self._timing = (step + COST_SKIP, None, 0)
+        first, start, first_images = self._timing
         if first < 0 or step < first:
             return
         if start is None:
-            self._timing = (step, time.perf_counter())
+            self._timing = (step, time.perf_counter(), images)
             return
         if step - first < COST_STEPS:
             return
         per_step = (time.perf_counter() - start) / (step - first)
-        left = self.total_steps - step
-        self._timing = (-1, 0.0)
+        per_image = (images - first_images) / (step - first)  # the images of one step, as they ran
+        left = round((self.total_images - images) / per_image)
+        self._timing = (-1, 0.0, 0)
         if left > 0:
             self.say(f"cost: about {clock(per_step * left)} for the {left} steps left ({per_step:.3g} s/step over "
                      f"steps {first + 1}-{step}, epoch-end evaluations not counted); --train-subset N or --epochs "
@@ -238,11 +247,13 @@ class RunLog:
         )
 
     def time_left(self, record: dict[str, Any]) -> str:
-        """The whole run's time left at the pace so far (evaluations included), for the lines without a bar."""
-        left = self.total_steps - record["step"]
-        if left <= 0 or not record["step"]:
+        """The whole run's time left at the pace so far in images (evaluations included), for the lines without a
+        bar."""
+        seen = self.clock.images
+        left = self.total_images - seen
+        if left <= 0 or not seen:
             return ""
-        return f"  ~{clock(left * record['wall_seconds'] / record['step'])} left"
+        return f"  ~{clock(left * record['wall_seconds'] / seen)} left"
 
     def finish(self, summary: dict[str, Any]) -> None:
         if not self.enabled:
@@ -311,9 +322,10 @@ def steady_rate(history: list[dict[str, Any]]) -> float | None:
 
 def summarize(
     config: Config, backend_name: str, world_size: int, history: list[dict[str, Any]], parameters: int,
-    steps_per_epoch: int | None = None,
+    whole_epochs: int | None = None,
 ) -> dict[str, Any]:
-    """summary.json: the numbers a batch-size study compares, all derived from the per-epoch records."""
+    """summary.json: the numbers a batch-size study compares, all derived from the per-epoch records but
+    `whole_epochs` (the run clock's; by default every record's epoch counts)."""
     train_seconds = sum(r["epoch_seconds"] for r in history)
     images = sum(r["images"] for r in history)
     reached: dict[str, Any] = {}
@@ -336,7 +348,7 @@ def summarize(
         "simulated_workers": config.simulate_workers > 1,
         "parameters": parameters,
         # Whole epochs: a trial that stops at its target or --max-steps ends inside its last one.
-        "epochs_completed": history[-1]["step"] // steps_per_epoch if history and steps_per_epoch else len(history),
+        "epochs_completed": len(history) if whole_epochs is None else whole_epochs,
         "steps_completed": history[-1]["step"] if history else 0,
         "final_val_acc": history[-1]["val_acc"] if history else None,
         "final_val_loss": history[-1]["val_loss"] if history else None,

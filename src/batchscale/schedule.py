@@ -19,25 +19,35 @@ def lr_scale(rule: str, replicas: int) -> float:
 
 @dataclass(frozen=True)
 class LRSchedule:
+    """The LR as a function of the training images seen (the run clock's `images`), not of the step: a batch that
+    changes mid-run changes how far one step moves along the schedule, not the schedule. Its lengths are images:
+    the run's (--epochs of whole epochs, or --max-steps) and the warmup's, both in whole steps of the batch the
+    run starts with, as the step counts they replace."""
+
     base_lr: float
     peak_lr: float
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
+    batch: int  # the global batch the run starts with: the unit the ratios are taken in (see __call__)
+    epoch_images: int  # a whole epoch's, at the starting batch (the --lr-decay-epochs unit)
+    total_images: int
+    warmup_images: int
     kind: str
     decay_epochs: tuple[int, ...] = ()
     decay_factor: float = 0.1
     warmup_start_lr: float | None = None
 
     @classmethod
-    def from_config(cls, config: Config, replicas: int, steps_per_epoch: int) -> "LRSchedule":
-        """`replicas` is the number of batches of --batch-size averaged into one update."""
+    def from_config(cls, config: Config, replicas: int, epoch_images: int, batch: int) -> "LRSchedule":
+        """`replicas` is the number of batches of --batch-size averaged into one update, `batch` the global batch
+        the run starts with and `epoch_images` the images a whole epoch takes at it."""
+        steps = epoch_images // batch
+        total = steps * config.epochs
         return cls(
             base_lr=config.base_lr,
             peak_lr=config.base_lr * lr_scale(config.lr_scaling, replicas),
-            steps_per_epoch=steps_per_epoch,
-            total_steps=min(steps_per_epoch * config.epochs, config.max_steps or steps_per_epoch * config.epochs),
-            warmup_steps=config.warmup_steps or round(config.warmup_epochs * steps_per_epoch),
+            batch=batch,
+            epoch_images=epoch_images,
+            total_images=min(total, config.max_steps or total) * batch,
+            warmup_images=(config.warmup_steps or round(config.warmup_epochs * steps)) * batch,
             kind=config.lr_schedule,
             decay_epochs=tuple(config.lr_decay_epochs),
             decay_factor=config.lr_decay_factor,
@@ -47,21 +57,24 @@ class LRSchedule:
     @property
     def depends_on_epochs(self) -> bool:
         """Whether the LR at a step changes with --epochs: cosine and onecycle spread their decay over the run's
-        steps, so a resume under another --epochs would bend the curve already trained (resume refuses it)."""
+        images, so a resume under another --epochs would bend the curve already trained (resume refuses it)."""
         return self.kind in ("cosine", "onecycle")
 
-    def __call__(self, step: int) -> float:
-        """LR for optimizer step `step` (0-based)."""
-        if step < self.warmup_steps:
+    def __call__(self, images: int) -> float:
+        """LR for the optimizer step taken after `images` training images (0 for the first step). Progress is
+        counted in steps of the starting batch (a fraction of one after a batch change), so that at a fixed batch
+        every LR is the per-step formula's float exactly, rounding included."""
+        step, warmup = images / self.batch, self.warmup_images // self.batch
+        if images < self.warmup_images:
             # Goyal et al.: ramp from the single-worker LR to the scaled one, per step.
             start = self.base_lr if self.warmup_start_lr is None else self.warmup_start_lr
-            return start + (self.peak_lr - start) * step / self.warmup_steps
+            return start + (self.peak_lr - start) * step / warmup
         if self.kind == "constant":  # a trial that ends at its target: no decay tied to a budget
             return self.peak_lr
         if self.kind == "step":
-            epoch = step / self.steps_per_epoch
+            epoch = images / self.epoch_images
             return self.peak_lr * self.decay_factor ** sum(epoch >= e for e in self.decay_epochs)
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        progress = (step - warmup) / max(1, self.total_images // self.batch - warmup)
         if self.kind == "cosine":
             return self.peak_lr * 0.5 * (1 + math.cos(math.pi * progress))
         return self.peak_lr * (1 - progress)  # onecycle: warmup up, straight line down to zero

@@ -1,11 +1,15 @@
 """Everything a checkpoint holds, defined once: `TrainState.state_dict()` writes it, `load_state_dict()` reads it.
 
 Format 2 added `changes` (settings changed on resume) to format 1; a format-1 checkpoint loads
-with no recorded changes. `trial` (the target split's evaluations, and why the run ended) is optional. Anything else is refused with a message naming the version.
+with no recorded changes. Format 3 stores the run clock (`RunClock`: images seen, the epoch's images, whole
+epochs) beside the step; an earlier checkpoint's clock is rebuilt from its step and batch (`upgraded`).
+`trial` (the target split's evaluations, and why the run ended) is optional. Anything else is refused with a
+message naming the version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .config import global_batch
 from .errors import ConfigError
 from .noise import SUMS, NoiseScale
 from .parallel.base import ReplicaState
@@ -23,8 +28,8 @@ from .target import TargetWatch
 if TYPE_CHECKING:
     from .parallel.base import Backend
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 HISTORY_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images", "epoch_seconds",
                 "train_seconds", "wall_seconds")
 
@@ -78,8 +83,48 @@ class EpochSums:
 
 
 @dataclass
+class RunClock:
+    """Where training stands, counted as it goes and never derived from a batch size: optimizer steps and training
+    images since the start, epochs closed, and the position in the open epoch. Each step advances it by the images
+    that step took, so a batch size read afresh at every step (one that changes mid-run) moves the clock exactly,
+    and schedules over the run read its images (as torchtitan saves `ntokens_seen` and torchtune its
+    TrainingProgress)."""
+
+    step: int = 0  # optimizer updates taken
+    images: int = 0  # training images those updates took, summed over workers
+    epoch: int = 0  # epochs closed, each with its line in the history (a trial's last perhaps cut short)
+    epoch_step: int = 0  # updates into the open epoch
+    epoch_images: int = 0  # images of the open epoch taken: where its permutation resumes
+    whole_epochs: int = 0  # closed epochs that ran out of images (not cut short by the trial's end)
+
+    def advance(self, images: int) -> None:
+        """One optimizer update of `images` training images."""
+        self.step += 1
+        self.images += images
+        self.epoch_step += 1
+        self.epoch_images += images
+
+    def close_epoch(self, whole: bool) -> None:
+        """The open epoch ends: `whole` when its images ran out, not when the trial ended inside it."""
+        self.epoch += 1
+        self.whole_epochs += whole
+        self.epoch_step = self.epoch_images = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """In place: whatever holds the clock reads the restored one."""
+        for key in CLOCK_KEYS:
+            setattr(self, key, int(state[key]))
+
+
+CLOCK_KEYS = tuple(f.name for f in dataclasses.fields(RunClock))
+
+
+@dataclass
 class TrainState:
-    """The model, optimizer and scaler in use, plus where training stands (`epoch` done, `epoch_step` into the next).
+    """The model, optimizer and scaler in use, plus where training stands (`clock`).
 
     The model's and optimizer's own state go through `owner` (the run's backend, which may wrap or shard them);
     the default is one whole replica in this process."""
@@ -93,33 +138,35 @@ class TrainState:
     trial: TargetWatch = field(default_factory=lambda: TargetWatch(target=1.0))  # evaluations of the target split
     history: list[dict[str, Any]] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
-    epoch: int = 0
-    epoch_step: int = 0
+    clock: RunClock = field(default_factory=RunClock)
     partial: dict[str, Any] | None = None  # the whole job's sums of a part-done epoch, as saved
     owner: ReplicaState = field(default_factory=ReplicaState)
 
-    def step(self, steps_per_epoch: int) -> int:
-        """Optimizer steps taken so far."""
-        return self.epoch * steps_per_epoch + self.epoch_step
+    @property
+    def epoch(self) -> int:
+        """Epochs closed (the clock's)."""
+        return self.clock.epoch
 
-    def position(self, steps_per_epoch: int) -> str:
-        """Where training stands, in the words every line uses (the stop line, the resume line), epochs counted from
-        1 as the epoch lines count them: `epoch 2 (step 20)` at an epoch's end, `step 14 (step 4 of 10 in epoch 2)`
-        inside one."""
+    def position(self) -> str:
+        """Where training stands, in the words every line uses (the stop line, the resume line), from the clock,
+        epochs counted from 1 as the epoch lines count them: `epoch 2 (step 20)` at an epoch's end, `step 14 (step 4
+        of epoch 2)` inside one."""
         if not self.epoch_step:
-            return f"epoch {self.epoch} (step {self.step(steps_per_epoch)})"
-        return (f"step {self.step(steps_per_epoch)} (step {self.epoch_step} of {steps_per_epoch} in epoch "
-                f"{self.epoch + 1})")
+            return f"epoch {self.epoch} (step {self.clock.step})"
+        return f"step {self.clock.step} (step {self.epoch_step} of epoch {self.epoch + 1})"
 
-    def state_dict(self, steps_per_epoch: int) -> dict[str, Any]:
+    @property
+    def epoch_step(self) -> int:
+        """Updates into the open epoch (the clock's)."""
+        return self.clock.epoch_step
+
+    def state_dict(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
             "model": self.owner.model_state_dict(self.model),
             "optimizer": self.owner.optimizer_state_dict(self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch,
-            "epoch_step": self.epoch_step,
-            "step": self.step(steps_per_epoch),
+            **self.clock.state_dict(),  # at the top level: `step` and `epoch` are where format 1 kept them
             "rng": rng_state(),
             "config": self.config,
             "world_size": self.workers,
@@ -130,13 +177,9 @@ class TrainState:
             "trial": self.trial.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any], steps_per_epoch: int, source: str) -> None:
-        """Restores everything; `state` has passed `problem()`. The current config's settings stay in force."""
-        if state["epoch_step"] >= steps_per_epoch:
-            raise ConfigError(
-                f"{source} is malformed: it stops at step {state['epoch_step']} of an epoch that has {steps_per_epoch} "
-                "steps; move it away or use --no-resume"
-            )
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
+        """Restores everything; `state` has passed `problem()` and is in this format (`upgraded`). The current
+        config's settings stay in force."""
         try:
             self.owner.load_model_state_dict(self.model, state["model"])
             self.owner.load_optimizer_state_dict(self.optimizer, state["optimizer"])
@@ -150,8 +193,27 @@ class TrainState:
         self.history = list(state["history"])
         self.changes = list(state.get("changes") or [])
         self.trial.load_state_dict(state.get("trial"))  # absent before target checks existed
-        self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
-        self.partial = state.get("partial") if state["epoch_step"] else None
+        self.clock.load_state_dict(state)
+        self.partial = state.get("partial") if self.clock.epoch_step else None
+
+
+def upgraded(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint that passed `problem()`, in this format: one of format 1 or 2 gets the clock it did not store,
+    from its step and its global batch (fixed in those runs). Its whole epochs are its closed ones, but for a trial
+    that ended: its last epoch counts as whole when it took as many steps as the first (so a one-epoch trial that
+    ended counts none)."""
+    if state["format_version"] >= 3:
+        return state
+    config, history = state["config"], state["history"]
+    batch = global_batch(config.get("batch_size", 1), config.get("batches_per_allreduce", 1), state["world_size"])
+    ended = (state.get("trial") or {}).get("ended") is not None
+    whole = state["epoch"]
+    if ended and history:
+        last = history[-1]["step"] - (history[-2]["step"] if len(history) > 1 else 0)
+        whole -= not (len(history) > 1 and last == history[0]["step"])
+    clock = RunClock(step=state["step"], images=state["step"] * batch, epoch=state["epoch"],
+                     epoch_step=state["epoch_step"], epoch_images=state["epoch_step"] * batch, whole_epochs=whole)
+    return {**state, **clock.state_dict(), "format_version": FORMAT_VERSION}
 
 
 def rng_state() -> dict[str, Any]:
@@ -181,6 +243,7 @@ def problem(state: Any) -> str | None:
          and isinstance(v.get("param_groups"), list)),
         ("epoch", lambda v: _int(v) and v >= 0),
         ("epoch_step", lambda v: _int(v) and v >= 0),
+        ("step", lambda v: _int(v) and v >= 0),
         ("rng", lambda v: isinstance(v, dict) and isinstance(v.get("torch"), Tensor) and v["torch"].dtype == torch.uint8
          and isinstance(v.get("python"), list) and len(v["python"]) == 625 and all(_int(x) for x in v["python"])),
         ("noise", _noise_ok),
@@ -193,6 +256,8 @@ def problem(state: Any) -> str | None:
         ("trial", lambda v: v is None or (isinstance(v, dict) and isinstance(v["evals"], list) and _int(v["next_eval"])
                                           and v["ended"] in (None, "target", "budget"))),
     )
+    if state["format_version"] >= 3:
+        checks += tuple((key, lambda v: _int(v) and v >= 0) for key in ("images", "epoch_images", "whole_epochs"))
     for key, ok in checks:
         if key in ("changes", "trial") and key not in state:
             continue  # written before these existed
@@ -206,6 +271,11 @@ def problem(state: Any) -> str | None:
             return f"its {key!r} entry is malformed"
     if len(state["history"]) != state["epoch"]:
         return f"its history has {len(state['history'])} epochs but it says {state['epoch']} are done"
+    if state["format_version"] >= 3 and not (
+            state["epoch_step"] <= state["step"] and state["epoch_images"] <= state["images"]
+            and (state["epoch_step"] == 0) == (state["epoch_images"] == 0) and state["whole_epochs"] <= state["epoch"]):
+        return (f"its clock is inconsistent (step {state['step']}, {state['epoch_step']} into the epoch; "
+                f"{state['images']} images, {state['epoch_images']} into the epoch)")
     if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
         return "its weights are NaN or infinite (it was saved by a run that diverged)"
     return None

@@ -57,7 +57,7 @@ def test_sigterm_saves_a_step_checkpoint_and_the_rerun_ends_identical(tiny_cifar
     line = one_line(result.stderr)
     assert "SIGTERM" in line and "after step 14" in line and "checkpoint-2.pth.tar.partial" in line
     where = line.split(" after ")[1].split(";")[0]  # the stop line's point; the resume line names it the same way
-    assert where == "step 14 (step 4 of 10 in epoch 2)"  # 10 steps an epoch: epochs counted from 1, as epoch lines
+    assert where == "step 14 (step 4 of epoch 2)"  # epochs counted from 1, as epoch lines
     assert checkpoint.load(stopped / "checkpoint-2.pth.tar.partial")["step"] == 14
     # The stop is kept in the run folder (a launcher may take stderr with it) and said at the next start, once.
     record = json.loads((stopped / "stopped.json").read_text())

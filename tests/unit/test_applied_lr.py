@@ -83,7 +83,7 @@ def test_the_warning_names_each_unreachable_schedule_and_only_those():
 
     def said(replicas: int = 1, steps: int = 10, **flags) -> str | None:
         config = Config(**flags)
-        return unreachable_schedule(config, LRSchedule.from_config(config, replicas, steps), steps * config.epochs)
+        return unreachable_schedule(config, LRSchedule.from_config(config, replicas, steps, 1), steps * config.epochs)
 
     # Four workers: a ramp from 0.1 to 0.4 over 50 steps, cut at 30: the last LR is 0.1 + 0.3 * 29 / 50.
     line = said(replicas=4, epochs=3)

@@ -39,9 +39,9 @@ def test_restored_momentum_takes_the_layout_of_its_weights():
         optimizer.step()
         return TrainState(model, optimizer, None, Config().to_dict(), 1)
 
-    saved = state(torch.contiguous_format).state_dict(steps_per_epoch=10)
+    saved = state(torch.contiguous_format).state_dict()
     target = state(torch.channels_last)
-    target.load_state_dict(saved, steps_per_epoch=10, source="test")
+    target.load_state_dict(saved, source="test")
     conv = target.model.stem[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     momentum = target.optimizer.state[conv]["momentum_buffer"]
@@ -49,24 +49,38 @@ def test_restored_momentum_takes_the_layout_of_its_weights():
     assert torch.equal(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
 
 
-def test_a_format_1_checkpoint_still_loads_and_others_are_refused_by_version(tmp_path):
-    """Format 1 (before settings changes were recorded) has every entry format 2 has but `changes`."""
+def test_format_1_and_2_checkpoints_load_with_the_clock_they_imply_and_others_are_refused_by_version(tmp_path):
+    """Format 1 (before settings changes were recorded) has every entry format 2 has but `changes`; neither stored
+    the run clock, which at their fixed global batch is their step and epoch step times that batch."""
     import pytest
 
     from batchscale.errors import ConfigError
     from batchscale.models import CifarResNet18
-    from batchscale.state import TrainState
+    from batchscale.state import RunClock, TrainState
 
     model = CifarResNet18(width=4)
-    state = TrainState(model, torch.optim.SGD(model.parameters(), lr=0.1), None, Config().to_dict(), 1)
-    old = state.state_dict(steps_per_epoch=10)
-    old["format_version"] = 1
-    del old["changes"]
-    torch.save(old, tmp_path / "v1.pth.tar")
-    restored = TrainState(CifarResNet18(width=4), torch.optim.SGD(model.parameters(), lr=0.1), None, {}, 1)
-    restored.load_state_dict(checkpoint.load(tmp_path / "v1.pth.tar"), steps_per_epoch=10, source="v1")
-    assert restored.changes == [] and restored.epoch == 0
-    old["format_version"] = 3
-    torch.save(old, tmp_path / "v3.pth.tar")
-    with pytest.raises(ConfigError, match="checkpoint format 3, this batchscale reads formats 1, 2"):
-        checkpoint.load(tmp_path / "v3.pth.tar")
+    config = Config(batch_size=16, batches_per_allreduce=2).to_dict()
+    state = TrainState(model, torch.optim.SGD(model.parameters(), lr=0.1), None, config, 3)
+    old = state.state_dict()
+    for key in ("images", "epoch_images", "whole_epochs"):
+        del old[key]
+    record = {key: 1.0 for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds",
+                                   "train_seconds", "wall_seconds")}
+    old.update(epoch=1, epoch_step=3, step=13, history=[{**record, "epoch": 1, "step": 10, "images": 960}])
+    for version in (1, 2):
+        written = {**old, "format_version": version}
+        if version == 1:
+            del written["changes"]
+        torch.save(written, tmp_path / f"v{version}.pth.tar")
+        restored = TrainState(CifarResNet18(width=4), torch.optim.SGD(model.parameters(), lr=0.1), None, {}, 1)
+        restored.load_state_dict(checkpoint.load(tmp_path / f"v{version}.pth.tar"), source=f"v{version}")
+        # 3 workers x 16 x 2 = 96 images a step: 13 steps, 3 of them into epoch 2
+        assert restored.clock == RunClock(step=13, images=13 * 96, epoch=1, epoch_step=3, epoch_images=3 * 96,
+                                          whole_epochs=1)
+        assert restored.changes == []
+    torch.save({**old, "format_version": 4}, tmp_path / "v4.pth.tar")
+    with pytest.raises(ConfigError, match="checkpoint format 4, this batchscale reads formats 1, 2, 3"):
+        checkpoint.load(tmp_path / "v4.pth.tar")
+    torch.save({**state.state_dict(), "epoch_step": 2}, tmp_path / "torn.pth.tar")  # a step into the epoch, no image
+    with pytest.raises(ConfigError, match="its clock is inconsistent"):
+        checkpoint.load(tmp_path / "torn.pth.tar")

@@ -80,7 +80,7 @@ CASES = [
     (["--resume", "{ckpt:model}"], "its 'model' entry is malformed"),
     (["--resume", "{ckpt:rng}"], "its 'rng' entry is malformed"),
     (["--resume", "{ckpt:noise}"], "its 'noise' entry is malformed"),
-    (["--resume", "{ckpt:past-the-end}"], "stops at step 99 of an epoch that has 10 steps"),
+    (["--resume", "{ckpt:past-the-end}"], "stops at step 99 of an epoch (3168 images in) that has 10 steps of 32 images"),
     (["--resume", "{ckpt:other-shapes}"], "does not fit this model"),
     (["--resume", "{ckpt:format-9}"], "checkpoint format 9"),
 ]
@@ -119,14 +119,14 @@ def bad_checkpoints(tmp_path_factory) -> dict[str, str]:
     def good(width: int = 4) -> dict:
         model = CifarResNet18(width=width)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-        return TrainState(model, optimizer, None, config.to_dict(), 1).state_dict(steps_per_epoch=10)
+        return TrainState(model, optimizer, None, config.to_dict(), 1).state_dict()
 
     damaged = {
         "history": lambda s: s.update(history=[{"epoch": "one"}], epoch=1),
         "model": lambda s: s.update(model={"stem.0.weight": "not a tensor"}),
         "rng": lambda s: s.update(rng={"torch": "seed"}),
         "noise": lambda s: s.update(noise=[1, 2]),
-        "past-the-end": lambda s: s.update(epoch_step=99, step=99),
+        "past-the-end": lambda s: s.update(epoch_step=99, step=99, epoch_images=99 * 32, images=99 * 32),
         "other-shapes": lambda s: s.update(model=good(width=8)["model"]),
         "format-9": lambda s: s.update(format_version=9),
     }

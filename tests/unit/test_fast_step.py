@@ -97,7 +97,7 @@ def test_the_epochs_slices_are_the_batch_by_batch_augmentation(tiny_cifar):
     images, labels = data.load_split(tiny_cifar, train=True)
     batches = data.TrainBatches(images, labels, 32, 2, data.Shard(0, 1), 3, torch.device("cpu"), cutout=8)
     steps = list(batches.epoch(1))
-    resumed = list(batches.epoch(1, start_step=3))
+    resumed = list(batches.epoch(1, start_image=3 * batches.global_batch))
     assert len(steps) == 5 and len(resumed) == 2
     for s, micro in enumerate(steps):
         for m, (x, y) in enumerate(micro):

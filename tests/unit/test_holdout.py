@@ -46,7 +46,7 @@ def test_with_a_holdout_the_picked_epochs_test_acc_is_named_for_what_it_is():
     from batchscale.config import Config
     from batchscale.metrics import closing_line, summarize
 
-    summary = summarize(Config(holdout=100, log_dir="run"), "single", 1, held_out_history(), 10, steps_per_epoch=10)
+    summary = summarize(Config(holdout=100, log_dir="run"), "single", 1, held_out_history(), 10)
     assert summary["test_acc_at_best_holdout_epoch"] == 0.50 and summary["best_holdout_acc"] == 0.55
     assert summary["best_epoch"] == 2
     line = closing_line(summary)
@@ -60,6 +60,6 @@ def test_without_a_holdout_best_is_the_best_test_accuracy():
     history = held_out_history()
     for record in history:
         del record["holdout_acc"]
-    summary = summarize(Config(log_dir="run"), "single", 1, history, 10, steps_per_epoch=10)
+    summary = summarize(Config(log_dir="run"), "single", 1, history, 10)
     assert summary["test_acc_at_best_holdout_epoch"] is None and summary["best_val_acc"] == 0.56
     assert "held-out" not in closing_line(summary)

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles, no training-core function or class too long to read at once, and no
-production module that needs the test package."""
+"""The package's shape: no import cycles (type-only imports included), no function of the training core, the study,
+the bench or the configuration too long to read at once, no class past 200 lines anywhere, nothing below the command
+line importing it, and no production module that needs the test package."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ CORE = ("training/loop.py", "training/step.py", "training/setup.py", "training/c
         "training/guard.py", "training/evaluation.py", "training/report.py", "state.py", "checkpoint.py", "atomic.py",
         "faults.py", "data.py", "schedule.py", "metrics.py", "noise.py", "precision.py", "parallel/base.py",
         "parallel/torchdist.py", "parallel/horovod_backend.py")
+# Where functions fit on a screen too: the study, the bench, the configuration.
+SCREENED = (*CORE, *sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "study").glob("*.py")),
+            "training/bench.py", "config.py")
+# Longer ones there before the check covered them, at most as long as they are: split one when it is next changed.
+LONG = {("study/study_report.py", "write_plots"): 76, ("study/study_report.py", "write_report"): 102,
+        ("study/sweep_report.py", "write_plots"): 109, ("study/sweep_report.py", "report"): 66,
+        ("training/bench.py", "measure_ours"): 92}
 
 
 def modules() -> dict[str, Path]:
@@ -27,13 +35,13 @@ def type_checking_only(tree: ast.Module) -> set[ast.AST]:
             and node.test.id == "TYPE_CHECKING" for child in node.body for inner in ast.walk(child)}
 
 
-def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """Modules of the package that `name` imports, at the top or inside functions alike (not those imported for
-    type checking only)."""
+def imports(name: str, path: Path, known: dict[str, Path], typed: bool = False) -> set[str]:
+    """Modules of the package that `name` imports, at the top or inside functions alike (and, with `typed`, those
+    imported for type checking only)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
     tree = ast.parse(path.read_text())
-    skipped = type_checking_only(tree)
+    skipped = set() if typed else type_checking_only(tree)
     for node in ast.walk(tree):
         if node in skipped:
             continue
@@ -48,8 +56,9 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 
 
 def test_no_import_cycles():
+    """Not even through an import for type checking only: a module that names another's types sits above it."""
     known = modules()
-    graph = {name: imports(name, path, known) for name, path in known.items()}
+    graph = {name: imports(name, path, known, typed=True) for name, path in known.items()}
     state: dict[str, str] = {}
 
     def visit(name: str, trail: list[str]) -> None:
@@ -65,20 +74,30 @@ def test_no_import_cycles():
             visit(name, [name])
 
 
-def test_training_core_functions_fit_on_a_screen():
-    for name in CORE:
+def test_functions_fit_on_a_screen():
+    assert "study/study.py" in SCREENED and "config.py" in SCREENED
+    for name in SCREENED:
         for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
-            if isinstance(node, ast.FunctionDef):
-                assert node.end_lineno - node.lineno < 60, f"{name}: {node.name} is {node.end_lineno - node.lineno + 1} lines"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                assert lines <= LONG.get((name, node.name), 60), f"{name}: {node.name} is {lines} lines"
 
 
-def test_training_core_classes_fit_in_a_sitting():
+def test_classes_fit_in_a_sitting():
     """A class past 200 lines holds more than one component: split it as the trainer was (loop, checkpointer,
-    guard)."""
-    for name in CORE:
-        for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
+    guard), or as Config's checks were (functions of their own)."""
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
-                assert node.end_lineno - node.lineno < 200, f"{name}: {node.name} is {node.end_lineno - node.lineno + 1} lines"
+                lines = node.end_lineno - node.lineno + 1
+                assert lines <= 200, f"{path.relative_to(PACKAGE)}: {node.name} is {lines} lines"
+
+
+def test_nothing_below_the_command_line_imports_it():
+    """cli.py is the top: the study runs its trainings through command.py, which both import."""
+    known = modules()
+    for name, path in known.items():
+        assert "batchscale.cli" not in imports(name, path, known, typed=True) or name == "batchscale.cli", name
 
 
 def test_no_production_module_imports_the_test_package():

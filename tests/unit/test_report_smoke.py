@@ -111,7 +111,7 @@ def test_a_one_epoch_curve_is_a_point_and_the_caption_says_so(tmp_path, figures)
 def test_titles_name_the_lr_that_was_applied_not_the_schedule_named(tmp_path, figures):
     # The smoke sweep's runs: cosine named, but the 5-epoch warmup outlasts the 1-epoch run, and one worker's warmup
     # ramps from 0.1 to 0.1. The trainer's own schedule, step by step, is the ground truth.
-    schedule = LRSchedule.from_config(Config(epochs=1, warmup_epochs=5.0, lr_schedule="cosine"), 1, STEPS)
+    schedule = LRSchedule.from_config(Config(epochs=1, warmup_epochs=5.0, lr_schedule="cosine"), 1, STEPS, 1)
     assert {round(schedule(step), 9) for step in range(STEPS)} == {0.1}
     fake_run(tmp_path / "b32", 32, [0.213])
     fake_run(tmp_path / "b64", 64, [0.206])
@@ -122,7 +122,7 @@ def test_titles_name_the_lr_that_was_applied_not_the_schedule_named(tmp_path, fi
 
 
 def test_titles_say_a_decay_that_did_happen(tmp_path, figures):
-    schedule = LRSchedule.from_config(Config(epochs=2, warmup_epochs=0.0, lr_schedule="cosine"), 1, STEPS)
+    schedule = LRSchedule.from_config(Config(epochs=2, warmup_epochs=0.0, lr_schedule="cosine"), 1, STEPS, 1)
     lrs = [schedule(STEPS - 1), schedule(2 * STEPS - 1)]
     fake_run(tmp_path / "b32", 32, [0.2, 0.3], lrs=lrs, warmup_epochs=0.0)
     fake_run(tmp_path / "b64", 64, [0.2, 0.3], lrs=lrs, warmup_epochs=0.0)

@@ -140,13 +140,16 @@ class _NoSync:
 def test_in_epoch_points_cost_no_host_sync_per_step(tmp_path, monkeypatch):
     from batchscale import metrics
     from batchscale.config import Config
+    from batchscale.state import RunClock
 
     monkeypatch.setattr(metrics, "REFRESH_SECONDS", 1e9)  # no timed flush: only the epoch's end writes
-    log = metrics.RunLog(metrics.Logging.of(Config(log_dir=str(tmp_path), progress=False)), True, [], 32, total_steps=40,
-                         steps_per_epoch=40)
-    log.bar(40, "epoch 1/1")
+    clock = RunClock()
+    log = metrics.RunLog(metrics.Logging.of(Config(log_dir=str(tmp_path), progress=False)), True, [], 32, clock,
+                         total_images=40 * 32, epoch_images=40 * 32)
+    log.bar(40 * 32, "epoch 1/1")
     for step in range(1, 41):
-        log.step(None, step, 0.1, 32 * step, _NoSync(2.0 * step), None)  # loss 2.0 per image, summed
+        clock.advance(32)
+        log.step(None, 0.1, 32, 32 * step, _NoSync(2.0 * step), None)  # loss 2.0 per image, summed
     log.end_bar()
     log.close()
     losses = EventAccumulator(str(tmp_path)).Reload().Scalars("train/step_loss")

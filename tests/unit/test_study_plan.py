@@ -47,22 +47,22 @@ def test_a_curve_trial_stops_at_its_held_out_target_within_its_budget(config):
             assert c.max_steps == trial.steps and c.max_steps <= 6000 and (c.max_steps - 1) * batch < 4 * 48_000
             assert c.max_steps == 6000 or c.max_steps * batch >= 4 * 48_000
             assert c.epochs * (48_000 // batch) >= c.max_steps
-            schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch)
+            schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch * batch, batch)
             # The cpu preset: no warmup, and a constant LR, no decay tied to the budget.
-            assert schedule(0) == schedule(c.max_steps - 1) == c.base_lr
+            assert schedule(0) == schedule((c.max_steps - 1) * batch) == c.base_lr
 
 
 @pytest.mark.parametrize("batch", [32, 64, 1024])
 def test_the_warmup_is_the_same_number_of_images_at_every_batch_size(config, batch):
     config.warmup_images = 4096
     c = as_config(batch_trials(config.validate(), batch, (0.05,))[0].args)
-    schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch)
-    ramp = schedule.warmup_steps
-    assert schedule(0) == 0 and schedule(ramp) == schedule(c.max_steps - 1) == pytest.approx(0.05)
-    assert schedule(ramp - 1) < 0.05
-    assert ramp * batch == 4096  # exactly the same images ramped, however large B
+    schedule = LRSchedule.from_config(c, c.batches_per_allreduce, 48_000 // batch * batch, batch)
+    ramp = schedule.warmup_images
+    assert schedule(0) == 0 and schedule(ramp) == schedule((c.max_steps - 1) * batch) == pytest.approx(0.05)
+    assert schedule(ramp - batch) < 0.05
+    assert ramp == 4096  # exactly the same images ramped, however large B
     # The same images seen, the same LR at every B: 1,024 images into the ramp, a quarter of the peak.
-    assert schedule(1024 // batch) == pytest.approx(0.05 * 1024 / 4096)
+    assert schedule(1024) == pytest.approx(0.05 * 1024 / 4096)
 
 
 def test_a_warmup_that_is_not_whole_steps_at_every_batch_size_is_refused_in_one_line(config):
@@ -86,8 +86,9 @@ def test_a_micro_batch_larger_than_the_smallest_batch_is_refused_in_one_line():
 def peak_and_ramp(c: Config, steps_per_epoch: int = 100) -> list[float]:
     """The LR of every step of a run, as the trainer builds it (one process: its simulated workers' batches and
     its accumulated ones are what one update averages)."""
-    schedule = LRSchedule.from_config(c, c.simulate_workers * c.batches_per_allreduce, steps_per_epoch)
-    return [schedule(step) for step in range(schedule.total_steps)]
+    batch = c.batch_size * c.batches_per_allreduce * c.simulate_workers
+    schedule = LRSchedule.from_config(c, c.simulate_workers * c.batches_per_allreduce, steps_per_epoch * batch, batch)
+    return [schedule(step * batch) for step in range(schedule.total_images // batch)]
 
 
 def test_the_paper_grid_runs_as_the_paper_ran_it_at_a_tuned_grid_and_with_a_batch_norm_control(config):

@@ -1,20 +1,26 @@
 """The distributed layer: a backend interface (`base.Backend`), torch.distributed and Horovod behind it,
 Adasum for both, and launcher detection. `init_backend(config)` is the one entry point.
 
-`BACKENDS` is the one list of backends: `--backend`'s choices (config.py) are read from it, so a new backend
-touches this package only. Each is imported when chosen, and `Backend`, `Communication` and `unwrap` when first
-used: config.py imports this package, and reading a flag table must not import torch or Horovod.
+`BACKENDS` is the registry of backends, by the names in launch.NAMES: `--backend`'s choices (config.py) are read
+from there, so a new backend touches this package only. Each is imported when chosen, and `Backend`,
+`Communication` and `unwrap` when first used: reading a flag table must not import torch or Horovod. Nothing here
+imports config.py, which sits above this package.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .launch import launched_by, launcher_rank
+from .launch import CHOICES, NAMES, launched_by, launcher_rank
 
 if TYPE_CHECKING:
-    from ..config import Config
     from .base import Backend, Communication, unwrap
+
+
+class Launching(Protocol):
+    """What `init_backend` reads of a configuration (a config.Config), besides Communication's fields."""
+
+    backend: str  # "auto" or one of NAMES
 
 
 def _single() -> type[Backend]:
@@ -36,11 +42,10 @@ def _horovod() -> type[Backend]:
 
 
 # --backend's name -> its class, imported on first use.
-BACKENDS = {"single": _single, "torch": _torch, "horovod": _horovod}
-CHOICES = ("auto", *BACKENDS)  # auto: the one the launcher's environment names (launch.launched_by)
+BACKENDS = dict(zip(NAMES, (_single, _torch, _horovod), strict=True))
 
 
-def init_backend(config: Config) -> Backend:
+def init_backend(config: Launching) -> Backend:
     """The backend the launcher (or --backend) asks for, given only the settings it reads."""
     from .base import Communication
 

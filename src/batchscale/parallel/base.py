@@ -15,16 +15,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import BatchscaleError, ConfigError
 from ..noise import GradNorms
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 T = TypeVar("T")
 # A teardown (a barrier, destroy_process_group, hvd.shutdown) after the outputs are written: a rank stuck in it must
@@ -114,7 +111,8 @@ class Communication:
     compile: bool = False
 
     @classmethod
-    def of(cls, config: Config) -> "Communication":
+    def of(cls, config: object) -> "Communication":
+        """From a config.Config, or any object with these fields (this package does not import config.py)."""
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
@@ -124,7 +122,8 @@ class Backend(ReplicaState):
 
     name = "single"
 
-    def __init__(self, config: Communication | Config) -> None:
+    def __init__(self, config: object) -> None:
+        """`config`: a Communication, or what `Communication.of` reads one from (a config.Config)."""
         self.config = config if isinstance(config, Communication) else Communication.of(config)
         self.rank, self.world_size, self.local_rank, self.local_world_size = self._join()
         self.device = pick_device(self.local_rank, self.config.no_cuda)

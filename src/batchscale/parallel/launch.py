@@ -1,10 +1,14 @@
-"""Which launcher started this process, read from its environment before any backend exists."""
+"""Which launcher started this process, read from its environment before any backend exists, and the backends'
+names (config.py reads --backend's choices from here, below the package's registry, importing nothing)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+
+NAMES = ("single", "torch", "horovod")  # parallel.BACKENDS holds a class for each
+CHOICES = ("auto", *NAMES)  # auto: the one the launcher's environment names (launched_by)
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 HOROVOD_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")

@@ -119,7 +119,7 @@ def output_to(log: IO[str]) -> Iterator[None]:
 
 def run_one(args: list[str], log_path: Path, number: int) -> int:
     """One training, as `batchscale train ARGS` in a fresh process would run it; returns its exit code."""
-    from ..cli import run_train
+    from ..command import run_train
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log, output_to(log):

@@ -41,10 +41,8 @@ class Checkpointing:
 
 
 class Checkpointer:
-    def __init__(self, config: Checkpointing, backend: Backend, state: TrainState, guard: Guard,
-                 steps_per_epoch: int) -> None:
+    def __init__(self, config: Checkpointing, backend: Backend, state: TrainState, guard: Guard) -> None:
         self.config, self.backend, self.state, self.guard = config, backend, state, guard
-        self.steps_per_epoch = steps_per_epoch
         self.every = config.every
         self.resumed_from: Path | None = None
 
@@ -60,7 +58,7 @@ class Checkpointer:
         opened = backend.broadcast_object(opened)
         if opened is None:
             return
-        state.load_state_dict(opened.state, self.steps_per_epoch, str(opened.path))
+        state.load_state_dict(opened.state, str(opened.path))
         state.noise.to(backend.device)
         for group in state.optimizer.param_groups:  # the current flags are what trains from here on
             group.update(momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.wd)
@@ -72,8 +70,8 @@ class Checkpointer:
             state.partial = None  # rank 0 carries the job's sums of a part-done epoch
 
     def due(self) -> bool:
-        """Whether the step just taken ends with a checkpoint inside the epoch."""
-        return bool(self.every) and self.state.epoch_step % self.every == 0
+        """Whether the step just taken ends with a checkpoint inside the epoch (the clock's step into it)."""
+        return bool(self.every) and self.state.clock.epoch_step % self.every == 0
 
     def inside_epoch(self, step: int, sums: EpochSums, model: nn.Module) -> None:
         """After update `step`, not the epoch's last: a checkpoint when one is due, or when the guard finds the run
@@ -97,7 +95,7 @@ class Checkpointer:
         path = checkpoint.partial_path(self.config.files, state.epoch + 1)
         self.write(path)
         state.partial = None
-        faults.point("after-step-checkpoint", state.step(self.steps_per_epoch), backend.rank)
+        faults.point("after-step-checkpoint", state.clock.step, backend.rank)
         return path
 
     def save_epoch(self) -> Path:
@@ -112,7 +110,7 @@ class Checkpointer:
     def write(self, path: Path, then: Callable[[], None] | None = None) -> None:
         def write() -> None:
             if self.backend.is_main:
-                checkpoint.save(path, self.state.state_dict(self.steps_per_epoch))
+                checkpoint.save(path, self.state.state_dict())
                 if then is not None:
                     then()
 

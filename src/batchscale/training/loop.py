@@ -3,8 +3,9 @@
 Each component decides for itself: the checkpointer when to save and what to resume from, the guard when to
 check that the run may go on, the evaluation (through the trial, `state.trial`) when to look at its target, the
 step when to measure the noise scale. `Trainer.state` (a `TrainState`) is everything a checkpoint holds; where
-training stands lives there and nowhere else. What the loop is built from is in setup.py; what it says about
-itself, its banner and its summary, in report.py.
+training stands lives there and nowhere else: its clock (`state.clock`: steps, images, the epoch's position), which
+every schedule and cadence reads and only the loop advances, by the global batch read at each step. What the loop
+is built from is in setup.py; what it says about itself, its banner and its summary, in report.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 from .. import faults
 from ..config import Config
-from ..errors import BatchscaleError, Diverged, Stopped
+from ..errors import BatchscaleError, ConfigError, Diverged, Stopped
 from ..metrics import Logging, RunLog
 from ..noise import NOISE_SHARE, GradNorms
 from ..parallel import Backend
@@ -82,28 +83,30 @@ class Trainer:
         seed_everything(config)
         self.simulated, self.workers = config.simulate_workers, count_workers(config, backend)
         self.splits = load_splits(config, backend, self.workers)
-        self.batches, self.steps_per_epoch = self.splits.train, self.splits.train.steps_per_epoch
+        self.batches = self.splits.train
         precision = resolve(config, backend.device)
         model, optimizer = build_model_and_optimizer(config, backend)
         self.parameters = sum(p.numel() for p in model.parameters())
-        self.schedule = LRSchedule.from_config(config, backend.averaged_batches() * self.simulated, self.steps_per_epoch)
+        self.schedule = LRSchedule.from_config(config, backend.averaged_batches() * self.simulated,
+                                               self.batches.epoch_images, self.batches.global_batch)
         # One handle on each: the backend's model (it combines the workers' gradients) and its optimizer.
         self.model, self.optimizer = backend.prepare(model, optimizer)
         self.state = new_state(config, backend, self.model, self.optimizer, precision.scaler, self.workers)
         if not config.noise_window:  # the current value: the last quarter of the run, not the run's average
-            self.state.noise.window = NOISE_SHARE * self.total_steps() * self.batches.global_batch
+            self.state.noise.window = NOISE_SHARE * self.schedule.total_images
         self.probe: dict[str, Any] | None = None  # --noise-probe's record, at the end
-        self.guard = Guard(backend, stop, self.state, self.schedule, config.finite_check_every)
-        self.checkpointer = Checkpointer(Checkpointing.of(config), backend, self.state, self.guard, self.steps_per_epoch)
+        self.guard = Guard(backend, stop, self.state, config.finite_check_every)
+        self.checkpointer = Checkpointer(Checkpointing.of(config), backend, self.state, self.guard)
         self.checkpointer.restore(resources, self.schedule.depends_on_epochs, self.parameters, self.finished)
+        self.check_position()
         self.stepper = Stepper(Stepping.of(config), backend, self.model, self.optimizer, precision, self.batches,
                                self.splits.test, self.simulated)
-        self.evaluation = Evaluation(self.stepper, self.splits, backend, self.state, self.steps_per_epoch)
+        self.evaluation = Evaluation(self.stepper, self.splits, backend, self.state)
         # Everything alive now lives to the end: the collector need not walk it again during training.
         gc.collect()
         gc.freeze()
         self.log = RunLog(Logging.of(config), backend.is_main, self.state.history, self.batches.global_batch,
-                          self.total_steps(), self.steps_per_epoch)
+                          self.state.clock, self.schedule.total_images, self.batches.epoch_images)
         resources.callback(self.log.close)
 
     def run(self) -> dict[str, Any]:
@@ -114,10 +117,10 @@ class Trainer:
                 with self.hooked("epoch"):
                     self.train_epoch()
         except Diverged as err:
-            self.log.diverged(str(err), state.step(self.steps_per_epoch), self.workers, state.trial.summary())
+            self.log.diverged(str(err), state.clock.step, self.workers, state.trial.summary())
             raise
         except Stopped as err:  # where a launcher that died with its pipes (horovodrun on SIGUSR1) leaves it readable
-            self.log.stopped(err.what or str(err), state.step(self.steps_per_epoch))
+            self.log.stopped(err.what or str(err), state.clock.step)
             raise
         if self.config.noise_probe:
             self.probe = probe_noise(self.model, self.batches, self.config.noise_probe, self.stepper.criterion,
@@ -127,8 +130,18 @@ class Trainer:
         return summary
 
     def total_steps(self) -> int:
-        steps = self.config.epochs * self.steps_per_epoch
-        return min(steps, self.config.max_steps) if self.config.max_steps else steps
+        """The run's steps at the batch it starts with (the schedule's length)."""
+        return self.schedule.total_images // self.schedule.batch
+
+    def check_position(self) -> None:
+        """A restored epoch position must leave a step of this run's batch to take (an epoch's last step closes it)."""
+        clock, batches = self.state.clock, self.batches
+        if clock.epoch_step and not batches.fits(clock.epoch_images):
+            raise ConfigError(
+                f"{self.checkpointer.resumed_from} is malformed: it stops at step {clock.epoch_step} of an epoch "
+                f"({clock.epoch_images} images in) that has {batches.epoch_images // batches.global_batch} steps of "
+                f"{batches.global_batch} images; move it away or use --no-resume"
+            )
 
     def finished(self) -> bool:
         return self.state.epoch >= self.config.epochs or self.state.trial.ended is not None
@@ -142,50 +155,52 @@ class Trainer:
         return stack
 
     def train_epoch(self) -> None:
-        state, config = self.state, self.config
+        state, config, clock = self.state, self.config, self.state.clock
         sums = EpochSums.resumed(state.partial, self.backend.device)
         state.partial = None
         self.guard.start_epoch()
         norms = GradNorms()
         local_images = config.batch_size * config.batches_per_allreduce * self.simulated
         self.model.train()
-        bar = self.log.bar(self.steps_per_epoch, f"epoch {state.epoch + 1}/{config.epochs}", initial=state.epoch_step)
+        bar = self.log.bar(self.batches.epoch_images, f"epoch {clock.epoch + 1}/{config.epochs}", initial=clock.epoch_images)
         sums.start()
-        for micro in self.batches.epoch(state.epoch + 1, state.epoch_step):
-            step = state.step(self.steps_per_epoch)  # 0-based index of this update
-            lr = self.schedule(step)
+        lr = self.schedule(clock.images)
+        for micro in self.batches.epoch(clock.epoch + 1, clock.epoch_images):
+            step = clock.step  # 0-based index of this update
+            lr = self.schedule(clock.images)
             with self.hooked("update", step):
                 loss, correct = self.stepper(micro, step, lr, norms, state.noise)
-            state.epoch_step += 1
-            self.guard.record(step + 1, loss)
+            taken = self.batches.global_batch  # read at every step: the clock moves by what this step took
+            clock.advance(taken)
+            self.guard.record(clock.step, loss, lr)
             sums.add(loss, correct, local_images)
-            self.log.step(bar, step + 1, lr, sums.images, sums.loss_sum, sums.correct)
-            faults.point("step", step + 1, self.backend.rank, self.model)
-            state.trial.after_step(step + 1)
-            if self.evaluation.due(step + 1):
-                self.evaluation.inside_epoch(step + 1, sums.lap())
+            self.log.step(bar, lr, taken, sums.images, sums.loss_sum, sums.correct)
+            faults.point("step", clock.step, self.backend.rank, self.model)
+            state.trial.after_step(clock.step)
+            last = not self.batches.fits(clock.epoch_images)
+            if self.evaluation.due(clock.step, last):
+                self.evaluation.inside_epoch(clock.step, sums.lap())
                 sums.start()  # an evaluation is not training time
-            if state.epoch_step == self.steps_per_epoch or state.trial.ended:
+            if last or state.trial.ended:
                 break
-            self.checkpointer.inside_epoch(step + 1, sums, self.model)
+            self.checkpointer.inside_epoch(clock.step, sums, self.model)
         self.log.end_bar()
         sums.lap()
         with self.hooked("end_epoch"):
-            self.end_epoch(sums)
+            self.end_epoch(sums, lr)
 
-    def end_epoch(self, sums: EpochSums) -> None:
+    def end_epoch(self, sums: EpochSums, lr: float) -> None:
+        """Closes the open epoch, whose last step ran at `lr`: checks, evaluates, records and saves it."""
         state, backend = self.state, self.backend
         stopping = self.guard.check()
         totals = sums.reduced(backend)  # waits for the device
         backend.average_buffers(self.model)
         scores = self.evaluation.at_epoch_end()
         self.guard.check_weights(self.model, "the weights or the validation loss", scores[0], totals[0])
-        step = state.step(self.steps_per_epoch)
-        record = self.evaluation.record_epoch(step, self.schedule(step - 1), totals, sums.seconds,
-                                              time.perf_counter() - self.started, scores)
+        record = self.evaluation.record_epoch(lr, totals, sums.seconds, time.perf_counter() - self.started, scores)
         self.started = time.perf_counter()  # wall time is counted per epoch from here on
         state.history.append(record)
-        state.epoch, state.epoch_step = state.epoch + 1, 0
+        state.clock.close_epoch(whole=not self.batches.fits(state.clock.epoch_images))
         path = self.checkpointer.save_epoch()
         backend.agree(lambda: self.log.epoch(record))
         if stopping:

@@ -3,15 +3,38 @@ its summary."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..config import Config
-from ..metrics import summarize
+from ..data import TrainBatches
+from ..metrics import RunLog, summarize
+from ..parallel import Backend
 from ..schedule import LRSchedule
-from .setup import device_name
+from ..state import TrainState
+from .checkpointer import Checkpointer
+from .setup import Splits, device_name
+from .step import Stepper
 
-if TYPE_CHECKING:
-    from .loop import Trainer
+
+class Trainer(Protocol):
+    """What a report reads of a run (loop.Trainer has it): the loop calls this module, which never imports it."""
+
+    config: Config
+    backend: Backend
+    state: TrainState
+    schedule: LRSchedule
+    checkpointer: Checkpointer
+    log: RunLog
+    batches: TrainBatches
+    splits: Splits
+    stepper: Stepper
+    simulated: int
+    workers: int
+    parameters: int
+
+    def total_steps(self) -> int: ...
+
+    def finished(self) -> bool: ...
 
 
 def announce(trainer: Trainer) -> None:
@@ -24,10 +47,11 @@ def announce(trainer: Trainer) -> None:
         resumed = (f"; already complete ({state.epoch} epoch(s) in {resumed_from.parent}): nothing to train. "
                    "Another --log-dir or --no-resume starts a new run")
     elif resumed_from is not None:
-        resumed = f"; resumed from {resumed_from} after {state.position(trainer.steps_per_epoch)}"
+        resumed = f"; resumed from {resumed_from} after {state.position()}"
     say(f"batchscale: {config.model} ({trainer.parameters / 1e6:.2f}M parameters) on {backend.world_size} x "
         f"{backend.device.type} ({backend.name}{simulating}), global batch {trainer.batches.global_batch}, "
-        f"{trainer.batches.n} training images, {trainer.steps_per_epoch} steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
+        f"{trainer.batches.n} training images, {trainer.batches.epoch_images // trainer.batches.global_batch} "
+        f"steps/epoch, peak lr {schedule.peak_lr:.4g}{resumed}")
     images = trainer.batches.n
     if config.train_subset > images:
         left = " left after --holdout" if config.holdout else ""
@@ -38,7 +62,7 @@ def announce(trainer: Trainer) -> None:
            ([f"after {config.max_steps} steps"] if config.max_steps else [])
     if ends:
         say(f"trial: ends {' or '.join(ends)}")
-    new = [c for c in state.changes if c["step"] == state.step(trainer.steps_per_epoch)]
+    new = [c for c in state.changes if c["step"] == state.clock.step]
     if new and resumed_from is not None:
         listed = ", ".join(f"{c['setting']} {c['from']!r} -> {c['to']!r}" for c in new)
         say(f"note: from step {new[0]['step']} on this run uses {listed} (recorded in summary.json)")
@@ -56,8 +80,9 @@ def unreachable_schedule(config: Config, schedule: LRSchedule, total_steps: int)
               else f"--warmup-epochs {config.warmup_epochs:g}")
     start = schedule.base_lr if schedule.warmup_start_lr is None else schedule.warmup_start_lr
     ramps = start != peak
-    if schedule.warmup_steps >= total_steps and total_steps and (ramps or kind != "constant"):
-        last = start + (peak - start) * (total_steps - 1) / schedule.warmup_steps
+    warmup_steps = schedule.warmup_images // schedule.batch
+    if warmup_steps >= total_steps and total_steps and (ramps or kind != "constant"):
+        last = start + (peak - start) * (total_steps - 1) / warmup_steps
         lr = (f"the LR ramps from {start:.4g} to {last:.4g} and never reaches its peak {peak:.4g}" if ramps
               else f"the LR stays at {peak:.4g} throughout")
         decay = "" if kind == "constant" else f" and the {kind} decay never starts"
@@ -65,7 +90,7 @@ def unreachable_schedule(config: Config, schedule: LRSchedule, total_steps: int)
         shorter = (f"--warmup-steps below {total_steps} (e.g. {total_steps // 5 if ramps else 0})" if config.warmup_steps
                    else f"--warmup-epochs below --epochs (e.g. {round(0.2 * config.epochs, 2) if ramps else 0:g})")
         one_lr = "" if kind == "constant" else ", or --lr-schedule constant to train at one LR"
-        return (f"warning: the warmup ({warmup}, {schedule.warmup_steps} steps) is as long as the whole run "
+        return (f"warning: the warmup ({warmup}, {warmup_steps} steps) is as long as the whole run "
                 f"({total_steps} steps): {lr}{decay}; give {shorter}{' or' if not one_lr else ','} more "
                 f"--epochs{one_lr}")
     if kind == "step" and all(e >= config.epochs for e in config.lr_decay_epochs):
@@ -81,12 +106,12 @@ def summary(trainer: Trainer) -> dict[str, Any]:
     precision, the device, compiling, what a resume changed, the trial)."""
     state, stepper = trainer.state, trainer.stepper
     made = summarize(trainer.config, trainer.backend.name, trainer.workers, state.history, trainer.parameters,
-                     trainer.steps_per_epoch)
+                     state.clock.whole_epochs)
     # The images trained on (after --holdout and --train-subset), which --train-subset alone may overstate.
     made.update(train_images=trainer.batches.n, noise_scale_note=stepper.noise_note(state.noise),
                 noise_window=state.noise.window)
     if trainer.probe is not None:
-        made.update(noise_probe={**trainer.probe, "step": state.step(trainer.steps_per_epoch)})
+        made.update(noise_probe={**trainer.probe, "step": state.clock.step})
     made.update(precision=stepper.precision.name, device=device_name(trainer.backend.device),
                 compile_seconds=stepper.compile_seconds, cuda_graphs_skipped=stepper.skipped,
                 changes=state.changes, config={**made["config"], **state.config},
