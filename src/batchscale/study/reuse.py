@@ -76,7 +76,7 @@ def check_study(out: Path, current: dict[str, Any]) -> None:
 
 def planned_settings(args: tuple[str, ...]) -> dict[str, Any]:
     """The training config `batchscale train ARGS` runs with, as summary.json records it."""
-    from ..cli import train_config  # the trainer's own parser: what the run would be given, read as it reads it
+    from ..command import train_config  # the trainer's own parser: what the run would be given, read as it reads it
 
     return normal(train_config([*args, "--log-dir", "unused"]).to_dict())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..atomic import write_json_atomic, write_text_atomic
 from .paper import paper_results, paper_section, pct
@@ -22,6 +23,21 @@ from .runs import positive, pyplot
 # rounds until x1.5. A study of another design gets no such sentence: a coverage measured for one design says
 # little of another (fewer seeds, a fixed grid, a wider precision).
 CALIBRATED = {"seeds": 2, "lr_points": 3, "precision": 1.5, "held": 28, "studies": 32, "median": -0.09}
+
+
+def interval_lines(interval: Interval | None, config: StudyConfig) -> list[str]:
+    """What the interval carries, and how far its coverage was checked for this design."""
+    if interval is None:
+        return []
+    if interval.scatter_from == "fit":
+        carries = ("- With one seed no seed scatter is measured: the interval draws from the fit's residuals about the "
+                   "curve instead, which mixes seed noise with how far S(B) is from its model; --seeds 1,2 measures "
+                   "the scatter.")
+    else:
+        carries = (f"- The interval carries the trials' seed-to-seed scatter ({100 * interval.scatter:.0f}% in steps "
+                   "to target, standard deviation, pooled), drawn anew for every (batch, LR) with the batch sizes as "
+                   "measured.")
+    return [carries, calibration_line(config)]
 
 
 def calibration_line(config: StudyConfig) -> str:
@@ -90,6 +106,27 @@ def num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def draw_fit(ax: Any, trials: list[Trial], analysis: Analysis, plan: Plan | None, per_step: bool) -> None:
+    """The fitted curve, the knee, its interval (an open end shaded to the plot's edge) and where the next round
+    goes (or would have gone), over steps or examples to target."""
+    fit = analysis.fit
+    assert fit is not None
+    grid = [min(t.batch for t in trials) * 2 ** (i / 8) for i in range(1 + 8 * len(analysis.bests))]
+    grid = [g for g in grid if g <= max(t.batch for t in trials) * 1.01]
+    ax.plot(grid, [fit.steps(g) * (1 if per_step else g) for g in grid], "C1-", label=f"fit: B_crit = {fit.b_noise:,.0f}")
+    ax.axvline(fit.b_noise, color="C3", ls="--", lw=1, label="knee (B_crit)")
+    if analysis.interval:
+        i = analysis.interval
+        high = i.high if not i.open_high else max(t.batch for t in trials) * 4  # open: shaded to the edge
+        ax.axvspan(max(i.low, min(t.batch for t in trials) / 4), high, color="C3", alpha=0.1,
+                   label="90% interval" + (" (open)" if not i.closed else ""))
+    if plan is not None and plan.trials:
+        nxt = sorted({a.batch for a in plan.trials})
+        ax.scatter(nxt, [fit.steps(b) * (1 if per_step else b) for b in nxt], marker="^", s=60, facecolors="none",
+                   edgecolors="C2", zorder=4, label="next round" + ("" if not plan.stop else " (had it run)")
+                   + ": B it adds to")
+
+
 def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str = "",
                 plan: Plan | None = None) -> list[tuple[str, str]]:
     """Returns (file name, caption) for each plot written; every plot is titled with what the study ran."""
@@ -114,21 +151,7 @@ def write_plots(out: Path, trials: list[Trial], analysis: Analysis, title: str =
             b0, y0 = xs[0], ys[0]
             ax.plot(xs, [y0 * b0 / x if per_step else y0 for x in xs], "k:", label="perfect scaling")
         if fit is not None:
-            grid = [min(t.batch for t in trials) * 2 ** (i / 8) for i in range(1 + 8 * len(analysis.bests))]
-            grid = [g for g in grid if g <= max(t.batch for t in trials) * 1.01]
-            ax.plot(grid, [fit.steps(g) * (1 if per_step else g) for g in grid], "C1-",
-                    label=f"fit: B_crit = {fit.b_noise:,.0f}")
-            ax.axvline(fit.b_noise, color="C3", ls="--", lw=1, label="knee (B_crit)")
-            if analysis.interval:
-                i = analysis.interval
-                high = i.high if not i.open_high else max(t.batch for t in trials) * 4  # open: shaded to the edge
-                ax.axvspan(max(i.low, min(t.batch for t in trials) / 4), high, color="C3", alpha=0.1,
-                           label="90% interval" + (" (open)" if not i.closed else ""))
-            if plan is not None and plan.trials:
-                nxt = sorted({a.batch for a in plan.trials})
-                ax.scatter(nxt, [fit.steps(b) * (1 if per_step else b) for b in nxt], marker="^", s=60,
-                           facecolors="none", edgecolors="C2", zorder=4,
-                           label="next round" + ("" if not plan.stop else " (had it run)") + ": B it adds to")
+            draw_fit(ax, trials, analysis, plan, per_step)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_yscale("log")
@@ -216,16 +239,7 @@ def write_report(out: Path, config: StudyConfig) -> Path:
               "proportional to H. On a noisy quadratic where it is not (testing/nqm.py) the study finds the knee of "
               "S(B), not B_simple."]
     lines += comparison_lines(analysis)
-    if interval is not None and interval.scatter_from == "fit":
-        lines += ["- With one seed no seed scatter is measured: the interval draws from the fit's residuals about the "
-                  "curve instead, which mixes seed noise with how far S(B) is from its model; --seeds 1,2 measures "
-                  "the scatter."]
-    elif interval is not None:
-        lines += [f"- The interval carries the trials' seed-to-seed scatter ({100 * interval.scatter:.0f}% in steps to "
-                  "target, standard deviation, pooled), drawn anew for every (batch, LR) with the batch sizes as "
-                  "measured."]
-    if interval is not None:
-        lines += [calibration_line(config)]
+    lines += interval_lines(interval, config)
     lines += fixed_settings_lines(out, trials, config)
     if config.schedule == "linear":
         lines += ["- Caveat: each trial's LR decays to 0 at the end of its budget, so its steps to target also depend "
@@ -278,7 +292,15 @@ def write_report(out: Path, config: StudyConfig) -> Path:
     if paper:
         lines += paper_section(paper, paper_plan(config))
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
-    write_json_atomic(out / "results.json", {
+    write_json_atomic(out / "results.json", results_record(config, analysis, plan, trials, paper, unfinished))
+    return out / "report.md"
+
+
+def results_record(config: StudyConfig, analysis: Analysis, plan: Plan | None, trials: list[Trial],
+                   paper: list[dict[str, Any]], unfinished: list[str]) -> dict[str, Any]:
+    """results.json: every figure the report states, and every trial."""
+    fit, interval = analysis.fit, analysis.interval
+    return {
         "config": {k: v for k, v in vars(config).items() if k not in ("train_args", "_images")},
         "fit": fit and {"b_crit": fit.b_noise, "s_min": fit.s_min, "e_min": fit.e_min, "rms_log_error": fit.rms_log_error},
         "interval": interval and {"low": interval.low, "high": interval.high, "replicates": interval.replicates,
@@ -302,8 +324,7 @@ def write_report(out: Path, config: StudyConfig) -> Path:
                     "b_simple": t.b_simple, "b_simple_se": t.b_simple_se, **t.extra} for t in trials],
         "paper": paper,
         "unfinished": unfinished,
-    })
-    return out / "report.md"
+    }
 
 
 def bracket(interval: Interval | None) -> str:
