@@ -98,8 +98,8 @@ class StudyConfig(Execution):
     budget: str = flag("", "stop planning rounds once this is spent: wall time like 90m or 1h30m (at the committed "
                        "throughput, else the trials' measured one), or images like 5M (default: none; the first, "
                        "coarse round always runs whole)", group=PROTOCOL)
-    rounds: int = flag(10, "the most rounds, the coarse first one included: 1 runs the fixed grid alone, as before "
-                       "issue 28", group=PROTOCOL)
+    rounds: int = flag(10, "the most rounds, the coarse first one included: 1 runs the fixed grid alone",
+                       group=PROTOCOL)
     noise_probe: int = flag(64, "micro-batch gradients at each trial's end (its target, or budget) for B_simple, "
                             "no step between them; pooled over every batch size's best LR and seeds (0: none)",
                             group=PROTOCOL, metavar="N")
