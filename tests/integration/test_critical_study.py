@@ -14,7 +14,9 @@ def study(out, data, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "batchscale.cli", "study", "--out", str(out), "--data", str(data), "--batch-sizes",
          "32,64", "--lr-points", "2", "--holdout", "40", "--width", "4", "--budget-steps", "6", "--budget-epochs", "2",
-         "--micro-batch", "16", "--slots", "2", "--extend-edges", "0", *flags],
+         "--micro-batch", "16", "--slots", "2", "--extend-edges", "0",
+         "--rounds", "1",  # the fixed grid: the rounds are tested on the noisy quadratic (test_study_rounds.py)
+         *flags],
         cwd=ROOT, env=env_with(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=2 * HANG_S)  # 42-56 s on an idle machine
 
 

@@ -252,9 +252,11 @@ STUDY_PRESET_VALUES: dict[str, dict[str, Any]] = {
     # width 8 passes within about an epoch of 2,000 images (real CIFAR-10: 62 steps at B = 32, 18 at 256); a budget
     # of 8 epochs leaves room. Evaluations 25% apart: the steps are rough anyway. Not a measurement: no LR is tuned
     # and no seed scatter measured (SMOKE says so at the start). One slot: the batch sizes run one after another.
+    # One round: the coarse grid alone (later rounds would add seeds and batch sizes until x1.5: a measurement).
     "smoke": {"width": 8, "target": 0.25, "batch_sizes": (32, 64, 128, 256), "holdout": 500, "train_subset": 2000,
               "budget_epochs": 8.0, "budget_steps": 2000, "schedule": "constant", "warmup_images": 0,
-              "lr_points": 1, "extend_edges": 0, "seeds": (1,), "paper": False, "eval_growth": 1.25, "slots": 1},
+              "lr_points": 1, "extend_edges": 0, "seeds": (1,), "paper": False, "eval_growth": 1.25, "slots": 1,
+              "rounds": 1},
     "cpu": {"width": 8, "target": 0.45, "batch_sizes": (32, 64, 128, 256, 512, 1024), "holdout": 2000,
             "budget_epochs": 4.0, "budget_steps": 6000, "schedule": "constant", "warmup_images": 0, "lr_points": 3,
             "extend_edges": 3, "seeds": (1, 2), "paper": False, "paper_epochs": 1, "slots": 2},
