@@ -88,7 +88,7 @@ def test_sigterm_to_torchrun_saves_once_for_all_ranks_and_resumes(tiny_cifar, tm
     assert not (tmp_path / "summary.json").exists()
     again = train(tiny_cifar, tmp_path, "--finite-check-every", "2", ranks=2)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "after step 4 (step 4 of " in again.stdout and "in epoch 1)" in again.stdout
+    assert "after step 4 (step 4 of epoch 1)" in again.stdout
 
 
 def test_an_interrupted_sweep_stops_its_training_and_leaves_no_orphan(tiny_cifar, tmp_path):
