@@ -14,7 +14,6 @@ import pytest
 from cifar_fixture import make_cifar
 from launch import env_with
 
-from batchscale.study.study_report import size
 
 
 # About 90 CPU-seconds of one thread: 10 minutes wall on 2 cores under a load of 15; bounded far above that.
@@ -31,10 +30,12 @@ def test_the_smoke_study_ends_with_a_fitted_b_crit_and_its_interval(tmp_path, ci
     assert [t["status"] for t in results["trials"]] == ["reached"] * 4
     fit, interval = results["fit"], results["interval"]
     assert fit is not None and interval is not None and interval["low"] <= fit["b_crit"] <= interval["high"]
-    said = re.fullmatch(r"B_crit = ([\d,.]+), 90% interval ([\d,.]+) to ([\d,.]+)"
-                        r"(?:, which the batch sizes measured \([^)]*\) do not bound)?"
-                        r" \(a smoke study, not a measurement: [^)]*\); the report: (.*)", lines[-1])
+    # The report's own first sentence (study_report.headline), then what a smoke study is, then the report's path.
+    said = re.fullmatch(r"B_crit = ([\d,.]+) \[([\d,.]+|open), ([\d,.]+|open)\], (?:not )?decided at x[\d.]+ [^(]*"
+                        r"\(.*\)[^(]* \(a smoke study, not a measurement: [^)]*\); the report: (.*)", lines[-1])
     assert said, lines[-1]
-    assert list(said.groups()[:3]) == [size(fit["b_crit"]), size(interval["low"]), size(interval["high"])]
+    shown = [f"{fit['b_crit']:,.0f}", f"{interval['low']:,.0f}",
+             "open" if (results.get("interval_open") or {}).get("high") else f"{interval['high']:,.0f}"]
+    assert list(said.groups()[:3]) == shown
     assert (tmp_path / said.group(4)).resolve() == (tmp_path / "study-smoke" / "report.md").resolve()
     assert result.stdout.count("report.md") == 1
