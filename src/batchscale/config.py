@@ -151,7 +151,7 @@ class Config:
                                group=MEASURE, metavar="EXAMPLES")
     noise_probe: int = flag(0, "at the run's end, B_simple from N micro-batch gradients at the final weights, no "
                             "step between them, in 16 groups (summary.json's noise_probe, with the sums a study "
-                            "pools; default: 0, off)", group=MEASURE, metavar="N")
+                            "pools)", group=MEASURE, metavar="N")
     target_accuracy: float = flag(0.94, "summary.json records the steps and time to reach this accuracy (on the "
                                   "--holdout split if there is one, else the test set)", group=MEASURE)
     holdout: int = flag(0, "hold out N training images, never trained on, for the --target-accuracy check; the same "

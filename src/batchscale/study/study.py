@@ -112,7 +112,7 @@ class StudyConfig(Execution):
     paper: bool = flag(True, "the paper's grid, as it ran, at a tuned LR, and a batch-norm control, with every seed "
                        "(default: on)", group=PAPER,
                        toggle=True)
-    paper_epochs: int = flag(50, "epochs of each paper-grid run (the paper: 50, the original's default, with its step "
+    paper_epochs: int = flag(50, "epochs of each paper-grid run (the paper: 50, as the original runs it, with its step "
                              "schedule; another count keeps that schedule's shape and is labelled as not comparable "
                              "with its figures)", group=PAPER)
     paper_lr_points: int = flag(3, "LRs x2 apart tried per paper-grid batch, centred on stage 1's best LR for its "
