@@ -82,5 +82,5 @@ def test_a_checkpoint_holds_what_the_backend_says_the_state_is():
     assert torch.equal(saved["model"]["weight"], model.weight.detach() / 2)
     other = torch.nn.Linear(2, 1)
     TrainState(other, torch.optim.SGD(other.parameters(), lr=0.1), None, {}, 1, owner=backend).load_state_dict(
-        saved, 10, "test")
+        saved, "test")
     assert torch.equal(other.weight, model.weight)
