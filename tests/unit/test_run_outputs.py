@@ -168,8 +168,8 @@ class _Clock:
 
 
 class _BarSpy:
-    def __init__(self, steps_per_sec: float) -> None:
-        self.format_dict = {"rate": steps_per_sec}
+    def __init__(self, images_per_sec: float) -> None:
+        self.format_dict = {"rate": images_per_sec}  # the bar counts images
         self.postfix: dict[str, str] = {}
 
     def update(self, n: int) -> None:
@@ -180,9 +180,14 @@ class _BarSpy:
 
 
 def quiet_log(folder: Path, total_steps: int, global_batch: int = 32):
+    """A run log of `total_steps` steps of `global_batch` images, on a clock the test advances."""
     from batchscale.metrics import Logging, RunLog
+    from batchscale.state import RunClock
 
-    return RunLog(Logging(str(folder), True, True, (), {}), True, [], global_batch, total_steps, 10)
+    clock = RunClock()
+    log = RunLog(Logging(str(folder), True, True, (), {}), True, [], global_batch, clock,
+                 total_images=total_steps * global_batch, epoch_images=10 * global_batch)
+    return log, clock
 
 
 def test_the_bar_names_its_recent_rate_apart_from_the_means_and_shows_one_time_left(tmp_path, monkeypatch, capsys):
@@ -192,10 +197,12 @@ def test_the_bar_names_its_recent_rate_apart_from_the_means_and_shows_one_time_l
 
     clock = _Clock()
     monkeypatch.setattr(metrics, "time", clock)
-    log = quiet_log(tmp_path, total_steps=100)
-    spy = _BarSpy(steps_per_sec=4.0)
-    log.step(spy, 20, 0.1, 640, torch.tensor(640.0), torch.tensor(320.0))
-    # 4 steps/s at 32 images a step; 80 steps left of 100 at 4 a second: 20 s.
+    log, run = quiet_log(tmp_path, total_steps=100)
+    for _ in range(20):
+        run.advance(32)
+    spy = _BarSpy(images_per_sec=128.0)
+    log.step(spy, 0.1, 32, 640, torch.tensor(640.0), torch.tensor(320.0))
+    # 128 img/s; 80 steps of 32 images left of 100: 2,560 images at 128 a second, 20 s.
     assert spy.postfix["recent_img_s"] == "128" and "img_s" not in spy.postfix
     assert spy.postfix["run_left"] == "0:00:20"
     bar = log.bar(10, "epoch 1/10")
@@ -211,10 +218,10 @@ def test_a_sweep_estimates_its_time_left_from_the_first_timed_steps_of_a_run(tmp
 
     clock = _Clock()
     monkeypatch.setattr(metrics, "time", clock)
-    log = quiet_log(tmp_path / "log", total_steps=100)
+    log, _ = quiet_log(tmp_path / "log", total_steps=100)
     for step in range(1, 15):  # 0.5 s a step
         clock.now = 1000.0 + 0.5 * step
-        log.estimate_cost(step)
+        log.estimate_cost(step, 32 * step)
     cost = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cost:"))
     for name in ("a", "b"):
         (tmp_path / "sweep" / name).mkdir(parents=True)
